@@ -1,0 +1,126 @@
+"""Multi-head self-attention with an optional relative position bias (EDT) and the AMM hook.
+
+Three ways to compute the same thing:
+- fused: `scaled_dot_product_attention` with the position bias as its additive mask (default, no AMM);
+- explicit: scores, softmax, AMM, @ v written out (AMM blocks in eval mode, attention capture, comparison);
+both agree to float32 rounding. `Attention.use_fused = False` on a module (or `set_attention_path`) selects
+the explicit path everywhere.
+"""
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class RelativePositionBias(nn.Module):
+    """BEiT-style learned bias per head for each (query, key) offset on an n x n grid: table ((2n-1)^2, heads)."""
+
+    def __init__(self, grid_size: int, num_heads: int):
+        super().__init__()
+        self.grid_size = grid_size
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * grid_size - 1) ** 2, num_heads))
+        self._eval_cache = None  # (key, bias): reused across sampling steps while the table is unchanged
+
+    def index(self, device) -> torch.Tensor:
+        """Table row for each (query, key) pair: (N, N); row = (r1-r2+n-1)*(2n-1) + (c1-c2+n-1)."""
+        n = self.grid_size
+        rows, cols = torch.meshgrid(torch.arange(n, device=device), torch.arange(n, device=device), indexing="ij")
+        rows, cols = rows.flatten(), cols.flatten()
+        d_row = rows[:, None] - rows[None, :] + n - 1
+        d_col = cols[:, None] - cols[None, :] + n - 1
+        return d_row * (2 * n - 1) + d_col
+
+    def forward(self) -> torch.Tensor:
+        """The bias (heads, N, N)."""
+        table = self.relative_position_bias_table
+        if self.training or torch.is_grad_enabled():
+            return self._bias(table)
+        # The version counter moves on every in-place write (load_state_dict, optimiser steps), so a stale
+        # cache is never used.
+        key = (table.data_ptr(), table._version, table.device, table.dtype)
+        if self._eval_cache is None or self._eval_cache[0] != key:
+            self._eval_cache = (key, self._bias(table))
+        return self._eval_cache[1]
+
+    def _bias(self, table):
+        n2 = self.grid_size**2
+        return table[self.index(table.device).flatten()].view(n2, n2, -1).permute(2, 0, 1).contiguous()
+
+
+class Attention(nn.Module):
+    """Self-attention on (B, N, C) tokens; `amm` (N, N), when set, multiplies the softmax in eval mode only."""
+
+    use_fused = True
+
+    def __init__(self, dim: int, num_heads: int, grid_size: int | None = None):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        if grid_size is not None:
+            self.rel_pos_bias = RelativePositionBias(grid_size, num_heads)
+        self.amm = None  # set through the model's set_amm; a plain tensor, not state, as released files lack it
+        self._amm_cache = None
+        self.capture = None  # a dict while capture_attention is active
+
+    def forward(self, x):
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (B, heads, N, head_dim)
+        bias = self.rel_pos_bias() if hasattr(self, "rel_pos_bias") else None
+        amm = self._amm_for(x) if (self.amm is not None and not self.training) else None
+        if self.use_fused and amm is None and self.capture is None:
+            bias = bias.to(q.dtype) if bias is not None else None
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        else:
+            out = self._explicit(q, k, v, bias, amm)
+        return self.proj(out.transpose(1, 2).reshape(B, N, C))
+
+    def _explicit(self, q, k, v, bias, amm):
+        scores = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, N, N)
+        if bias is not None:
+            scores = scores + bias
+        probs = scores.softmax(dim=-1)
+        modulated = probs * amm if amm is not None else None  # not renormalised, as released
+        if self.capture is not None:
+            self.capture["attention"] = probs.detach()
+            self.capture["modulated"] = modulated.detach() if modulated is not None else None
+        return (modulated if modulated is not None else probs) @ v
+
+    def _amm_for(self, x):
+        """The AMM on x's device and dtype, converted once rather than at every sampling step."""
+        if self._amm_cache is None or self._amm_cache[0] is not self.amm or self._amm_cache[1].device != x.device \
+                or self._amm_cache[1].dtype != x.dtype:
+            self._amm_cache = (self.amm, self.amm.to(device=x.device, dtype=x.dtype))
+        return self._amm_cache[1]
+
+
+def set_attention_path(model: nn.Module, fused: bool) -> None:
+    """Select the fused (`scaled_dot_product_attention`) or the explicit path in every attention of `model`."""
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.use_fused = fused
+
+
+@contextmanager
+def capture_attention(model: nn.Module, blocks):
+    """Record attention probabilities of `blocks` during the forwards inside the `with`.
+
+    Yields a dict block -> {"attention": (B, heads, N, N) softmax, "modulated": the same times the AMM, or
+    None when the block has no AMM or the model is in training mode}, holding the last forward's values.
+    """
+    attentions = {}
+    try:
+        for index in blocks:
+            attention = model.blocks[index].attn
+            attention.capture = attentions.setdefault(index, {})
+        yield attentions
+    finally:
+        for index in blocks:
+            model.blocks[index].attn.capture = None

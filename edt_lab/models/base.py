@@ -1,0 +1,67 @@
+"""What EDT and DiT share: input checks, classifier-free guidance and the AMM switch."""
+
+import torch
+from diffusers.configuration_utils import ConfigMixin
+from diffusers.models.modeling_utils import ModelMixin
+
+from ..amm import modulation_matrix
+
+
+class ClassConditionalTransformer(ModelMixin, ConfigMixin):
+    """Base of EDT and DiT: subclasses define `blocks`, `block_info()` and `forward(x, t, y, masks=None)`."""
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def amm_blocks(self) -> tuple[int, ...]:
+        """Indices of the blocks whose attention is modulated (in eval mode)."""
+        return tuple(i for i, block in enumerate(self.blocks) if block.attn.amm is not None)
+
+    def block_info(self) -> list[dict]:
+        """One dict per block: index, stage, grid (tokens per side), phase, width, heads."""
+        raise NotImplementedError
+
+    def set_amm(self, blocks, radius: float | None = None, scale: float = 0.5, form: str = "exp") -> None:
+        """Modulate the attention of `blocks` (indices over all blocks; [] turns AMM off).
+
+        radius None takes the released radius of each block's own grid; scale is k; form "exp" or "cos" (512px).
+        """
+        blocks = sorted(set(int(b) for b in blocks))
+        bad = [b for b in blocks if not 0 <= b < self.num_blocks]
+        if bad:
+            raise ValueError(f"AMM block index {bad[0]} is out of range: expected 0..{self.num_blocks - 1}")
+        info = self.block_info()
+        for i, block in enumerate(self.blocks):
+            block.attn.amm = modulation_matrix(info[i]["grid"], radius, scale, form) if i in blocks else None
+
+    def check_inputs(self, x, t, y):
+        """Raise ValueError unless x is (B, in_channels, input_size, input_size) with matching t (B,), y (B,)."""
+        size, channels = self.config.input_size, self.config.in_channels
+        if x.ndim != 4 or x.shape[1] != channels or x.shape[2] != size or x.shape[3] != size:
+            raise ValueError(f"expected input of shape (B, {channels}, {size}, {size}), got {tuple(x.shape)}")
+        for name, value in (("timesteps", t), ("labels", y)):
+            if value.shape != (x.shape[0],):
+                raise ValueError(f"expected {name} of shape ({x.shape[0]},), got {tuple(value.shape)}")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) > self.config.num_classes):
+            raise ValueError(
+                f"labels must lie in [0, {self.config.num_classes}] ({self.config.num_classes} is the null label), "
+                f"got {int(y.min())}..{int(y.max())}"
+            )
+
+    def forward_with_cfg(self, x, t, y, cfg_scale: float, guided_channels: int | None = None):
+        """Classifier-free guidance: the first half of the batch is conditional, the second carries null labels.
+
+        x (2B, C, H, W): only x[:B] is used and duplicated. guided_channels None guides all noise channels;
+        3 reproduces the released scripts (a DiT legacy for 4-channel latents).
+        """
+        half = x[: len(x) // 2]
+        out = self.forward(torch.cat([half, half], dim=0), t, y)
+        channels = self.config.in_channels if guided_channels is None else guided_channels
+        if not 1 <= channels <= self.config.in_channels:
+            raise ValueError(f"guided_channels must lie in [1, {self.config.in_channels}], got {channels}")
+        eps, rest = out[:, :channels], out[:, channels:]
+        cond_eps, uncond_eps = eps.chunk(2, dim=0)
+        guided = uncond_eps + cfg_scale * (cond_eps - uncond_eps)
+        return torch.cat([torch.cat([guided, guided], dim=0), rest], dim=1)

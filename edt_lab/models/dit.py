@@ -1,0 +1,83 @@
+"""DiT, the baseline: a flat stack of adaLN-Zero blocks with global attention, key for key as released."""
+
+import torch.nn as nn
+from diffusers.configuration_utils import register_to_config
+
+from .attention import Attention
+from .base import ClassConditionalTransformer
+from .layers import (FinalLayer, LabelEmbedder, Mlp, PatchEmbed, TimestepEmbedder, adaln_modulation,
+                     fixed_pos_embed, init_transformer_weights, modulate, unpatchify)
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero transformer block: (B, N, C) -> (B, N, C)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.adaLN_modulation = adaln_modulation(dim, 6 * dim)
+
+    def forward(self, x, c):
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
+        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
+        return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+
+
+class DiT(ClassConditionalTransformer):
+    """Class-conditional DiT: x (B, C, H, W), t (B,), y (B,) -> (B, 2C or C, H, W)."""
+
+    @register_to_config
+    def __init__(
+        self,
+        input_size: int = 32,
+        patch_size: int = 2,
+        in_channels: int = 4,
+        hidden_size: int = 1152,
+        depth: int = 28,
+        num_heads: int = 16,
+        num_classes: int = 1000,
+        learn_sigma: bool = True,
+        class_dropout_prob: float = 0.1,
+        mlp_ratio: float = 4.0,
+    ):
+        super().__init__()
+        if input_size % patch_size:
+            raise ValueError(f"input_size {input_size} is not divisible by patch_size {patch_size}")
+        self.out_channels = in_channels * 2 if learn_sigma else in_channels
+        self.grid_size = input_size // patch_size
+        self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
+        self.t_embedder = TimestepEmbedder(hidden_size)
+        self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
+        self.pos_embed = fixed_pos_embed(hidden_size, self.grid_size)
+        self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)])
+        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
+        init_transformer_weights(
+            self, self.x_embedder, self.t_embedder, self.y_embedder,
+            zero_modules=[b.adaLN_modulation[-1] for b in self.blocks]
+            + [self.final_layer.adaLN_modulation[-1], self.final_layer.linear],
+        )
+
+    def block_info(self):
+        cfg = self.config
+        return [
+            {"block": i, "stage": 0, "grid": self.grid_size, "phase": "flat", "dim": cfg.hidden_size,
+             "heads": cfg.num_heads}
+            for i in range(cfg.depth)
+        ]
+
+    def forward(self, x, t, y, masks=None):
+        """x (B, C, H, W), t (B,), y (B,) -> (B, out_channels, H, W); masks may carry only an input keep-mask."""
+        self.check_inputs(x, t, y)
+        if masks is not None and (masks.down or masks.pos_replace is not None):
+            raise ValueError("DiT has no down-sampling modules: only input (MDT-style) masks apply")
+        x = self.x_embedder(x) + self.pos_embed  # (B, N, D)
+        if masks is not None and masks.input is not None:
+            x = x * masks.input.to(x.dtype).unsqueeze(-1)
+        c = self.t_embedder(t) + self.y_embedder(y)  # (B, D)
+        for block in self.blocks:
+            x = block(x, c)
+        x = self.final_layer(x, c)  # (B, N, p*p*out_channels)
+        return unpatchify(x, self.config.patch_size, self.out_channels)
