@@ -4,9 +4,12 @@ import argparse
 import importlib
 import sys
 
-# Sub-command -> module. Each module defines `COMMAND_HELP` (one line), `add_arguments(parser)` and `run(args)`.
+# Sub-command -> (module, one-line help). The module defines `add_arguments(parser)` and `run(args)`; it is
+# imported only when its command runs, so one command's dependencies never slow down or break another.
 COMMANDS = {
-    "flops": "edt_lab.flops",
+    "flops": ("edt_lab.flops", "print the cost (GFLOPs = multiply-accumulates, one sample) and parameters of models"),
+    "eval": ("edt_lab.metrics", "metrics of a sample .npz (ADM layout): FID, IS, precision/recall or digit metrics"),
+    "train-classifier": ("edt_lab.classifier", "train the digit classifier used to judge generated digits"),
 }
 
 
@@ -17,19 +20,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser, with the full options of `command` (the others show only their help line)."""
     parser = _Parser(prog="edt-lab", description="EDT, the Efficient Diffusion Transformer: tools.")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for name, module_name in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        sub = subparsers.add_parser(name, help=module.COMMAND_HELP, description=module.COMMAND_HELP)
-        module.add_arguments(sub)
-        sub.set_defaults(run=module.run)
+    for name, (module_name, help_line) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_line, description=help_line)
+        if name == command:
+            module = importlib.import_module(module_name)
+            module.add_arguments(sub)
+            sub.set_defaults(run=module.run)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         args.run(args)
     except (ValueError, FileNotFoundError) as error:

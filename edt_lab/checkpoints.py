@@ -1,0 +1,144 @@
+"""Loading released and own model files safely: architecture inferred from tensor shapes, never pickled code.
+
+Accepted: a released EDT/DiT training file (`torch.save` dict with `model`/`ema`/`opt`/`args`; `ema` is taken),
+a bare state dict (`.pt`/`.pth` or `.safetensors`), this project's training checkpoint (it also holds `config`),
+a `save_pretrained` model folder, or a pipeline folder (its `transformer/`).
+"""
+
+import argparse
+import inspect
+import json
+import math
+import pickle
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from .models import DiT, EDT
+from .models.registry import MODEL_CONFIGS
+
+MODEL_CLASSES = {"EDT": EDT, "DiT": DiT}
+
+
+def safe_torch_load(path) -> dict:
+    """torch.load(weights_only=True) that also allows argparse.Namespace; anything else pickled is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else "unpickling refused"
+        raise ValueError(f"{path}: refused to load, not a plain weights file ({reason})") from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise ValueError(f"{path}: unreadable checkpoint ({str(error).splitlines()[0]})") from None
+
+
+def model_config(model) -> dict:
+    """JSON-able config of an EDT or DiT, with `_class_name`, that `model_from_config` turns back into a model."""
+    config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+    return {"_class_name": type(model).__name__, **config}
+
+
+def model_from_config(config: dict):
+    """Build (untrained) the model described by `model_config`."""
+    config = dict(config)
+    name = config.pop("_class_name", None)
+    if name not in MODEL_CLASSES:
+        raise ValueError(f"unknown model class {name!r}: expected EDT or DiT")
+    allowed = inspect.signature(MODEL_CLASSES[name].__init__).parameters
+    return MODEL_CLASSES[name](**{k: v for k, v in config.items() if k in allowed})
+
+
+def _namespace_value(args, key):
+    return getattr(args, key, None) if isinstance(args, argparse.Namespace) else None
+
+
+def infer_config(state_dict: dict, args=None) -> dict:
+    """Architecture of an EDT or DiT state dict from its tensor shapes alone (DiT heads: registry or `args`)."""
+    if "x_embedder.proj.weight" not in state_dict or "final_layer.linear.weight" not in state_dict:
+        raise ValueError("not an EDT or DiT state dict: no x_embedder.proj.weight / final_layer.linear.weight")
+    width, in_channels, patch, _ = state_dict["x_embedder.proj.weight"].shape
+    grid = math.isqrt(state_dict["pos_embed"].shape[1])
+    out_channels = state_dict["final_layer.linear.weight"].shape[0] // (patch * patch)
+    table_rows = state_dict["y_embedder.embedding_table.weight"].shape[0]
+    num_blocks = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("blocks."))
+    widths = [state_dict[f"blocks.{i}.attn.qkv.weight"].shape[1] for i in range(num_blocks)]
+    mlp_ratio = state_dict["blocks.0.mlp.fc1.weight"].shape[0] / widths[0]
+    common = dict(input_size=grid * patch, patch_size=patch, in_channels=in_channels, num_classes=table_rows - 1,
+                  learn_sigma=out_channels == 2 * in_channels, mlp_ratio=mlp_ratio)
+    if "down_blocks.0.reduction.weight" in state_dict:
+        # Blocks come in five runs of equal width; neighbouring stages differ in width in every EDT.
+        runs = []
+        for i, w in enumerate(widths):
+            if runs and runs[-1][0] == w:
+                runs[-1][1] += 1
+            else:
+                runs.append([w, 1])
+        if len(runs) != 5:
+            raise ValueError(f"cannot split the {num_blocks} EDT blocks into five stages by width")
+        heads, start = [], 0
+        for _, depth in runs:
+            heads.append(state_dict[f"blocks.{start}.attn.rel_pos_bias.relative_position_bias_table"].shape[1])
+            start += depth
+        return {"_class_name": "EDT", **common, "dims": [w for w, _ in runs], "stages_depth": [d for _, d in runs],
+                "num_heads": heads}
+    heads = next((kw["num_heads"] for cls, kw in MODEL_CONFIGS.values()
+                  if cls is DiT and kw["hidden_size"] == width and kw["depth"] == num_blocks), None)
+    heads = heads or _namespace_value(args, "num_heads") or width // 64  # DiT's sizes all use 64-wide heads
+    return {"_class_name": "DiT", **common, "hidden_size": width, "depth": num_blocks, "num_heads": heads}
+
+
+def check_state_dict(model, state_dict: dict, source) -> None:
+    """Raise ValueError naming `source` and the first missing, unexpected or mis-shaped keys."""
+    expected = model.state_dict()
+    problems = []
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    shapes = [k for k in expected if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)]
+    if missing:
+        problems.append(f"missing keys {missing[:3]}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected[:3]}")
+    if shapes:
+        k = shapes[0]
+        problems.append(f"mis-shaped {k}: file {tuple(state_dict[k].shape)}, model {tuple(expected[k].shape)}")
+    if problems:
+        raise ValueError(f"{source}: does not fit {type(model).__name__}: " + "; ".join(problems))
+
+
+def _weights_from_file(path: Path):
+    """(state dict, config or None, args or None) of a .pt/.pth/.safetensors file."""
+    if path.suffix == ".safetensors":
+        return load_file(path), None, None
+    content = safe_torch_load(path)
+    if not isinstance(content, dict):
+        raise ValueError(f"{path}: expected a dict of tensors or a training checkpoint, got {type(content).__name__}")
+    if "ema" in content or "model" in content:  # training file: the EMA weights are the released ones
+        weights = content.get("ema") or content["model"]
+        return weights, content.get("config"), content.get("args")
+    return content, None, None
+
+
+def load_checkpoint(path, device="cpu"):
+    """A ready EDT or DiT (eval mode) from any accepted file or folder."""
+    path = Path(path)
+    if path.is_dir():
+        folder = path / "transformer" if (path / "model_index.json").is_file() else path
+        config_file = folder / "config.json"
+        if not config_file.is_file():
+            raise ValueError(f"{path}: no config.json (expected a save_pretrained model or pipeline folder)")
+        name = json.loads(config_file.read_text()).get("_class_name")
+        if name not in MODEL_CLASSES:
+            raise ValueError(f"{config_file}: unknown model class {name!r}: expected EDT or DiT")
+        return MODEL_CLASSES[name].from_pretrained(folder).to(device).eval()
+    if not path.exists():
+        raise ValueError(f"{path}: no such file or folder")
+    state_dict, config, args = _weights_from_file(path)
+    model = model_from_config(config or infer_config(state_dict, args))
+    check_state_dict(model, state_dict, path)
+    model.load_state_dict(state_dict, strict=True)
+    return model.to(device).eval()

@@ -1,0 +1,112 @@
+"""Loading released and own files: formats, shape inference, refusal of pickled code, named errors."""
+
+import argparse
+import os
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from edt_lab.checkpoints import load_checkpoint, model_config
+from edt_lab.models import DiT, EDT, create_model
+
+SMALL_EDT = dict(dims=(24, 32, 40, 32, 24), num_heads=(2, 1, 2, 1, 2), stages_depth=(1, 2, 1, 2, 1),
+                 input_size=16, in_channels=4, num_classes=7)
+
+
+def randomised(model):
+    torch.manual_seed(0)
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    return model
+
+
+def assert_same_weights(a, b):
+    assert a.state_dict().keys() == b.state_dict().keys()
+    for key, value in a.state_dict().items():
+        assert torch.equal(b.state_dict()[key], value), key
+
+
+def test_released_training_file_gives_ema_weights(tmp_path):
+    model, ema = randomised(create_model("EDT-T/2", **SMALL_EDT)), create_model("EDT-T/2", **SMALL_EDT)
+    path = tmp_path / "0400000.pt"
+    torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": {},
+                "args": argparse.Namespace(model="EDT-S/2", image_size=256)}, path)
+    loaded = load_checkpoint(path)
+    assert isinstance(loaded, EDT) and not loaded.training
+    assert loaded.config.dims == [24, 32, 40, 32, 24] and loaded.config.stages_depth == [1, 2, 1, 2, 1]
+    assert loaded.config.num_heads == [2, 1, 2, 1, 2] and loaded.config.num_classes == 7
+    assert_same_weights(ema, loaded)
+
+
+def test_compat_state_dict_architecture_is_inferred(tmp_path, compat_case):
+    path = tmp_path / "compat.pt"
+    torch.save(compat_case["state_dict"], path)
+    model = load_checkpoint(path)
+    cfg = compat_case["config"]
+    assert list(model.config.dims) == cfg["dims"] and list(model.config.num_heads) == cfg["num_heads"]
+    with torch.no_grad():
+        torch.testing.assert_close(model(compat_case["x"], compat_case["t"], compat_case["y"]),
+                                   compat_case["out_no_amm"], atol=1e-5, rtol=0)
+
+
+def test_dit_bare_state_dict_and_safetensors(tmp_path):
+    model = randomised(create_model("DiT-T/2"))
+    torch.save(model.state_dict(), tmp_path / "dit.pt")
+    save_file(model.state_dict(), tmp_path / "dit.safetensors")
+    for name in ("dit.pt", "dit.safetensors"):
+        loaded = load_checkpoint(tmp_path / name)
+        assert isinstance(loaded, DiT) and loaded.config.num_heads == 3 and loaded.config.in_channels == 1
+        assert_same_weights(model, loaded)
+
+
+def test_own_training_checkpoint_and_folders(tmp_path):
+    model = randomised(create_model("EDT-T/2"))
+    torch.save({"model": model.state_dict(), "ema": model.state_dict(), "config": model_config(model),
+                "args": argparse.Namespace(model="EDT-T/2")}, tmp_path / "step.pt")
+    assert_same_weights(model, load_checkpoint(tmp_path / "step.pt"))
+    model.save_pretrained(tmp_path / "folder")
+    assert_same_weights(model, load_checkpoint(tmp_path / "folder"))
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickled_code_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "ran"
+    payload = RunsCode()
+    payload.marker = marker
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"model": payload}, f)
+    torch.save({"ema": {"w": torch.zeros(1)}, "hook": payload}, tmp_path / "evil_zip.pt")
+    for file in (path, tmp_path / "evil_zip.pt"):
+        with pytest.raises(ValueError, match="refused to load, not a plain weights file"):
+            load_checkpoint(file)
+    assert not marker.exists()
+
+
+def test_wrong_keys_name_the_file_and_the_keys(tmp_path):
+    state = create_model("EDT-T/2").state_dict()
+    state.pop("blocks.3.mlp.fc1.bias")
+    state["blocks.3.extra"] = torch.zeros(1)
+    path = tmp_path / "broken.pt"
+    torch.save({"ema": state}, path)
+    with pytest.raises(ValueError, match=r"broken.pt: does not fit EDT: missing keys \['blocks.3.mlp.fc1.bias'\]; "
+                                         r"unexpected keys \['blocks.3.extra'\]"):
+        load_checkpoint(path)
+
+
+def test_unreadable_or_missing_files(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt"):
+        load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(ValueError, match="no such file"):
+        load_checkpoint(tmp_path / "absent.pt")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not an EDT or DiT state dict"):
+        load_checkpoint(tmp_path / "other.pt")
