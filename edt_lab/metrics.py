@@ -1,0 +1,318 @@
+"""Sample quality: Frechet distance, Inception score, precision/recall, digit-classifier metrics, ADM .npz scoring."""
+
+import json
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+import torch
+
+from edt_lab.classifier import load_digit_classifier
+from edt_lab.data import load_digits, split_digits
+
+INCEPTION_FILE = "inception-2015-12-05.pt"
+DEFAULT_INCEPTION_PATH = Path(__file__).resolve().parent.parent / "assets" / INCEPTION_FILE
+SFID_NOTE = ("sFID not computed: it needs Inception's spatial mixed_6/conv features, "
+             "which the TorchScript Inception file does not expose")
+
+
+#################################################################################
+#                               Generic metrics                                 #
+#################################################################################
+
+def feature_statistics(features):
+    """Mean (F,) and covariance (F, F), in float64, of features (N, F)."""
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or len(features) < 2:
+        raise ValueError(f"expected features of shape (N, F) with N >= 2, got {features.shape}")
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+    """Frechet distance between the Gaussians N(mu1, sigma1) and N(mu2, sigma2): the FID formula."""
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, dtype=np.float64)), np.atleast_1d(np.asarray(mu2, dtype=np.float64))
+    sigma1 = np.atleast_2d(np.asarray(sigma1, dtype=np.float64))
+    sigma2 = np.atleast_2d(np.asarray(sigma2, dtype=np.float64))
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
+        raise ValueError(f"statistics do not match: means {mu1.shape} and {mu2.shape}, "
+                         f"covariances {sigma1.shape} and {sigma2.shape}")
+    with warnings.catch_warnings():  # a singular product is handled below, not worth a warning
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+        # A (near-)singular product has no stable square root: nudge both covariances off singularity.
+        offset = np.eye(len(mu1)) * eps
+        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        # Round-off gives tiny imaginary parts; a large one means the statistics are broken.
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"the covariances' product has a complex square root (imaginary part "
+                             f"{np.abs(covmean.imag).max():.3g}): are the statistics valid covariances?")
+        covmean = covmean.real
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def inception_score(logits_or_probs, splits: int = 10):
+    """Inception score (mean, std over splits) of class predictions (N, K), given as logits or probabilities."""
+    scores = torch.as_tensor(np.asarray(logits_or_probs), dtype=torch.float64)
+    if scores.ndim != 2 or not 1 <= splits <= len(scores):
+        raise ValueError(f"expected predictions (N, K) with N >= splits = {splits}, got {tuple(scores.shape)}")
+    is_probs = bool((scores >= 0).all()) and torch.allclose(scores.sum(1), torch.ones(len(scores), dtype=scores.dtype),
+                                                            atol=1e-3)
+    probs = scores if is_probs else scores.softmax(dim=1)
+    values = []
+    for part in torch.tensor_split(probs, splits):
+        marginal = part.mean(dim=0, keepdim=True)  # p(y) over the split
+        kl = (torch.special.xlogy(part, part) - torch.special.xlogy(part, marginal)).sum(dim=1).mean()
+        values.append(kl.exp().item())
+    return float(np.mean(values)), float(np.std(values))
+
+
+def _knn_radii(points, k: int, batch_size: int):
+    """Distance (N,) from each point to its k-th nearest other point of the same set."""
+    # The (k + 1)-th smallest distance, since each point is its own nearest neighbour at distance 0.
+    return torch.cat([torch.cdist(points[i:i + batch_size], points).kthvalue(k + 1, dim=1).values
+                      for i in range(0, len(points), batch_size)])
+
+
+def _fraction_inside(points, centres, radii, batch_size: int) -> float:
+    """Fraction of points (N, F) inside at least one ball (centres (M, F), radii (M,))."""
+    inside = [(torch.cdist(points[i:i + batch_size], centres) <= radii).any(dim=1)
+              for i in range(0, len(points), batch_size)]
+    return torch.cat(inside).float().mean().item()
+
+
+def precision_recall(real_features, fake_features, k: int = 3, batch_size: int = 1000):
+    """Improved precision and recall (Kynkaanniemi et al. 2019): (precision, recall) from k-NN manifolds.
+
+    Precision: the fraction of fakes inside the real manifold (union of balls reaching each real point's k-th
+    neighbour); recall: the fraction of reals inside the fake manifold.
+    """
+    real = torch.as_tensor(np.asarray(real_features), dtype=torch.float32)
+    fake = torch.as_tensor(np.asarray(fake_features), dtype=torch.float32)
+    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1] or min(len(real), len(fake)) <= k:
+        raise ValueError(f"expected real (N, F) and fake (M, F) features with more than k = {k} rows each, "
+                         f"got {tuple(real.shape)} and {tuple(fake.shape)}")
+    precision = _fraction_inside(fake, real, _knn_radii(real, k, batch_size), batch_size)
+    recall = _fraction_inside(real, fake, _knn_radii(fake, k, batch_size), batch_size)
+    return precision, recall
+
+
+#################################################################################
+#                       Digits judged by the digit classifier                   #
+#################################################################################
+
+def to_digit_images(images):
+    """Digits as (N, 1, 32, 32) float in [-1, 1], from that or from uint8 (N, 32, 32, 1) or (N, 32, 32) (ADM .npz)."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    if images.dtype == torch.uint8:
+        images = images.unsqueeze(-1) if images.ndim == 3 else images
+        images = images.permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (N, H, W, 1) -> (N, 1, H, W)
+    images = images.float()
+    if images.ndim != 4 or tuple(images.shape[1:]) != (1, 32, 32):
+        raise ValueError(f"expected digits of shape (N, 1, 32, 32) in [-1, 1] or uint8 (N, 32, 32, 1), "
+                         f"got {tuple(images.shape)}")
+    if images.min() < -1.01 or images.max() > 1.01:
+        raise ValueError(f"expected float digits in [-1, 1], got values in [{images.min():.3g}, {images.max():.3g}]")
+    return images
+
+
+@torch.no_grad()
+def _classify(classifier, images, batch_size: int = 128):
+    """Logits (N, 10) and penultimate features (N, F) of digits (N, 1, 32, 32), by an eval-mode classifier."""
+    features = torch.cat([classifier.features(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    return classifier.logits(features), features  # in eval mode the logits are the head on the features
+
+
+def nearest_distances(queries, references, batch_size: int = 500):
+    """L2 distance (N,) in [-1, 1] pixel space from each query image to its nearest reference image."""
+    queries, references = queries.flatten(1).double(), references.flatten(1).double()  # exact 0 for copies
+    return torch.cat([torch.cdist(queries[i:i + batch_size], references).min(dim=1).values
+                      for i in range(0, len(queries), batch_size)])
+
+
+def digit_metrics(images, labels=None, classifier=None, reference=None, seed: int = 0):
+    """Judge generated digits with the digit classifier; returns a dict of plain numbers.
+
+    images: (N, 1, 32, 32) in [-1, 1] or uint8 (N, 32, 32, 1); labels: the requested classes (N,) or None.
+    reference: real digits for the FID (default: the bundled digits less the held-out ones).
+    The FID is in the classifier's feature space. `fid_real_floor` is the FID of real digits, as many as the
+    samples (where the reference allows), against the same reference part, so it is the value a perfect
+    generator would get. `nearest_train_l2` is the mean pixel distance of each sample to its nearest training
+    digit; `nearest_train_l2_held_out` is the same for held-out real digits, the value of new, uncopied digits.
+    """
+    images = to_digit_images(images)
+    classifier = load_digit_classifier() if classifier is None else classifier.eval()
+    digits, digit_labels = load_digits()
+    train, held_out = split_digits(digit_labels)
+    reference = digits[train] if reference is None else to_digit_images(reference)
+    if len(images) < 2 or len(reference) < 4:
+        raise ValueError(f"need at least 2 samples and 4 reference digits, got {len(images)} and {len(reference)}")
+
+    logits, features = _classify(classifier, images)
+    results = {"num_samples": len(images), "accuracy": None, "per_class_accuracy": None}
+    if labels is not None:
+        labels = torch.as_tensor(np.asarray(labels)).long().flatten()
+        if len(labels) != len(images) or labels.min() < 0 or labels.max() > 9:
+            raise ValueError(f"expected {len(images)} labels in 0..9, got {len(labels)} in "
+                             f"{labels.min().item()}..{labels.max().item()}")
+        correct = (logits.argmax(dim=1) == labels).float()
+        results["accuracy"] = correct.mean().item()
+        results["per_class_accuracy"] = [correct[labels == c].mean().item() if (labels == c).any() else None
+                                         for c in range(10)]
+
+    # Split the reference: `floor` real digits (as many as the samples where possible) and the rest, which
+    # both the samples and the floor digits are compared against, so the two FIDs have the same bias.
+    _, reference_features = _classify(classifier, reference)
+    order = torch.randperm(len(reference), generator=torch.Generator().manual_seed(seed))
+    num_floor = min(len(images), len(reference) // 2)
+    floor, rest = reference_features[order[:num_floor]], reference_features[order[num_floor:]]
+    rest_stats = feature_statistics(rest)
+    results["fid"] = frechet_distance(*feature_statistics(features), *rest_stats)
+    results["fid_real_floor"] = frechet_distance(*feature_statistics(floor), *rest_stats)
+    results["nearest_train_l2"] = nearest_distances(images, digits[train]).mean().item()
+    results["nearest_train_l2_held_out"] = nearest_distances(digits[held_out], digits[train]).mean().item()
+    results["notes"] = ["FID in the digit classifier's feature space (not Inception); compare it with fid_real_floor"]
+    return results
+
+
+#################################################################################
+#                         Inception-v3 metrics on ADM .npz                      #
+#################################################################################
+
+def load_inception(path=None):
+    """The TorchScript Inception-v3 of the StyleGAN2-ADA metrics (default: assets/inception-2015-12-05.pt)."""
+    path = Path(path) if path is not None else DEFAULT_INCEPTION_PATH
+    if not path.is_file():
+        raise ValueError(f"no Inception weights at {path}: put {INCEPTION_FILE} (TorchScript, from the StyleGAN2-ADA "
+                         f"metrics) at {DEFAULT_INCEPTION_PATH} or pass --inception PATH")
+    try:
+        model = torch.jit.load(str(path), map_location="cpu")
+    except (RuntimeError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path} is not a TorchScript Inception-v3 file ({reason})") from None
+    return model.eval()
+
+
+@torch.no_grad()
+def inception_outputs(model, images, return_features: bool, batch_size: int = 64, device="cpu"):
+    """Pool features (N, 2048) or class probabilities (N, 1008) of uint8 images (N, H, W, 1 or 3)."""
+    outputs = []
+    for i in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[i:i + batch_size]).to(device).permute(0, 3, 1, 2).float()  # (B, C, H, W), 0..255
+        x = x.expand(-1, 3, -1, -1)  # grey -> RGB; a no-op for RGB
+        # ADM's evaluator and StyleGAN2-ADA's IS both drop the output bias before the softmax.
+        output = model(x, return_features=True) if return_features else model(x, no_output_bias=True)
+        outputs.append(output.double().cpu())
+    return torch.cat(outputs).numpy()
+
+
+def read_npz(path, images_required: bool = True):
+    """The arrays of an ADM-style .npz: `arr_0` uint8 (N, H, W, 1 or 3), optional `arr_1` labels, `mu`, `sigma`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist: expected an ADM-style .npz (arr_0: uint8 N x H x W x 3 or x 1)")
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("a single array, not an archive")
+        with data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise ValueError(f"cannot read {path} as an .npz file ({error})") from None
+    images = arrays.get("arr_0")
+    if images is None and (images_required or "mu" not in arrays or "sigma" not in arrays):
+        needed = "arr_0" if images_required else "arr_0 or mu and sigma"
+        raise ValueError(f"{path} holds {sorted(arrays)}; expected {needed}")
+    if images is not None and (images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3)):
+        raise ValueError(f"{path}: arr_0 is {images.dtype} {images.shape}; expected uint8 (N, H, W, 3 or 1)")
+    if "arr_1" in arrays and (images is None or arrays["arr_1"].shape != (len(images),)):
+        raise ValueError(f"{path}: arr_1 has shape {arrays['arr_1'].shape}; expected one label per image")
+    return arrays
+
+
+def evaluate_npz(samples_npz, ref_npz=None, inception=None, batch_size: int = 64, device="cpu"):
+    """Score the samples of an ADM-style .npz; returns a dict of plain numbers and notes.
+
+    32x32 one-channel digits without Inception weights are judged by the digit classifier (`digit_metrics`,
+    reference: the images of ref_npz or the bundled digits). Otherwise Inception-v3 (`inception`: a path or a
+    loaded TorchScript module) gives FID against ref_npz (its `mu`/`sigma` when present, as in ADM's reference
+    batches, else its images), IS, and precision/recall against the reference images.
+    """
+    samples = read_npz(samples_npz)
+    reference = read_npz(ref_npz, images_required=False) if ref_npz is not None else None
+    images, labels = samples["arr_0"], samples.get("arr_1")
+
+    if images.shape[1:] == (32, 32, 1) and inception is None:
+        if reference is not None and "arr_0" not in reference:
+            raise ValueError(f"{ref_npz} holds only Inception statistics: pass --inception to compare against them, "
+                             "or give an .npz of real digits")
+        return digit_metrics(images, labels, reference=None if reference is None else reference["arr_0"])
+
+    if reference is None:
+        raise ValueError("Inception metrics need --ref REF.npz (an ADM reference batch or an .npz of real images)")
+    model = inception if isinstance(inception, torch.nn.Module) else load_inception(inception)
+    model = model.to(device)
+    features = inception_outputs(model, images, True, batch_size, device)
+    probs = inception_outputs(model, images, False, batch_size, device)
+    reference_features = None
+    if "arr_0" in reference:
+        reference_features = inception_outputs(model, reference["arr_0"], True, batch_size, device)
+    if "mu" in reference and "sigma" in reference:
+        reference_stats = reference["mu"], reference["sigma"]
+    else:
+        reference_stats = feature_statistics(reference_features)
+
+    inception_mean, inception_std = inception_score(probs)
+    results = {"num_samples": len(images), "fid": frechet_distance(*feature_statistics(features), *reference_stats),
+               "inception_score": inception_mean, "inception_score_std": inception_std,
+               "precision": None, "recall": None, "sfid": None, "notes": [SFID_NOTE]}
+    if reference_features is None:
+        results["notes"].append("precision/recall not computed: the reference .npz has no images (arr_0)")
+    else:
+        results["precision"], results["recall"] = precision_recall(reference_features, features)
+    return results
+
+
+#################################################################################
+#                                  The command                                  #
+#################################################################################
+
+def format_table(results) -> str:
+    """The results as a two-column text table, notes below."""
+    rows = []
+    for name, value in results.items():
+        if name == "notes":
+            continue
+        if isinstance(value, float):
+            value = f"{value:.4f}"
+        elif isinstance(value, list):
+            value = " ".join("-" if v is None else f"{v:.2f}" for v in value)
+        rows.append((name, "-" if value is None else str(value)))
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{name:<{width}}  {value}" for name, value in rows]
+    return "\n".join(lines + [f"note: {note}" for note in results.get("notes", [])])
+
+
+def add_arguments(parser):
+    parser.add_argument("samples", help="ADM-style .npz of samples (arr_0: uint8 N x H x W x 3 or x 1, arr_1: labels)")
+    parser.add_argument("--ref", default=None,
+                        help="reference .npz: real images (arr_0) and/or Inception statistics (mu, sigma); "
+                             "optional for 32x32 digits (default: the bundled digits)")
+    parser.add_argument("--inception", default=None,
+                        help=f"TorchScript {INCEPTION_FILE} (default for non-digit samples: {DEFAULT_INCEPTION_PATH})")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", default=None, help="also write the results to this .json file")
+
+
+def run(args):
+    results = evaluate_npz(args.samples, args.ref, inception=args.inception, batch_size=args.batch_size,
+                           device=args.device)
+    print(format_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

@@ -1,0 +1,222 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edt_lab.classifier import DigitClassifier, augment, load_digit_classifier
+from edt_lab.cli import main
+from edt_lab.data import load_digits, split_digits
+from edt_lab.metrics import (digit_metrics, evaluate_npz, feature_statistics, frechet_distance, inception_score,
+                             load_inception, precision_recall, read_npz)
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    """The 1,000 held-out digits (the last 100 of each class) and their labels."""
+    images, labels = load_digits()
+    _, indices = split_digits(labels)
+    return images[indices], labels[indices]
+
+
+def to_uint8(images):
+    """(N, 1, 32, 32) in [-1, 1] -> uint8 (N, 32, 32, 1), the layout of an ADM .npz."""
+    return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+# ------------------------------------------------------------------ generic metrics
+
+def test_frechet_distance_closed_forms():
+    # 1-D Gaussians: (m1 - m2)^2 + (s1 - s2)^2.
+    assert frechet_distance([1.0], [[4.0]], [3.0], [[9.0]]) == pytest.approx(4.0 + 1.0)
+    # Diagonal Gaussians add up per dimension.
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
+    var1, var2 = np.array([1.0, 4.0, 0.25]), np.array([4.0, 1.0, 1.0])
+    expected = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(var1) - np.sqrt(var2)) ** 2).sum()
+    assert frechet_distance(mu1, np.diag(var1), mu2, np.diag(var2)) == pytest.approx(expected)
+    # Identical statistics, also rank-deficient ones, are at distance zero.
+    features = np.random.default_rng(0).normal(size=(50, 8)) @ np.diag([1, 1, 1, 1, 1, 1, 0, 0])
+    mu, sigma = feature_statistics(features)
+    assert np.allclose(mu, features.mean(0)) and np.allclose(sigma, np.cov(features.T))
+    assert abs(frechet_distance(mu, sigma, mu, sigma)) < 1e-6
+    with pytest.raises(ValueError, match="statistics do not match"):
+        frechet_distance(mu, sigma, mu[:3], sigma[:3, :3])
+
+
+def test_inception_score_uniform_and_one_hot():
+    uniform = torch.full((100, 10), 0.1)
+    assert inception_score(uniform)[0] == pytest.approx(1.0)
+    one_hot = F.one_hot(torch.arange(100) % 10, 10).float()
+    mean, std = inception_score(one_hot)
+    assert mean == pytest.approx(10.0) and std == pytest.approx(0.0)
+    # Logits are turned into probabilities first.
+    assert inception_score(one_hot * 50)[0] == pytest.approx(10.0, rel=1e-3)
+    with pytest.raises(ValueError, match="N >= splits"):
+        inception_score(one_hot[:5])
+
+
+def test_precision_recall_identical_and_disjoint():
+    torch.manual_seed(0)
+    real = torch.randn(200, 16)
+    assert precision_recall(real, real.clone()) == (1.0, 1.0)
+    assert precision_recall(real, real + 100) == (0.0, 0.0)
+    # Fakes covering half of a 2-D real cloud: full precision, recall a little over one half.
+    plane = torch.randn(400, 2)
+    precision, recall = precision_recall(plane, plane[plane[:, 0] > 0], batch_size=64)
+    assert precision == 1.0 and 0.5 < recall < 0.7
+    with pytest.raises(ValueError, match="more than k = 3 rows"):
+        precision_recall(real, real[:3])
+
+
+# ------------------------------------------------------------------ the digit classifier
+
+def test_shipped_classifier_is_accurate_on_held_out_digits(held_out):
+    images, labels = held_out
+    classifier = load_digit_classifier()
+    with torch.no_grad():
+        accuracy = (classifier(images).argmax(1) == labels).float().mean().item()
+    assert accuracy >= 0.97
+    assert classifier.features(images[:4]).shape == (4, 128)
+
+
+def test_classifier_save_load_and_missing(tmp_path):
+    torch.manual_seed(0)
+    model = DigitClassifier(width=4, feature_dim=8).eval()
+    model.save_pretrained(tmp_path / "clf")
+    loaded = load_digit_classifier(tmp_path / "clf")
+    x = torch.randn(2, 1, 32, 32)
+    assert torch.equal(model(x), loaded(x))
+    with pytest.raises(ValueError, match="edt-lab train-classifier --out"):
+        load_digit_classifier(tmp_path / "missing")
+
+
+def test_augment_keeps_background_and_identity(held_out):
+    images = held_out[0][:8]
+    generator = torch.Generator().manual_seed(0)
+    assert torch.allclose(augment(images, generator, max_shift=0, max_degrees=0), images, atol=1e-5)
+    moved = augment(images, generator)
+    assert moved.shape == images.shape and (moved[:, :, 0, 0] == -1).all()
+
+
+# ------------------------------------------------------------------ digit metrics
+
+def test_digit_metrics_real_versus_noise(held_out):
+    images, labels = held_out
+    real = digit_metrics(images, labels)
+    assert real["accuracy"] > 0.97 and len(real["per_class_accuracy"]) == 10
+    assert real["fid"] < 2 * real["fid_real_floor"]
+    # Held-out digits are new digits, as far from the training digits as the held-out reference.
+    assert real["nearest_train_l2"] == pytest.approx(real["nearest_train_l2_held_out"])
+
+    torch.manual_seed(0)
+    noise = digit_metrics(torch.rand(200, 1, 32, 32) * 2 - 1, torch.arange(200) % 10)
+    assert noise["accuracy"] < 0.3
+    assert noise["fid"] > 20 * noise["fid_real_floor"]
+    # Copies of training digits are at distance zero.
+    train = load_digits()[0][:20]
+    copies = digit_metrics(train, reference=images)
+    assert copies["nearest_train_l2"] < 1e-3 and copies["accuracy"] is None
+
+
+def test_digit_metrics_bad_input(held_out):
+    images, labels = held_out
+    with pytest.raises(ValueError, match=r"\(N, 1, 32, 32\)"):
+        digit_metrics(torch.zeros(4, 3, 32, 32), labels[:4])
+    with pytest.raises(ValueError, match=r"in \[-1, 1\]"):
+        digit_metrics(images[:4] * 255, labels[:4])
+    with pytest.raises(ValueError, match="labels in 0..9"):
+        digit_metrics(images[:4], torch.tensor([0, 1, 2, 10]))
+
+
+# ------------------------------------------------------------------ the eval command
+
+def test_eval_command_on_real_digits(tmp_path, held_out, capsys):
+    images, labels = held_out
+    np.savez(tmp_path / "samples.npz", to_uint8(images[::2]), labels[::2].numpy())
+    assert main(["eval", str(tmp_path / "samples.npz"), "--json", str(tmp_path / "out.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "accuracy" in printed and "fid_real_floor" in printed
+    results = json.loads((tmp_path / "out.json").read_text())
+    assert results["num_samples"] == 500 and results["accuracy"] > 0.97
+
+
+def test_eval_command_missing_file(tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "nope.npz")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "nope.npz does not exist" in error
+
+
+def test_read_npz_errors(tmp_path):
+    (tmp_path / "text.npz").write_text("not an archive")
+    with pytest.raises(ValueError, match="cannot read"):
+        read_npz(tmp_path / "text.npz")
+    np.savez(tmp_path / "floats.npz", np.zeros((2, 8, 8, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match="expected uint8"):
+        read_npz(tmp_path / "floats.npz")
+    np.savez(tmp_path / "labels.npz", np.zeros((2, 8, 8, 3), dtype=np.uint8), np.zeros(3))
+    with pytest.raises(ValueError, match="one label per image"):
+        read_npz(tmp_path / "labels.npz")
+
+
+# ------------------------------------------------------------------ Inception metrics plumbing
+
+class StandInInception(torch.nn.Module):
+    """Tiny module with the call signature of the StyleGAN2-ADA TorchScript Inception-v3."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(48, 1008)
+
+    def forward(self, img, return_features: bool = False, use_fp16: bool = False, no_output_bias: bool = False):
+        features = F.adaptive_avg_pool2d(img / 255, 4).flatten(1)  # (B, 3 * 16), stands in for the 2048 pool
+        if return_features:
+            return features
+        logits = self.fc(features)
+        if no_output_bias:
+            logits = logits - self.fc.bias
+        return logits.softmax(dim=1)
+
+
+@pytest.fixture
+def inception_file(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "inception.pt"
+    torch.jit.save(torch.jit.script(StandInInception()), str(path))
+    return path
+
+
+def test_inception_metrics_with_stand_in(tmp_path, inception_file):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(64, 16, 16, 3), dtype=np.uint8)
+    np.savez(tmp_path / "samples.npz", images)
+    np.savez(tmp_path / "ref.npz", images)
+    same = evaluate_npz(tmp_path / "samples.npz", tmp_path / "ref.npz", inception=inception_file, batch_size=10)
+    assert abs(same["fid"]) < 1e-6 and same["precision"] == 1.0 and same["recall"] == 1.0
+    assert 1.0 <= same["inception_score"] and same["sfid"] is None
+    assert any("sFID not computed" in note for note in same["notes"])
+
+    # Reference statistics only (as in ADM's reference batches): FID from mu/sigma, no precision/recall.
+    model = load_inception(inception_file)
+    darker = (images // 2).astype(np.uint8)
+    features = model(torch.from_numpy(darker).permute(0, 3, 1, 2).float(), return_features=True)
+    mu, sigma = feature_statistics(features.detach())
+    np.savez(tmp_path / "stats.npz", mu=mu, sigma=sigma)
+    stats = evaluate_npz(tmp_path / "samples.npz", tmp_path / "stats.npz", inception=model)
+    assert stats["fid"] > 1 and stats["precision"] is None
+
+    # The command, with single-channel digits given Inception weights.
+    np.savez(tmp_path / "digits.npz", rng.integers(0, 256, size=(20, 32, 32, 1), dtype=np.uint8))
+    argv = ["eval", str(tmp_path / "digits.npz"), "--ref", str(tmp_path / "stats.npz"),
+            "--inception", str(inception_file), "--json", str(tmp_path / "out.json")]
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "out.json").read_text())["inception_score"] >= 1.0
+
+
+def test_missing_inception_weights(tmp_path):
+    np.savez(tmp_path / "rgb.npz", np.zeros((4, 16, 16, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="put inception-2015-12-05.pt .* or pass --inception PATH"):
+        evaluate_npz(tmp_path / "rgb.npz", tmp_path / "rgb.npz", inception=tmp_path / "missing.pt")
+    (tmp_path / "bad.pt").write_text("not a model")
+    with pytest.raises(ValueError, match="not a TorchScript"):
+        load_inception(tmp_path / "bad.pt")
