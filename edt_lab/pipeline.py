@@ -1,0 +1,306 @@
+"""EDTPipeline: class-conditional sampling with EDT or DiT, guidance, AMM per call, previews and attention maps.
+
+Data flow: a model (`edt_lab.checkpoints.load_checkpoint`) + a diffusers scheduler (+ a VAE for latent models)
+-> `pipe(class_labels, ...)` -> images in [0, 1]. Samplers are swappable: `pipe.scheduler = make_scheduler("dpm")`.
+"""
+
+import json
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import diffusers
+import numpy as np
+import torch
+from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, DiffusionPipeline,
+                       DPMSolverMultistepScheduler)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from .amm import AMM_PRESETS, preset_for
+from .checkpoints import load_checkpoint
+from .diffusion import make_training_scheduler
+from .models import capture_attention
+
+LATENT_SCALE = 0.18215  # the SD VAE latents are multiplied by this before the model (EDT spec section 0)
+SAMPLERS = ("ddpm", "ddim", "dpm")
+OUTPUT_TYPES = ("pil", "np", "pt")
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "edt_t2_digits"
+
+
+def make_scheduler(name: str, num_train_timesteps: int = 1000) -> SchedulerMixin:
+    """A sampler on the released schedule: "ddpm" (learned variance), "ddim" (eta 0), "dpm" (DPM-Solver++, order 2)."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}: expected one of {', '.join(SAMPLERS)}")
+    training = make_training_scheduler(num_train_timesteps)
+    if name == "ddpm":
+        # ADM's respacing ("250" of 1000) keeps round(linspace(0, 999, S)), so the chain ends at t = 999 like
+        # the released evaluation; diffusers' default "leading" spacing would start at 996.
+        return DDPMScheduler.from_config(training.config, timestep_spacing="linspace")
+    schedule = {key: training.config[key] for key in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")}
+    if name == "ddim":
+        return DDIMScheduler(**schedule, clip_sample=False, prediction_type="epsilon")
+    # No variance_type here: DPM-Solver would then keep only the first 3 channels; the pipeline passes eps alone.
+    return DPMSolverMultistepScheduler(**schedule, algorithm_type="dpmsolver++", solver_order=2,
+                                       prediction_type="epsilon")
+
+
+def image_generators(seed: int, indices) -> list[torch.Generator]:
+    """One CPU generator per image index, seeded from (seed, index): an image never depends on its batch."""
+    return [torch.Generator().manual_seed(int(np.random.SeedSequence([seed, int(i)]).generate_state(1)[0]))
+            for i in indices]
+
+
+@dataclass
+class EDTPipelineOutput(BaseOutput):
+    """Images (list of PIL, (B, H, W, C) array or (B, C, H, W) tensor in [0, 1]) and, when asked, previews and
+    attention maps: previews[s] holds the predicted clean images after step s; attention[block] holds
+    "attention" and "modulated" (N, N) arrays (the latter None for a block without AMM)."""
+
+    images: list | np.ndarray | torch.Tensor
+    previews: list | None = None
+    attention: dict | None = None
+
+
+class EDTPipeline(DiffusionPipeline):
+    """Class-conditional sampling with an EDT or DiT `transformer`, a diffusers `scheduler` and an optional `vae`.
+
+    `vae` is an AutoencoderKL for latent models (4-channel latents scaled by 0.18215) and None for pixel-space
+    models; `id2label` maps class index -> name (comma-separated synonyms allowed, as ImageNet's).
+    """
+
+    model_cpu_offload_seq = "transformer->vae"
+    _optional_components = ["vae"]
+
+    def __init__(self, transformer, scheduler, vae: AutoencoderKL | None = None, id2label: dict | None = None):
+        super().__init__()
+        self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
+        id2label = {int(k): str(v) for k, v in (id2label or {}).items()}  # JSON stores the keys as strings
+        self.register_to_config(id2label=id2label)
+        self.id2label = id2label
+        self.labels = dict(sorted((name.strip(), i) for i, names in id2label.items() for name in names.split(",")))
+
+    @classmethod
+    def from_pretrained(cls, folder, device="cpu") -> "EDTPipeline":
+        """Load a folder written by `save_pretrained`, offline; the transformer goes through `load_checkpoint`.
+
+        diffusers' generic loader looks up the transformer's class and a ModelMixin base in the module named in
+        model_index.json, which edt_lab's model modules do not provide; reading the few parts directly is simpler.
+        """
+        folder = Path(folder)
+        index_file = folder / "model_index.json"
+        if not index_file.is_file():
+            raise ValueError(f"{folder}: no model_index.json (expected an EDTPipeline.save_pretrained folder)")
+        index = json.loads(index_file.read_text())
+        scheduler_class = getattr(diffusers, str(index.get("scheduler", [None, None])[1]), None)
+        if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, SchedulerMixin)):
+            raise ValueError(f"{index_file}: scheduler {index.get('scheduler')} is not a diffusers scheduler")
+        scheduler = scheduler_class.from_pretrained(folder / "scheduler")
+        vae = load_vae(folder / "vae") if (index.get("vae") or [None])[0] else None
+        return cls(load_checkpoint(folder), scheduler, vae, index.get("id2label")).to(device)
+
+    # ------------------------------------------------------------------------------------------------------
+    # Labels
+    # ------------------------------------------------------------------------------------------------------
+
+    def get_label_ids(self, names) -> list[int]:
+        """Class indices of class names (a name or a list of names)."""
+        names = [names] if isinstance(names, str) else list(names)
+        for name in names:
+            if name in self.labels:
+                continue
+            if not self.labels:
+                raise ValueError(f"unknown class name {name!r}: this model has no class names, pass class indices "
+                                 f"0..{self.transformer.config.num_classes - 1}")
+            known = ", ".join(repr(n) for n in list(self.labels)[:5])
+            more = f", ... ({len(self.labels)} names in pipe.labels)" if len(self.labels) > 5 else ""
+            raise ValueError(f"unknown class name {name!r}: expected one of {known}{more}")
+        return [self.labels[name] for name in names]
+
+    def class_ids(self, class_labels) -> list[int]:
+        """Class indices (checked against the model's range) of ints, names or a mix; one label or a list."""
+        single = isinstance(class_labels, (int, str, np.integer))
+        if single or (torch.is_tensor(class_labels) and class_labels.ndim == 0):
+            class_labels = [class_labels]
+        ids = [self.get_label_ids(c)[0] if isinstance(c, str) else int(c) for c in class_labels]
+        num_classes = self.transformer.config.num_classes
+        if not ids:
+            raise ValueError("no class labels given: expected at least one class")
+        for i in ids:
+            if not 0 <= i < num_classes:
+                raise ValueError(f"class {i} is out of range: this model has classes 0..{num_classes - 1}")
+        return ids
+
+    # ------------------------------------------------------------------------------------------------------
+    # Sampling
+    # ------------------------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _sampling_state(self, amm_blocks, amm_radius, amm_scale, guidance_scale):
+        """Eval mode and this call's AMM; the previous AMM and training flag are restored afterwards."""
+        model = self.transformer
+        previous_amm = [block.attn.amm for block in model.blocks]
+        was_training = model.training
+        if amm_blocks is not None:
+            form, scale = "exp", amm_scale
+            if isinstance(amm_blocks, str):
+                name = preset_for(model, guidance_scale) if amm_blocks == "preset" else amm_blocks
+                if name not in AMM_PRESETS:
+                    raise ValueError(f"unknown AMM setting {amm_blocks!r}: expected 'preset', a preset name "
+                                     f"({', '.join(AMM_PRESETS)}) or a list of block indices")
+                preset = AMM_PRESETS[name]
+                amm_blocks, form, scale = preset.blocks, preset.form, preset.scale if scale is None else scale
+            model.set_amm(amm_blocks, amm_radius, 0.5 if scale is None else scale, form)
+        elif amm_radius is not None or amm_scale is not None:
+            raise ValueError("amm_radius and amm_scale need amm_blocks (a list of blocks, 'preset' or a preset name)")
+        model.eval()
+        try:
+            yield
+        finally:
+            model.train(was_training)
+            for block, amm in zip(model.blocks, previous_amm):
+                block.attn.amm = amm
+
+    def _scheduler_takes_variance(self) -> bool:
+        """True when the scheduler reads the learned variance channels (DDPM with learned variance)."""
+        return isinstance(self.scheduler, DDPMScheduler) and self.scheduler.config.variance_type in (
+            "learned", "learned_range")
+
+    def _to_images(self, x, output_type: str):
+        """Model-space samples (B, C, h, w) -> images in [0, 1] as PIL list, (B, H, W, C) array or (B, C, H, W)."""
+        if self.vae is not None:
+            x = self.vae.decode(x.to(self.vae.dtype) / LATENT_SCALE).sample
+        images = (x.float() / 2 + 0.5).clamp(0, 1).cpu()  # [-1, 1] -> [0, 1]
+        if output_type == "pt":
+            return images
+        images = images.permute(0, 2, 3, 1).numpy()
+        return self.numpy_to_pil(images) if output_type == "pil" else images
+
+    def _check_call(self, num_inference_steps, guidance_scale, output_type, generator, batch_size):
+        config = self.transformer.config
+        if num_inference_steps < 1:
+            raise ValueError(f"the number of sampling steps must be at least 1, got {num_inference_steps}")
+        if num_inference_steps > self.scheduler.config.num_train_timesteps:
+            raise ValueError(f"the number of sampling steps must be at most "
+                             f"{self.scheduler.config.num_train_timesteps}, got {num_inference_steps}")
+        if guidance_scale < 1:
+            raise ValueError(f"guidance_scale must be at least 1 (1 = no guidance), got {guidance_scale}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"unknown output_type {output_type!r}: expected one of {', '.join(OUTPUT_TYPES)}")
+        if self.vae is None and config.in_channels == 4:
+            raise ValueError("this model works on 4-channel latents and needs a VAE (an AutoencoderKL folder, "
+                             "e.g. sd-vae-ft-ema)")
+        if self._scheduler_takes_variance() and not config.learn_sigma:
+            raise ValueError("the scheduler expects a learned variance but the model predicts only the noise; "
+                             "use a fixed-variance scheduler")
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"expected one generator per image ({batch_size}), got {len(generator)}")
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels,
+        guidance_scale: float = 1.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int = 250,
+        output_type: str = "pil",
+        amm_blocks=None,
+        amm_radius: float | None = None,
+        amm_scale: float | None = None,
+        guided_channels: int | None = None,
+        callback_on_step_end=None,
+        return_previews: bool = False,
+        attention_blocks=None,
+        attention_step: int | None = None,
+    ) -> EDTPipelineOutput:
+        """Generate one image per class label.
+
+        class_labels: class indices or names (see `labels`). guidance_scale: classifier-free guidance, 1 = none.
+        generator: a torch.Generator, or one per image (see `image_generators`) so each image is reproducible
+            whatever the batch; noise is drawn where the generator lives (CPU) and then moved.
+        num_inference_steps: scheduler steps (the paper evaluates DDPM with 250).
+        output_type: "pil" (list of images), "np" ((B, H, W, C) float in [0, 1]) or "pt" ((B, C, H, W) tensor).
+        amm_blocks: None keeps the model's AMM as set; a list of block indices ([] = off), "preset" (the released
+            arrangement for this model and guidance, `edt_lab.amm.preset_for`) or a preset name sets it for this
+            call only. amm_radius: None = released radius per grid. amm_scale: k, None = 0.5 (or the preset's).
+        guided_channels: channels guided by CFG, None = all noise channels, 3 = as the released scripts.
+        callback_on_step_end: f(pipe, step_index, timestep, {"latents": x}) -> dict; a returned "latents" replaces x.
+        return_previews: also return the predicted clean images x0 after every step (decoded for latent models).
+        attention_blocks: blocks whose attention (head mean, first image, conditional half) is returned, plain
+            softmax and AMM-modulated, recorded at step index attention_step (default: the middle step).
+        """
+        labels = self.class_ids(class_labels)
+        batch_size = len(labels)
+        self._check_call(num_inference_steps, guidance_scale, output_type, generator, batch_size)
+        model, device = self.transformer, self._execution_device
+        channels, size = model.config.in_channels, model.config.input_size
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        attention_blocks = list(attention_blocks or [])
+        attention_step = len(timesteps) // 2 if attention_step is None else attention_step
+        if attention_blocks and not 0 <= attention_step < len(timesteps):
+            raise ValueError(f"attention_step must lie in 0..{len(timesteps) - 1}, got {attention_step}")
+        bad_blocks = [b for b in attention_blocks if not 0 <= b < model.num_blocks]
+        if bad_blocks:
+            raise ValueError(f"attention block {bad_blocks[0]} is out of range: expected 0..{model.num_blocks - 1}")
+
+        y = torch.tensor(labels, device=device)
+        guided = guidance_scale > 1
+        if guided:
+            y = torch.cat([y, torch.full_like(y, model.config.num_classes)])  # second half: the null label
+        x = randn_tensor((batch_size, channels, size, size), generator=generator, device=device, dtype=model.dtype)
+        x = x * self.scheduler.init_noise_sigma
+        previews, attention = [], None
+
+        with self._sampling_state(amm_blocks, amm_radius, amm_scale, guidance_scale):
+            for i, t in enumerate(self.progress_bar(timesteps)):
+                capture = i == attention_step and attention_blocks
+                with capture_attention(model, attention_blocks) if capture else nullcontext() as captured:
+                    x_in = self.scheduler.scale_model_input(x, t)
+                    t_batch = t.reshape(1).to(device).expand(len(y))
+                    if guided:  # (2B, ...) in, the guided prediction in both halves out
+                        out = model.forward_with_cfg(torch.cat([x_in, x_in]), t_batch, y, guidance_scale,
+                                                     guided_channels)[:batch_size]
+                    else:
+                        out = model(x_in, t_batch, y)
+                if capture:
+                    attention = {block: {name: None if maps is None else maps[0].float().mean(0).cpu().numpy()
+                                         for name, maps in captured[block].items()} for block in attention_blocks}
+                eps = out[:, :channels]
+                if return_previews:
+                    abar = self.scheduler.alphas_cumprod.to(device)[t]
+                    x0 = (x - (1 - abar).sqrt() * eps) / abar.sqrt()
+                    previews.append(self._to_images(x0, output_type))
+                step_output = out if self._scheduler_takes_variance() else eps
+                x = self.scheduler.step(step_output, t, x, generator=generator).prev_sample
+                if callback_on_step_end is not None:
+                    x = (callback_on_step_end(self, i, t, {"latents": x}) or {}).get("latents", x)
+
+        images = self._to_images(x, output_type)
+        self.maybe_free_model_hooks()
+        return EDTPipelineOutput(images=images, previews=previews if return_previews else None, attention=attention)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------------
+
+def load_vae(folder) -> AutoencoderKL:
+    """An AutoencoderKL from a local `save_pretrained` folder (e.g. sd-vae-ft-ema), offline."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"{folder}: no config.json (expected an AutoencoderKL folder such as sd-vae-ft-ema)")
+    try:
+        return AutoencoderKL.from_pretrained(folder, local_files_only=True).eval()
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{folder}: unreadable VAE folder ({str(error).strip().splitlines()[0]})") from None
+
+
+def load_default(device="cpu") -> EDTPipeline:
+    """The shipped EDT-T/2 digits pipeline (assets/edt_t2_digits)."""
+    if not (DEFAULT_MODEL_DIR / "model_index.json").is_file():
+        raise ValueError("the default model is not in assets/edt_t2_digits; train and export the digits model "
+                         "there first, or load another model with --ckpt / EDTPipeline.from_pretrained")
+    return EDTPipeline.from_pretrained(DEFAULT_MODEL_DIR, device=device)

@@ -1,0 +1,215 @@
+"""The `edt-lab sample` command: class-conditional samples to a labelled .png grid or an ADM-layout .npz.
+
+Image i of a run (class-major: all K images of the first requested class, then the next class...) is drawn
+from the generators of (seed, i). The same arguments give the same bytes however many processes share the
+work (`accelerate launch -m edt_lab.cli sample ...`: each process takes whole batches, the main process
+gathers them and writes the file). Another --batch-size gives every image the same noise, but the math
+libraries' kernels round differently for different batch shapes (by ~1e-7), which can move a rare pixel by
+one level of 255.
+"""
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import PartialState
+from PIL import Image, ImageDraw, ImageFont
+
+from .checkpoints import load_checkpoint
+from .pipeline import DEFAULT_MODEL_DIR, EDTPipeline, image_generators, load_default, load_vae, make_scheduler
+
+# Used when neither the command line nor the model folder's recommended.json gives a value.
+FALLBACK_SETTINGS = {"sampler": "ddpm", "steps": 250, "cfg": 1.0, "amm": "off", "amm_radius": None, "amm_scale": None}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Parsing
+# ----------------------------------------------------------------------------------------------------------
+
+def parse_classes(text: str, pipe: EDTPipeline) -> list[int]:
+    """"all" or a comma-separated list of class indices or names -> checked class indices."""
+    if text.strip() == "all":
+        return list(range(pipe.transformer.config.num_classes))
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise ValueError(f"--classes {text!r}: expected 'all' or a comma-separated list such as 0,1,2")
+    return pipe.class_ids([int(item) if item.lstrip("-").isdigit() else item for item in items])
+
+
+def parse_amm(value):
+    """--amm: "preset", "off" or block indices "7,10" (a list also accepted) -> the pipeline's `amm_blocks`."""
+    if isinstance(value, (list, tuple)):
+        return [int(b) for b in value]
+    text = str(value).strip()
+    if text in ("preset", "off"):
+        return "preset" if text == "preset" else []
+    try:
+        return [int(item) for item in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--amm {value!r}: expected 'preset', 'off' or comma-separated block indices such as 7,10") \
+            from None
+
+
+def read_recommended(folder) -> dict:
+    """The sampling settings a pipeline folder recommends (its recommended.json), or {}."""
+    path = Path(folder) / "recommended.json"
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    return {key: settings[key] for key in FALLBACK_SETTINGS if key in settings}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Generating and writing
+# ----------------------------------------------------------------------------------------------------------
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Images (N, H, W, C) in [0, 1] -> uint8, rounded."""
+    return np.round(images * 255).clip(0, 255).astype(np.uint8)
+
+
+def generate(pipe: EDTPipeline, labels, indices, seed: int = 0, batch_size: int = 64, **call_kwargs) -> np.ndarray:
+    """uint8 images (len(indices), H, W, C): image `indices[j]` of class `labels[j]` with the noise of (seed, index)."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    batches = []
+    for start in range(0, len(indices), batch_size):
+        batch = list(indices[start:start + batch_size])
+        output = pipe(list(labels[start:start + batch_size]), generator=image_generators(seed, batch),
+                      output_type="np", **call_kwargs)
+        batches.append(to_uint8(output.images))
+    return np.concatenate(batches) if batches else np.zeros((0, 0, 0, 0), np.uint8)
+
+
+def save_npz(path, images: np.ndarray, labels: np.ndarray) -> None:
+    """ADM layout: arr_0 uint8 (N, H, W, C), arr_1 int64 (N,); fixed zip timestamps, so equal data = equal bytes."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, array in (("arr_0", images), ("arr_1", labels)):
+            entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(entry, "w", force_zip64=True) as file:
+                np.lib.format.write_array(file, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def label_grid(images: np.ndarray, row_names: list[str]) -> Image.Image:
+    """One row per name: the name, then that row's images; images (rows * K, H, W, C) uint8, row-major."""
+    rows = len(row_names)
+    per_row, (height, width) = len(images) // rows, images.shape[1:3]
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_width = 8 + int(max(measure.textlength(name, font=font) for name in row_names))
+    grid = Image.new("RGB", (label_width + per_row * width, rows * height), "white")
+    draw = ImageDraw.Draw(grid)
+    for r, name in enumerate(row_names):
+        draw.text((4, r * height + height // 2), name, fill="black", font=font, anchor="lm")
+        for k in range(per_row):
+            tile = images[r * per_row + k]
+            tile = np.repeat(tile, 3, axis=-1) if tile.shape[-1] == 1 else tile
+            grid.paste(Image.fromarray(tile), (label_width + k * width, r * height))
+    return grid
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The command
+# ----------------------------------------------------------------------------------------------------------
+
+def add_arguments(parser):
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", help="a released .pt, a state dict, a save_pretrained model folder, a pipeline "
+                                       "folder or a training checkpoint")
+    source.add_argument("--model", choices=["default"], help="the shipped EDT-T/2 digits model")
+    parser.add_argument("--vae", help="AutoencoderKL folder (e.g. sd-vae-ft-ema) for latent models")
+    parser.add_argument("--classes", default="all", help="'all' or comma-separated class indices or names")
+    parser.add_argument("--per-class", type=int, default=1, help="images per class")
+    parser.add_argument("--steps", type=int, help="sampling steps (default: recommended, else 250)")
+    parser.add_argument("--sampler", help="ddpm, ddim or dpm (default: recommended, else ddpm)")
+    parser.add_argument("--cfg", type=float, help="classifier-free guidance scale, 1 = none")
+    parser.add_argument("--amm", help="'preset', 'off' or block indices such as 7,10 (default: recommended, else off)")
+    parser.add_argument("--amm-radius", type=float, help="AMM radius in tokens (default: the released one)")
+    parser.add_argument("--amm-scale", type=float, help="AMM scale k (default 0.5)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--guided-channels", type=int, help="channels guided by CFG (3 = released scripts)")
+    parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    parser.add_argument("--out", required=True, help="FILE.png (labelled grid) or FILE.npz (ADM layout)")
+
+
+def load_pipeline(ckpt=None, vae=None, device="cpu") -> tuple[EDTPipeline, dict]:
+    """The pipeline of --ckpt (or the default model when ckpt is None) and its folder's recommended settings."""
+    if ckpt is None:
+        return load_default(device), read_recommended(DEFAULT_MODEL_DIR)
+    ckpt = Path(ckpt)
+    if (ckpt / "model_index.json").is_file():
+        pipe, recommended = EDTPipeline.from_pretrained(ckpt, device), read_recommended(ckpt)
+    else:
+        pipe, recommended = EDTPipeline(load_checkpoint(ckpt, device), make_scheduler("ddpm")), {}
+    if vae is not None:
+        pipe.vae = load_vae(vae).to(device)
+    return pipe, recommended
+
+
+def _device(name: str, state: PartialState) -> torch.device:
+    """--device: "cpu", "cuda" (this process's GPU) or "auto" (this process's GPU when there is one)."""
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    return state.device
+
+
+def run(args):
+    out = Path(args.out)
+    if out.suffix not in (".png", ".npz"):
+        raise ValueError(f"--out {args.out}: expected a .png or .npz file name")
+    if args.per_class < 1:
+        raise ValueError(f"--per-class must be at least 1, got {args.per_class}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    state = PartialState(cpu=args.device == "cpu")
+    device = _device(args.device, state)
+    pipe, recommended = load_pipeline(args.ckpt, args.vae, device)
+    settings = {**FALLBACK_SETTINGS, **recommended,
+                **{key: getattr(args, key) for key in FALLBACK_SETTINGS if getattr(args, key) is not None}}
+    pipe.scheduler = make_scheduler(settings["sampler"])
+    pipe.set_progress_bar_config(disable=True)
+    classes = parse_classes(args.classes, pipe)
+    amm_blocks = parse_amm(settings["amm"])
+
+    labels = np.repeat(np.array(classes, dtype=np.int64), args.per_class)  # class-major request order
+    # Processes share whole batches, so every image is computed in the same batch however many processes run.
+    batches = [list(range(start, min(start + args.batch_size, len(labels))))
+               for start in range(0, len(labels), args.batch_size)]
+    with state.split_between_processes(batches) as own_batches:
+        indices = [i for batch in own_batches for i in batch]
+        images = generate(pipe, labels[indices], indices, args.seed, args.batch_size,
+                          guidance_scale=settings["cfg"], num_inference_steps=settings["steps"],
+                          amm_blocks=amm_blocks, amm_radius=settings["amm_radius"], amm_scale=settings["amm_scale"],
+                          guided_channels=args.guided_channels)
+    if state.num_processes > 1:
+        images = _gather(images, out, state)
+    if state.is_main_process:
+        if out.suffix == ".npz":
+            save_npz(out, images, labels)
+        else:
+            names = [pipe.id2label.get(c, str(c)) for c in classes]
+            label_grid(images, names).save(out)
+        print(f"wrote {len(images)} images of {len(classes)} classes to {out}")
+
+
+def _gather(images: np.ndarray, out: Path, state) -> np.ndarray | None:
+    """Every process's images, in index order, on the main process (through files beside `out`)."""
+    part = out.with_name(f"{out.name}.part{state.process_index}.npy")
+    np.save(part, images)
+    state.wait_for_everyone()
+    gathered = None
+    if state.is_main_process:
+        parts = [out.with_name(f"{out.name}.part{rank}.npy") for rank in range(state.num_processes)]
+        gathered = np.concatenate([part for part in map(np.load, parts) if len(part)])
+        for p in parts:
+            p.unlink()
+    state.wait_for_everyone()
+    return gathered

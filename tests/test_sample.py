@@ -1,0 +1,133 @@
+"""The `edt-lab sample` command: every sampler, the ADM .npz layout, the grid, determinism, sharding, bad input."""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from edt_lab.cli import main
+from edt_lab.metrics import read_npz
+from edt_lab.pipeline import EDTPipeline, make_scheduler
+from test_pipeline import DIGITS, tiny_edt, tiny_vae
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A tiny latent EDT saved as the released scripts save it, and a tiny VAE folder."""
+    folder = tmp_path_factory.mktemp("sample")
+    state_dict = tiny_edt().state_dict()
+    args = argparse.Namespace(model="EDT-S/2", image_size=128, num_classes=10)
+    torch.save({"model": state_dict, "ema": state_dict, "opt": {}, "args": args}, folder / "edt.pt")
+    tiny_vae().save_pretrained(folder / "vae")
+    return folder
+
+
+def sample(files, out, *extra):
+    """Run `edt-lab sample` on the tiny files; returns the exit code."""
+    return main(["sample", "--ckpt", str(files / "edt.pt"), "--vae", str(files / "vae"), "--classes", "3,1",
+                 "--per-class", "2", "--steps", "3", "--device", "cpu", "--out", str(out), *extra])
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm"])
+def test_every_sampler_writes_the_adm_layout(files, tmp_path, sampler):
+    out = tmp_path / "samples.npz"
+    assert sample(files, out, "--sampler", sampler, "--cfg", "1.5", "--amm", "preset") == 0
+    arrays = read_npz(out)
+    assert arrays["arr_0"].dtype == np.uint8 and arrays["arr_0"].shape == (4, 128, 128, 3)
+    assert arrays["arr_1"].dtype == np.int64 and arrays["arr_1"].tolist() == [3, 3, 1, 1]  # class-major
+
+
+def test_same_arguments_same_bytes(files, tmp_path):
+    paths = [tmp_path / f"{name}.npz" for name in ("a", "b", "batch1", "seed1")]
+    assert sample(files, paths[0], "--batch-size", "3") == 0
+    assert sample(files, paths[1], "--batch-size", "3") == 0
+    assert sample(files, paths[2], "--batch-size", "1") == 0
+    assert sample(files, paths[3], "--batch-size", "3", "--seed", "1") == 0
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    a, batch1, seed1 = (np.load(p)["arr_0"].astype(int) for p in (paths[0], paths[2], paths[3]))
+    # Another batch size: the same noise per image; kernels that round by batch shape may move a rare pixel by one.
+    assert np.abs(a - batch1).max() <= 1 and (a != batch1).mean() < 1e-3
+    assert (a != seed1).mean() > 0.5
+
+
+def test_png_grid_has_one_labelled_row_per_class(files, tmp_path):
+    out = tmp_path / "grid.png"
+    assert sample(files, out, "--sampler", "ddim") == 0
+    grid = np.asarray(Image.open(out).convert("RGB"))
+    assert grid.shape[0] == 2 * 128 and (grid.shape[1] - 2 * 128) > 0  # two rows; a label column then 2 images
+    label_column = grid[:, : grid.shape[1] - 2 * 128]
+    assert (label_column < 128).any(axis=(1, 2))[:128].any() and (label_column < 128).any(axis=(1, 2))[128:].any()
+
+
+def test_two_processes_write_the_same_bytes_as_one(files, tmp_path):
+    one, two = tmp_path / "one.npz", tmp_path / "two.npz"
+    args = ["sample", "--ckpt", str(files / "edt.pt"), "--vae", str(files / "vae"), "--classes", "3,1,4",
+            "--per-class", "1", "--steps", "2", "--sampler", "ddim", "--batch-size", "1", "--device", "cpu"]
+    assert main([*args, "--out", str(one)]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(["accelerate", "launch", "--num_processes", "2", "--cpu", "-m", "edt_lab.cli", *args,
+                             "--out", str(two)], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert one.read_bytes() == two.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.npz", "two.npz"]  # no shard files left
+
+
+def test_default_model_uses_its_recommended_settings(files, tmp_path, monkeypatch):
+    pipe = EDTPipeline(tiny_edt(in_channels=1, input_size=16), make_scheduler("ddpm"), None, DIGITS)
+    pipe.save_pretrained(tmp_path / "default")
+    recommended = {"sampler": "ddim", "steps": 2, "cfg": 2.0, "amm": [8], "amm_radius": 3.0, "amm_scale": 0.6}
+    (tmp_path / "default" / "recommended.json").write_text(json.dumps(recommended))
+    monkeypatch.setattr("edt_lab.pipeline.DEFAULT_MODEL_DIR", tmp_path / "default")
+    monkeypatch.setattr("edt_lab.sample.DEFAULT_MODEL_DIR", tmp_path / "default")
+    common = ["--classes", "seven,1", "--per-class", "2", "--device", "cpu"]
+    assert main(["sample", "--model", "default", *common, "--out", str(tmp_path / "a.npz")]) == 0
+    explicit = ["--sampler", "ddim", "--steps", "2", "--cfg", "2", "--amm", "8", "--amm-radius", "3",
+                "--amm-scale", "0.6"]
+    assert main(["sample", "--ckpt", str(tmp_path / "default"), *common, *explicit,
+                 "--out", str(tmp_path / "b.npz")]) == 0
+    assert main(["sample", "--model", "default", *common, "--steps", "3", "--out", str(tmp_path / "c.npz")]) == 0
+    a, b, c = (np.load(tmp_path / f"{name}.npz") for name in "abc")
+    assert a["arr_0"].shape == (4, 16, 16, 1) and a["arr_1"].tolist() == [7, 7, 1, 1]
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    assert not np.array_equal(a["arr_0"], c["arr_0"])  # the command line wins over recommended.json
+
+
+def test_bad_input_is_one_line_and_exit_2(files, tmp_path, capsys, monkeypatch):
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    out = str(tmp_path / "x.npz")
+    base = ["sample", "--ckpt", str(files / "edt.pt"), "--vae", str(files / "vae"), "--device", "cpu"]
+    cases = [
+        ([*base, "--classes", "3,10", "--out", out], "class 10 is out of range: this model has classes 0..9"),
+        ([*base, "--steps", "0", "--out", out], "sampling steps must be at least 1"),
+        ([*base, "--sampler", "euler", "--out", out], "unknown sampler 'euler'"),
+        (["sample", "--ckpt", str(files / "edt.pt"), "--out", out], "needs a VAE"),
+        ([*base[:2], str(tmp_path / "missing.pt"), *base[3:], "--out", out], "no such file"),
+        ([*base[:2], str(tmp_path / "garbage.pt"), *base[3:], "--out", out], "garbage.pt"),
+        ([*base[:4], str(tmp_path / "no_vae"), "--out", out], "no config.json"),
+        ([*base, "--amm", "7,x", "--out", out], "--amm '7,x': expected 'preset', 'off'"),
+        ([*base, "--amm", "7,40", "--out", out], "AMM block index 40 is out of range"),
+        ([*base, "--per-class", "0", "--out", out], "--per-class must be at least 1"),
+        ([*base, "--out", str(tmp_path / "x.jpg")], "expected a .png or .npz"),
+        ([*base, "--classes", "ten", "--out", out], "this model has no class names"),
+    ]
+    monkeypatch.setattr("edt_lab.pipeline.DEFAULT_MODEL_DIR", tmp_path / "nothing_here")
+    cases.append((["sample", "--model", "default", "--out", out], "the default model is not in assets/edt_t2_digits"))
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err and err.startswith("edt-lab sample: error: "), err
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_command_line_error_has_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "edt_lab.cli", "sample", "--ckpt", str(tmp_path / "none.pt"),
+                             "--out", str(tmp_path / "x.npz")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    expected = f"edt-lab sample: error: {tmp_path / 'none.pt'}: no such file or folder"
+    assert result.stderr.strip().splitlines() == [expected]
