@@ -1,0 +1,41 @@
+"""The `edt-lab export` command: a training run's EMA weights as an EDTPipeline folder (save_pretrained layout)."""
+
+import argparse
+from pathlib import Path
+
+from .checkpoints import model_from_config, safe_torch_load
+from .pipeline import EDTPipeline, load_vae, make_scheduler
+from .train import checkpoint_path, list_checkpoints, load_latest_checkpoint
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="the --results-dir of an `edt-lab train` run")
+    parser.add_argument("out_dir", help="the pipeline folder to write")
+    parser.add_argument("--step", type=int, default=None, help="the checkpoint's step (default: the newest readable)")
+
+
+def run(args: argparse.Namespace) -> None:
+    out_dir = export(args.run_dir, args.out_dir, args.step)
+    print(f"wrote {out_dir}")
+
+
+def export(run_dir, out_dir, step: int | None = None) -> Path:
+    """Write the EMA weights of the run's checkpoint at `step` (None: the newest) as a pipeline folder.
+
+    The scheduler is DDPM on the training schedule; a run trained on latents with --vae gets that VAE too.
+    """
+    if step is None:
+        _, checkpoint = load_latest_checkpoint(run_dir)
+    else:
+        path = checkpoint_path(run_dir, step)
+        if not path.is_file():
+            steps = ", ".join(str(int(p.stem.split("_")[1])) for p in list_checkpoints(run_dir)) or "none"
+            raise ValueError(f"{run_dir} has no checkpoint of step {step} (available steps: {steps})")
+        checkpoint = safe_torch_load(path)
+    model = model_from_config(checkpoint["config"])
+    model.load_state_dict(checkpoint["ema"])
+    vae_dir = getattr(checkpoint["args"], "vae", None)
+    pipe = EDTPipeline(transformer=model.eval(), scheduler=make_scheduler("ddpm"),
+                       vae=load_vae(vae_dir) if vae_dir else None, id2label=dict(enumerate(checkpoint["classes"])))
+    pipe.save_pretrained(out_dir)
+    return Path(out_dir)
