@@ -12,6 +12,7 @@ import argparse
 import json
 import statistics
 import time
+from contextlib import nullcontext
 
 import torch
 from pytorch_optimizer import Adan
@@ -20,29 +21,41 @@ from edt_lab.diffusion import make_timestep_sampler, make_training_scheduler
 from edt_lab.models import create_model
 from edt_lab.train import RNG_STREAMS, derived_seed, pass_losses
 
+def synchronize(device):
+    """Wait for queued GPU work, so a step's time includes it."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
 # (model, masking) -> it/s of the released code on a 2-core CPU, batch 8.
 CASES = {("EDT-S/2", "edt"): 0.49, ("EDT-S/2", "none"): 0.98, ("DiT-S/2", "none"): 0.35}
 
 
-def time_steps(name: str, masking: str, batch_size: int, warmup: int, steps: int, seed: int = 0) -> list[float]:
-    """Seconds of each timed training step (after `warmup` untimed ones) of model `name`."""
+def time_steps(name: str, masking: str, batch_size: int, warmup: int, steps: int, seed: int = 0, device="cpu",
+               dtype=torch.float32) -> list[float]:
+    """Seconds of each timed training step (after `warmup` untimed ones) of model `name`; bf16 means autocast."""
     torch.manual_seed(seed)
-    model = create_model(name).train()
+    model = create_model(name).to(device).train()
     optimizer = Adan(model.parameters(), lr=1e-3, weight_decay=0.0)
     diffusion, sampler = make_training_scheduler(), make_timestep_sampler("uniform", 1000)
-    generators = {stream: torch.Generator().manual_seed(derived_seed(seed, i)) for i, stream in enumerate(RNG_STREAMS)}
+    generators = {stream: torch.Generator(device if stream == "noise" else "cpu").manual_seed(derived_seed(seed, i))
+                  for i, stream in enumerate(RNG_STREAMS)}
     cfg = model.config
-    x0 = torch.randn(batch_size, cfg.in_channels, cfg.input_size, cfg.input_size)
-    y = torch.randint(0, cfg.num_classes, (batch_size,))
+    x0 = torch.randn(batch_size, cfg.in_channels, cfg.input_size, cfg.input_size).to(device)
+    y = torch.randint(0, cfg.num_classes, (batch_size,)).to(device)
+    autocast = torch.autocast(torch.device(device).type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     times = []
     for i in range(warmup + steps):
+        synchronize(device)
         start = time.perf_counter()
-        t, weights = sampler.sample(batch_size, "cpu", generator=generators["timesteps"])
-        full, masked = pass_losses(model, model, x0, y, t, diffusion, generators, masking)
+        t, weights = sampler.sample(batch_size, device, generator=generators["timesteps"])
+        with autocast:
+            full, masked = pass_losses(model, model, x0, y, t, diffusion, generators, masking)
         loss = (full * weights).mean() + ((masked * weights).mean() if masked is not None else 0.0)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return times

@@ -1,0 +1,135 @@
+"""Inference and training throughput of EDT against DiT, measured in one process.
+
+    python benchmarks/throughput.py --models EDT-S/2 DiT-S/2 --batch-size 8 --device cpu --dtype fp32 \
+        [--attention sdpa|math] [--compile] [--repeats 3] [--json FILE]
+
+Inference: steps/s of one eval forward (one denoising step) at batch B, EDT with AMM as in the released preset.
+Training: iterations/s of the `edt-lab train` step (loss pass(es), backward, Adan step); EDT both with its masked
+pass (two passes, as trained) and without. The models are measured in turn, `--repeats` rounds, and the medians
+reported, so a slow spell of the machine hits every model alike.
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from contextlib import nullcontext
+
+import torch
+
+from edt_lab.amm import AMM_PRESETS, preset_for
+from edt_lab.models import create_model, set_attention_path
+from train_speed import synchronize, time_steps
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def inputs(model, batch_size: int, device):
+    cfg = model.config
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, cfg.in_channels, cfg.input_size, cfg.input_size, generator=generator)
+    t = torch.randint(0, 1000, (batch_size,), generator=generator)
+    y = torch.randint(0, cfg.num_classes, (batch_size,), generator=generator)
+    return x.to(device), t.to(device), y.to(device)
+
+
+def build_inference_model(name: str, device, attention: str, compile_model: bool):
+    model = create_model(name).to(device).eval()
+    model.set_amm(AMM_PRESETS[preset_for(model)].blocks if name.startswith("EDT") else [])
+    set_attention_path(model, fused=attention == "sdpa")
+    return torch.compile(model) if compile_model else model
+
+
+def inference_seconds(model, batch_size: int, device, dtype, steps: int) -> float:
+    """Median seconds of one eval forward after two warm-up forwards."""
+    x, t, y = inputs(model, batch_size, device)
+    autocast = torch.autocast(torch.device(device).type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    times = []
+    with torch.inference_mode(), autocast:
+        for i in range(steps + 2):
+            synchronize(device)
+            start = time.perf_counter()
+            model(x, t, y)
+            synchronize(device)
+            if i >= 2:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_memory_mb(device) -> float | None:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return None
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["EDT-S/2", "DiT-S/2"])
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
+    parser.add_argument("--attention", default="sdpa", choices=("sdpa", "math"),
+                        help="sdpa: the default fused path; math: the plain explicit path everywhere")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the inference model")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds over all models")
+    parser.add_argument("--steps", type=int, default=5, help="timed forwards per round")
+    parser.add_argument("--train-steps", type=int, default=3, help="timed training iterations per round (0: skip)")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but no CUDA device is available")
+    dtype = DTYPES[args.dtype]
+
+    models = {name: build_inference_model(name, args.device, args.attention, args.compile) for name in args.models}
+    train_cases = [(name, masking) for name in args.models
+                   for masking in (("edt", "none") if name.startswith("EDT") else ("none",))]
+    inference = {name: [] for name in args.models}
+    training = {case: [] for case in train_cases}
+    for _ in range(args.repeats):
+        for name, model in models.items():
+            inference[name].append(inference_seconds(model, args.batch_size, args.device, dtype, args.steps))
+        for case in train_cases if args.train_steps else ():
+            training[case].extend(time_steps(*case, args.batch_size, warmup=1, steps=args.train_steps,
+                                             device=args.device, dtype=dtype))
+
+    results = []
+    for name in args.models:
+        row = {"model": name, "batch_size": args.batch_size, "device": args.device, "dtype": args.dtype,
+               "attention": args.attention, "compile": args.compile,
+               "inference_steps_per_s": 1 / statistics.median(inference[name]),
+               "peak_memory_mb": peak_memory_mb(args.device)}
+        for (case_name, masking), seconds in training.items():
+            if case_name == name and seconds:
+                key = "train_iters_per_s" if masking == ("edt" if name.startswith("EDT") else "none") \
+                    else "train_iters_per_s_no_mask"
+                row[key] = 1 / statistics.median(seconds)
+        results.append(row)
+    machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+               "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
+               "date": time.strftime("%Y-%m-%d")}
+
+    print(f"batch {args.batch_size}, {args.device}, {args.dtype}, attention {args.attention}, "
+          f"compile {args.compile}, {machine['threads']} threads, medians of {args.repeats} rounds")
+    print(f"{'model':<10}{'infer steps/s':>15}{'train it/s':>12}{'train it/s (no mask)':>22}")
+    for row in results:
+        print(f"{row['model']:<10}{row['inference_steps_per_s']:>15.3f}{row.get('train_iters_per_s', float('nan')):>12.3f}"
+              f"{row.get('train_iters_per_s_no_mask', float('nan')):>22.3f}")
+    if len(results) >= 2:
+        base = results[-1]
+        for row in results[:-1]:
+            print(f"{row['model']} / {base['model']}: inference "
+                  f"{row['inference_steps_per_s'] / base['inference_steps_per_s']:.2f}x", end="")
+            if "train_iters_per_s" in row and "train_iters_per_s" in base:
+                print(f", training {row['train_iters_per_s'] / base['train_iters_per_s']:.2f}x", end="")
+            print()
+    report = {"results": results, "machine": machine}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""The explorer's controls as plain values: choices, defaults, AMM presets and checked requests.
+
+Every bad input raises ValueError with one line saying what was expected; the app shows it in the page.
+"""
+
+import math
+from dataclasses import dataclass
+
+from ..amm import AMM_PRESETS, default_radius, preset_for
+from ..pipeline import SAMPLERS
+from ..sample import FALLBACK_SETTINGS
+
+MAX_IMAGES = 16
+MAX_STEPS = 250  # the paper's DDPM evaluation; more only costs time in an interactive page
+MAX_GUIDANCE = 10.0
+MAX_SEED = 2**31 - 1
+RADIUS_DEFAULT = default_radius(16)  # sqrt(229) ~ 15.13, the released radius of the 16 x 16 token grid
+SCALE_DEFAULT = 0.5  # k, the released scale of the "exp" form
+RADIUS_RANGE = (1.0, 22.0)  # 22 > the 16 x 16 grid's largest distance 15 * sqrt(2), so the top keeps every pair
+SCALE_RANGE = (0.05, 2.0)
+PRESETS = {
+    "released": "released arrangement for this guidance",
+    "off": "off",
+    "up": "every up-sampling block",
+}
+# The app's own settings for a model whose folder recommends none: quick enough for a first look on a CPU.
+APP_SETTINGS = {**FALLBACK_SETTINGS, "sampler": "dpm", "steps": 25, "amm": "preset"}
+
+
+@dataclass
+class Request:
+    """One checked sampling request: class index, noise seed, image count, sampler, steps, guidance and AMM."""
+
+    class_index: int
+    seed: int
+    num_images: int
+    sampler: str
+    steps: int
+    guidance: float
+    amm_blocks: list[int]
+    radius: float | None  # None: the released radius of each block's own grid
+    scale: float
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Choices and defaults
+# ----------------------------------------------------------------------------------------------------------
+
+def class_choices(pipe) -> list[str]:
+    """One unique name per class index, in index order (the class index where a model has no names)."""
+    names, seen = [], set()
+    for i in range(pipe.transformer.config.num_classes):
+        name = str(pipe.id2label.get(i, i))
+        name = name if name not in seen else f"{name} (class {i})"
+        names.append(name)
+        seen.add(name)
+    return names
+
+
+def block_label(info: dict) -> str:
+    """A block's toggle text: index, token grid and phase."""
+    return f"{info['block']} · {info['grid']}×{info['grid']} · {info['phase']}"
+
+
+def stage_groups(model) -> list[dict]:
+    """The blocks by stage, for one toggle group each: label and (text, block index) choices."""
+    groups = {}
+    for info in model.block_info():
+        stage = info["stage"]
+        if stage not in groups:
+            where = f"stage {stage}" if info["phase"] != "flat" else "all blocks"
+            groups[stage] = {"label": f"{where} · {info['grid']}×{info['grid']} tokens · {info['phase']}",
+                             "choices": []}
+        groups[stage]["choices"].append((block_label(info), info["block"]))
+    return list(groups.values())
+
+
+def split_by_group(model, blocks) -> list[list[int]]:
+    """The blocks in `blocks`, split into the groups of `stage_groups(model)`."""
+    chosen = set(blocks)
+    return [[b for _, b in group["choices"] if b in chosen] for group in stage_groups(model)]
+
+
+def preset_blocks(model, preset: str, guidance: float) -> list[int]:
+    """Blocks of a preset: "released" (edt_lab.amm.preset_for at this guidance), "off" or "up" (up-sampling)."""
+    if preset == "released":
+        return list(AMM_PRESETS[preset_for(model, guidance)].blocks)
+    if preset == "off":
+        return []
+    if preset == "up":
+        blocks = [info["block"] for info in model.block_info() if info["phase"] == "up"]
+        if not blocks:
+            raise ValueError(f"a {type(model).__name__} has no up-sampling blocks: choose the blocks by hand")
+        return blocks
+    raise ValueError(f"unknown AMM preset {preset!r}: expected one of {', '.join(PRESETS)}")
+
+
+def format_blocks(blocks) -> str:
+    """Block indices as the text the AMM field shows: "7, 10" ("" = off)."""
+    return ", ".join(str(b) for b in sorted(set(int(b) for b in blocks)))
+
+
+def parse_blocks(value, model, guidance: float = 1.0) -> list[int]:
+    """The AMM field: comma-separated block indices (or a list), "" or "off" (none), "preset" or a preset name."""
+    text = format_blocks(value) if isinstance(value, (list, tuple)) else str(value).strip().lower()
+    if text in ("", "off", "none"):
+        return []
+    if text == "preset":
+        blocks = preset_blocks(model, "released", guidance)
+    elif text in AMM_PRESETS:
+        blocks = list(AMM_PRESETS[text].blocks)
+    else:
+        try:
+            blocks = sorted({int(item) for item in text.replace(";", ",").split(",") if item.strip()})
+        except ValueError:
+            raise ValueError(f"AMM blocks {text!r}: expected comma-separated block indices such as 7, 10 "
+                             f"(or empty for off)") from None
+    bad = [b for b in blocks if not 0 <= b < model.num_blocks]
+    if bad:
+        raise ValueError(f"AMM block {bad[0]} is out of range: this model has blocks 0..{model.num_blocks - 1}")
+    return blocks
+
+
+def initial_settings(loaded) -> dict:
+    """Sampler, steps, guidance and AMM blocks to start the page with: the model's recommendation, else ours."""
+    settings = {**APP_SETTINGS, **loaded.recommended}
+    try:
+        blocks = parse_blocks(settings["amm"], loaded.pipe.transformer, settings["cfg"])
+    except ValueError:  # e.g. no released arrangement for this model: start with AMM off
+        blocks = []
+    radius = settings["amm_radius"]
+    return {"sampler": settings["sampler"], "steps": min(int(settings["steps"]), MAX_STEPS),
+            "guidance": float(settings["cfg"]), "blocks": blocks, "released_radius": radius is None,
+            "radius": RADIUS_DEFAULT if radius is None else float(radius),
+            "scale": SCALE_DEFAULT if settings["amm_scale"] is None else float(settings["amm_scale"])}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checking a request
+# ----------------------------------------------------------------------------------------------------------
+
+def _number(name: str, value, low, high, integer: bool = False):
+    """value as a number inside [low, high], else ValueError naming the control."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number) or not low <= number <= high:
+        raise ValueError(f"{name} must lie in {low}..{high}, got {value!r}")
+    if integer and number != int(number):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return int(number) if integer else number
+
+
+def check_request(pipe, class_name, seed, num_images, sampler, steps, guidance, amm_blocks, released_radius,
+                  radius, scale) -> Request:
+    """A Request from the page's raw values (the class by name or index), or ValueError with what was expected."""
+    names = class_choices(pipe)
+    if class_name in names:
+        class_index = names.index(class_name)
+    elif str(class_name).strip().isdigit() and int(class_name) < len(names):  # a class index works too
+        class_index = int(class_name)
+    else:
+        shown = ", ".join(names[:10]) + (f", ... ({len(names)} classes)" if len(names) > 10 else "")
+        raise ValueError(f"unknown class {class_name!r}: expected a class name ({shown}) or an index "
+                         f"0..{len(names) - 1}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}: expected one of {', '.join(SAMPLERS)}")
+    guidance = _number("guidance scale", guidance, 1.0, MAX_GUIDANCE)
+    return Request(
+        class_index=class_index,
+        seed=_number("seed", seed, 0, MAX_SEED, integer=True),
+        num_images=_number("number of images", num_images, 1, MAX_IMAGES, integer=True),
+        sampler=sampler,
+        steps=_number("steps", steps, 1, MAX_STEPS, integer=True),
+        guidance=guidance,
+        amm_blocks=parse_blocks(amm_blocks, pipe.transformer, guidance),
+        radius=None if released_radius else _number("AMM radius R", radius, *RADIUS_RANGE),
+        scale=_number("AMM scale k", scale, *SCALE_RANGE),
+    )

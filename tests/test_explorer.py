@@ -1,0 +1,300 @@
+"""The web explorer's plain functions: model scanning and loading, request checks, AMM off/on runs, views."""
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+from diffusers import AutoencoderKL
+from PIL import Image
+from safetensors.torch import save_file
+
+from edt_lab.amm import modulation_matrix
+from edt_lab.explorer import controls, views
+from edt_lab.explorer.models import (DEFAULT_NAME, DEMO_NOTE, ModelStore, demo_pipeline, imagenet_class_names,
+                                     randomize_weights, scan_models)
+from edt_lab.explorer.sampling import compare, sample
+from edt_lab.models import create_model
+from edt_lab.pipeline import EDTPipeline, make_scheduler
+
+
+def tiny_edt(num_classes: int = 10):
+    """A random pixel-space EDT with the 12-block S/B layout on a 16 x 16 token grid, small widths."""
+    torch.manual_seed(0)
+    model = create_model("EDT-T/2", dims=(16, 24, 32, 24, 16), num_heads=(1, 1, 1, 1, 1), num_classes=num_classes)
+    return randomize_weights(model, seed=0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These tiny models run fastest on one thread (more only adds waiting on a busy CPU); restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = EDTPipeline(tiny_edt(), make_scheduler("ddim"), None, {i: str(i) for i in range(10)})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def request(pipe, **changes):
+    values = dict(class_name="3", seed=0, num_images=2, sampler="ddim", steps=4, guidance=1.0, amm_blocks="7, 10",
+                  released_radius=True, radius=15.0, scale=0.5)
+    values.update(changes)
+    return controls.check_request(pipe, *values.values())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Models folder
+# ----------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    """A pipeline folder, a released-format .pt, a safetensors file, a broken .pt and a file that is no model."""
+    folder = tmp_path_factory.mktemp("models")
+    model = tiny_edt()
+    EDTPipeline(model, make_scheduler("ddpm"), None, {i: f"digit {i}" for i in range(10)}).save_pretrained(
+        folder / "tiny-pipeline")
+    released = {"model": model.state_dict(), "ema": model.state_dict(), "opt": {},
+                "args": argparse.Namespace(model="EDT-T/2")}
+    torch.save(released, folder / "released-edt.pt")
+    save_file(model.state_dict(), folder / "weights.safetensors")
+    (folder / "broken.pt").write_bytes(b"this is not a checkpoint")
+    (folder / "README.txt").write_text("notes")
+    return folder
+
+
+def test_scanner_finds_pipelines_and_released_files_and_reports_broken_ones(models_dir):
+    entries = {entry.name: entry for entry in scan_models(models_dir)}
+    assert set(entries) == {"tiny-pipeline", "released-edt.pt", "weights.safetensors", "broken.pt"}
+    assert entries["tiny-pipeline"].kind == "pipeline" and entries["tiny-pipeline"].error is None
+    assert entries["released-edt.pt"].kind == "checkpoint" and entries["released-edt.pt"].error is None
+    assert "not a PyTorch checkpoint" in entries["broken.pt"].error
+
+
+def test_store_offers_names_only_and_loads_each_entry(models_dir):
+    store = ModelStore(models_dir, demo=True)
+    assert store.names() == [DEFAULT_NAME, "released-edt.pt", "tiny-pipeline", "weights.safetensors"]
+    assert store.problems() == ["broken.pt: not a PyTorch checkpoint (torch.save writes a zip archive)"]
+    released = store.get("released-edt.pt")
+    assert released.pipe.transformer.num_blocks == 12 and released.pipe.id2label[3] == "3"  # digit names given
+    assert store.get("tiny-pipeline").pipe.id2label[3] == "digit 3"
+    assert store.get("released-edt.pt") is released  # loaded once, then kept
+    assert store.get(DEFAULT_NAME).is_demo and store.get(DEFAULT_NAME).note == DEMO_NOTE
+    for name, words in (("broken.pt", "not a PyTorch checkpoint"), ("../etc/passwd", "unknown model")):
+        with pytest.raises(ValueError, match=words):
+            store.get(name)
+
+
+def test_store_reports_a_file_that_fails_to_load_without_naming_server_folders(models_dir, tmp_path):
+    state = tiny_edt().state_dict()
+    state.pop("final_layer.linear.weight")
+    torch.save({"ema": state}, tmp_path / "cut.pt")
+    store = ModelStore(tmp_path, demo=True)
+    with pytest.raises(ValueError) as error:
+        store.get("cut.pt")
+    assert "cut.pt" in str(error.value) and str(tmp_path) not in str(error.value)
+    assert store.names() == [DEFAULT_NAME] and store.problems()[0].startswith("cut.pt: ")
+
+
+def test_latent_checkpoint_takes_the_vae_beside_it(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("EDT-T/2", dims=(16, 24, 32, 24, 16), num_heads=(1, 1, 1, 1, 1), in_channels=4,
+                         input_size=16, num_classes=1000)
+    torch.save({"ema": model.state_dict()}, tmp_path / "latent.pt")
+    with pytest.raises(ValueError, match="a latent model needs its VAE"):
+        ModelStore(tmp_path).get("latent.pt")
+    AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                  block_out_channels=(8, 8, 8, 8), layers_per_block=1, latent_channels=4,
+                  norm_num_groups=4).save_pretrained(tmp_path / "vae")
+    store = ModelStore(tmp_path)
+    assert store.names() == [DEFAULT_NAME, "latent.pt"]  # vae/ is not a model
+    pipe = store.get("latent.pt").pipe
+    assert controls.class_choices(pipe)[:2] == ["tench", "goldfish"]  # ImageNet names for 1000 classes
+    run = sample(pipe, request(pipe, class_name="goldfish", num_images=1, steps=2, amm_blocks="preset"))
+    assert run.images.shape == (1, 128, 128, 3) and run.previews == []  # no per-step VAE decoding
+
+
+def test_default_switches_from_demo_to_the_trained_model_once_it_exists(tmp_path, monkeypatch):
+    folder = tmp_path / "edt_t2_digits"
+    monkeypatch.setattr("edt_lab.pipeline.DEFAULT_MODEL_DIR", folder)
+    monkeypatch.setattr("edt_lab.explorer.models.DEFAULT_MODEL_DIR", folder)
+    store = ModelStore()
+    assert store.get(DEFAULT_NAME).is_demo
+    EDTPipeline(tiny_edt(), make_scheduler("ddim"), None, {i: str(i) for i in range(10)}).save_pretrained(folder)
+    (folder / "recommended.json").write_text('{"sampler": "ddim", "steps": 20, "cfg": 1.5, "amm": "preset"}')
+    loaded = store.get(DEFAULT_NAME)
+    assert not loaded.is_demo and loaded.note == "trained EDT-T/2 digits model"
+    assert controls.initial_settings(loaded)["steps"] == 20
+    assert ModelStore(demo=True).get(DEFAULT_NAME).is_demo  # --demo keeps the demo model
+
+
+def test_missing_models_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        scan_models(tmp_path / "nowhere")
+
+
+def test_imagenet_names_are_the_standard_thousand():
+    names = imagenet_class_names()
+    assert len(names) == 1000 and len(set(names.values())) == 1000
+    assert (names[0], names[1], names[207], names[999]) == ("tench", "goldfish", "golden retriever", "toilet tissue")
+
+
+def test_demo_model_is_untrained_edt_t2_with_digit_names():
+    pipe = demo_pipeline()
+    assert type(pipe.transformer).__name__ == "EDT" and pipe.transformer.config.num_classes == 10
+    assert controls.class_choices(pipe) == [str(i) for i in range(10)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Controls
+# ----------------------------------------------------------------------------------------------------------
+
+def test_stage_groups_show_stage_grid_and_phase(pipe):
+    groups = controls.stage_groups(pipe.transformer)
+    assert [g["label"] for g in groups] == [
+        "stage 0 · 16×16 tokens · down", "stage 1 · 8×8 tokens · down", "stage 2 · 4×4 tokens · middle",
+        "stage 3 · 8×8 tokens · up", "stage 4 · 16×16 tokens · up"]
+    assert groups[3]["choices"] == [("6 · 8×8 · up", 6), ("7 · 8×8 · up", 7), ("8 · 8×8 · up", 8)]
+    assert controls.split_by_group(pipe.transformer, [7, 10]) == [[], [], [], [7], [10]]
+
+
+def test_presets(pipe):
+    model = pipe.transformer
+    assert controls.preset_blocks(model, "released", 1.0) == [7, 10]
+    assert controls.preset_blocks(model, "released", 4.0) == [8]
+    assert controls.preset_blocks(model, "off", 1.0) == []
+    assert controls.preset_blocks(model, "up", 1.0) == [6, 7, 8, 9, 10, 11]
+    with pytest.raises(ValueError, match="no up-sampling blocks"):
+        controls.preset_blocks(create_model("DiT-T/2", depth=2, hidden_size=12, num_heads=1), "up", 1.0)
+
+
+def test_parse_blocks(pipe):
+    model = pipe.transformer
+    assert controls.parse_blocks(" 10, 7,7", model) == [7, 10]
+    assert controls.parse_blocks("", model) == controls.parse_blocks("off", model) == []
+    assert controls.parse_blocks("preset", model, 2.0) == [8]
+    assert controls.parse_blocks([10, 7], model) == [7, 10]
+
+
+def test_check_request_accepts_names_and_indices(pipe):
+    checked = request(pipe, released_radius=False, radius=5.5)
+    assert (checked.class_index, checked.amm_blocks, checked.radius, checked.scale) == (3, [7, 10], 5.5, 0.5)
+    assert request(pipe).radius is None  # released radius per grid
+    names_pipe = EDTPipeline(pipe.transformer, pipe.scheduler, None, {i: f"digit {i}" for i in range(10)})
+    assert request(names_pipe, class_name="digit 4").class_index == 4
+    assert request(names_pipe, class_name="4").class_index == 4
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(class_name="banana"), "unknown class 'banana'"),
+    (dict(class_name="10"), "unknown class '10'"),
+    (dict(steps=10000), "steps must lie in 1..250"),
+    (dict(steps=0), "steps must lie in 1..250"),
+    (dict(steps=2.5), "steps must be a whole number"),
+    (dict(num_images=17), "number of images must lie in 1..16"),
+    (dict(seed=-1), "seed must lie in"),
+    (dict(seed="abc"), "seed must be a number"),
+    (dict(guidance=0.5), "guidance scale must lie in"),
+    (dict(guidance=float("nan")), "guidance scale must lie in"),
+    (dict(sampler="euler"), "unknown sampler 'euler'"),
+    (dict(amm_blocks="7, x"), "expected comma-separated block indices"),
+    (dict(amm_blocks="12"), "AMM block 12 is out of range"),
+    (dict(released_radius=False, radius=0), "AMM radius R must lie in"),
+    (dict(scale=-1), "AMM scale k must lie in"),
+])
+def test_bad_inputs_raise_clear_value_errors(pipe, change, words):
+    with pytest.raises(ValueError, match=words):
+        request(pipe, **change)
+
+
+def test_initial_settings_follow_the_recommendation():
+    class Loaded:
+        pipe = demo_pipeline()
+        recommended = {"sampler": "ddpm", "steps": 1000, "cfg": 4.0, "amm": "preset", "amm_scale": 0.6}
+
+    settings = controls.initial_settings(Loaded)
+    assert settings == {"sampler": "ddpm", "steps": controls.MAX_STEPS, "guidance": 4.0, "blocks": [8],
+                        "released_radius": True, "radius": controls.RADIUS_DEFAULT, "scale": 0.6}
+    assert abs(controls.RADIUS_DEFAULT - 229**0.5) < 1e-12
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sampling
+# ----------------------------------------------------------------------------------------------------------
+
+def test_compare_gives_same_noise_different_images(pipe):
+    steps = []
+    off, on = compare(pipe, request(pipe), progress=lambda done, text: steps.append((done, text)))
+    assert off.images.shape == on.images.shape == (2, 32, 32, 1)
+    assert off.amm_blocks == [] and on.amm_blocks == [7, 10]
+    assert np.abs(off.images - on.images).max() > 1e-3  # AMM changes the images
+    again = sample(pipe, request(pipe), amm_blocks=[])
+    np.testing.assert_array_equal(again.images, off.images)  # the same seed gives the same noise
+    assert steps[3] == (0.5, "AMM off: step 4/4") and steps[-1] == (1.0, "AMM on: step 4/4")
+    assert len(on.previews) == 4 and on.previews[-1].shape == (2, 32, 32, 1)
+    assert on.attention[10]["modulated"] is not None and off.attention[10]["modulated"] is None
+    assert pipe.transformer.amm_blocks == ()  # the call's AMM does not stay on the shared model
+
+
+def test_compare_needs_amm_blocks(pipe):
+    with pytest.raises(ValueError, match="AMM is off in every block"):
+        compare(pipe, request(pipe, amm_blocks=""))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Views
+# ----------------------------------------------------------------------------------------------------------
+
+def test_amm_heatmap_is_the_matrix_row_of_the_token():
+    heat = views.amm_heatmap(16, 3, 5, radius=8.0, scale=0.7)
+    expected = modulation_matrix(16, 8.0, 0.7)[3 * 16 + 5].reshape(16, 16).numpy()
+    np.testing.assert_array_equal(heat, expected)
+    assert heat[3, 5] == heat.max() and heat[15, 15] == 0  # strongest at the token, zero beyond R
+    with pytest.raises(ValueError, match="query row must lie in 0..7"):
+        views.amm_heatmap(8, 8, 0)
+
+
+def test_map_token_to_a_coarser_grid():
+    assert views.map_token(15, 6, 16, 8) == (7, 3)
+    assert views.map_token(15, 6, 16, 16) == (15, 6)
+
+
+def test_difference_map_and_images():
+    off = np.zeros((3, 32, 32, 1))
+    on = off.copy()
+    on[1, 4, 4] = 0.25
+    heat, largest = views.difference_map(off, on)
+    assert largest == 0.25 and isinstance(heat, Image.Image)
+    assert heat.size == (3 * 128 + 2 * 2, 128)  # three enlarged tiles in a row with gaps
+    tiles = views.image_tiles(on)
+    assert len(tiles) == 3 and tiles[0].size == (128, 128) and tiles[0].mode == "RGB"
+
+
+def test_preview_strips_pick_evenly_spaced_steps_ending_at_the_last():
+    previews = [np.full((2, 32, 32, 1), s / 9) for s in range(10)]
+    strips = views.preview_strips(previews, count=4)
+    assert [caption for _, caption in strips] == [f"predicted clean images after step {s}/10" for s in (1, 4, 7, 10)]
+
+
+def test_figures(pipe):
+    off, on = compare(pipe, request(pipe))
+    panels = views.attention_panels([("AMM off", off.attention), ("AMM on", on.attention)], 10)
+    assert [title for title, _ in panels] == ["AMM off: softmax (without AMM)", "AMM on: softmax (without AMM)",
+                                              "AMM on: softmax ⊙ AMM (with AMM)"]
+    assert isinstance(views.attention_figure(panels, 2, 3, 16, 10), Figure)
+    assert isinstance(views.amm_figure(8, 2, 3, None, 0.5), Figure)
+    assert isinstance(views.mask_figure(pipe.transformer, 0, "edt", on.images[0]), Figure)
+    with pytest.raises(ValueError, match="EDT masking needs an EDT model"):
+        views.mask_figure(create_model("DiT-T/2", depth=2, hidden_size=12, num_heads=1), 0, "edt")
+
+
+def test_cost_markdown_names_the_convention():
+    text = views.cost_markdown(create_model("EDT-T/2"))
+    assert "GFLOPs = multiply-accumulates, one sample" in text
+    assert "| stage 4 |" in text and "trainable parameters" in text
