@@ -3,27 +3,10 @@
 import torch.nn as nn
 from diffusers.configuration_utils import register_to_config
 
-from .attention import Attention
 from .base import ClassConditionalTransformer
-from .layers import (FinalLayer, LabelEmbedder, Mlp, PatchEmbed, TimestepEmbedder, adaln_modulation,
-                     fixed_pos_embed, init_transformer_weights, modulate, unpatchify)
-
-
-class DiTBlock(nn.Module):
-    """adaLN-Zero transformer block: (B, N, C) -> (B, N, C)."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.adaLN_modulation = adaln_modulation(dim, 6 * dim)
-
-    def forward(self, x, c):
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
-        return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+from .block import TransformerBlock
+from .layers import (FinalLayer, LabelEmbedder, PatchEmbed, TimestepEmbedder, fixed_pos_embed, init_transformer_weights,
+                     unpatchify)
 
 
 class DiT(ClassConditionalTransformer):
@@ -52,13 +35,10 @@ class DiT(ClassConditionalTransformer):
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
         self.pos_embed = fixed_pos_embed(hidden_size, self.grid_size)
-        self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)])
+        self.blocks = nn.ModuleList([TransformerBlock(hidden_size, num_heads, hidden_size, None, mlp_ratio)
+                                     for _ in range(depth)])
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
-        init_transformer_weights(
-            self, self.x_embedder, self.t_embedder, self.y_embedder,
-            zero_modules=[b.adaLN_modulation[-1] for b in self.blocks]
-            + [self.final_layer.adaLN_modulation[-1], self.final_layer.linear],
-        )
+        init_transformer_weights(self)
 
     def block_info(self):
         cfg = self.config

@@ -11,10 +11,10 @@ import torch
 import torch.nn as nn
 from diffusers.configuration_utils import register_to_config
 
-from .attention import Attention
 from .base import ClassConditionalTransformer
-from .layers import (FinalLayer, LabelEmbedder, Mlp, PatchEmbed, TimestepEmbedder, adaln_modulation,
-                     fixed_pos_embed, init_transformer_weights, modulate, unpatchify)
+from .block import TransformerBlock
+from .layers import (FinalLayer, LabelEmbedder, PatchEmbed, TimestepEmbedder, adaln_modulation, fixed_pos_embed,
+                     init_transformer_weights, modulate, unpatchify)
 
 
 @dataclass
@@ -30,25 +30,8 @@ POS_REPLACE_BLOCK = 4  # EDT-XL's masked pass replaces tokens right before this 
 
 
 # ----------------------------------------------------------------------------------------------------
-# Blocks
+# Pyramid modules: down-sampling, up-sampling, long skips
 # ----------------------------------------------------------------------------------------------------
-
-class EDTBlock(nn.Module):
-    """adaLN-Zero transformer block with relative-position-biased attention: (B, N, C) -> (B, N, C)."""
-
-    def __init__(self, dim: int, num_heads: int, cond_dim: int, grid_size: int, mlp_ratio: float = 4.0):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(dim, num_heads, grid_size)
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.adaLN_modulation = adaln_modulation(cond_dim, 6 * dim)
-
-    def forward(self, x, c):
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
-        return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
-
 
 def merge_2x2(x, grid_size: int):
     """(B, n*n, C) -> (B, n*n/4, 4C): each 2x2 neighbourhood's tokens concatenated in the order
@@ -146,18 +129,14 @@ class EDT(ClassConditionalTransformer):
         self.y_embedder = LabelEmbedder(num_classes, d0, class_dropout_prob)
         self.pos_embed = fixed_pos_embed(d0, grid)
         self.blocks = nn.ModuleList([
-            EDTBlock(dims[s], num_heads[s], d0, self.stage_grids[s], mlp_ratio)
+            TransformerBlock(dims[s], num_heads[s], d0, self.stage_grids[s], mlp_ratio)
             for s in range(5) for _ in range(stages_depth[s])
         ])
         self.down_blocks = nn.ModuleList([DownSample(dims[j], dims[j + 1], d0, self.stage_grids[j]) for j in (0, 1)])
         self.up_blocks = nn.ModuleList([UpSample(dims[j], dims[j + 1], self.stage_grids[j]) for j in (2, 3)])
         self.concat_blocks = nn.ModuleList([SkipConcat(dims[j], d0, self.stage_grids[j]) for j in (3, 4)])
         self.final_layer = FinalLayer(d0, patch_size, self.out_channels)
-        init_transformer_weights(
-            self, self.x_embedder, self.t_embedder, self.y_embedder,
-            zero_modules=[b.adaLN_modulation[-1] for b in self.blocks]
-            + [self.final_layer.adaLN_modulation[-1], self.final_layer.linear],
-        )
+        init_transformer_weights(self)
 
     def block_info(self):
         phases = ("down", "down", "middle", "up", "up")

@@ -119,9 +119,10 @@ def unpatchify(x, patch_size: int, channels: int):
     return x.reshape(x.shape[0], channels, n * patch_size, n * patch_size)
 
 
-def init_transformer_weights(model: nn.Module, x_embedder: PatchEmbed, t_embedder, y_embedder, zero_modules):
-    """DiT's initialisation: xavier Linear weights and zero biases, patch conv like a Linear, N(0, 0.02)
-    embeddings, and zero for every module in `zero_modules` (adaLN-Zero and the final linear)."""
+def init_transformer_weights(model: nn.Module) -> None:
+    """DiT's initialisation of an EDT or DiT: xavier Linear weights and zero biases, the patch conv like a Linear,
+    N(0, 0.02) embeddings, and zero adaLN in every block and in the final layer (adaLN-Zero), zero final linear.
+    EDT's down-sampling and skip adaLN layers keep their xavier weights, as released."""
 
     def basic_init(module):
         if isinstance(module, nn.Linear):
@@ -130,12 +131,14 @@ def init_transformer_weights(model: nn.Module, x_embedder: PatchEmbed, t_embedde
                 nn.init.constant_(module.bias, 0)
 
     model.apply(basic_init)
-    weight = x_embedder.proj.weight
+    weight = model.x_embedder.proj.weight
     nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
-    nn.init.constant_(x_embedder.proj.bias, 0)
-    nn.init.normal_(y_embedder.embedding_table.weight, std=0.02)
-    nn.init.normal_(t_embedder.mlp[0].weight, std=0.02)
-    nn.init.normal_(t_embedder.mlp[2].weight, std=0.02)
-    for module in zero_modules:
+    nn.init.constant_(model.x_embedder.proj.bias, 0)
+    nn.init.normal_(model.y_embedder.embedding_table.weight, std=0.02)
+    nn.init.normal_(model.t_embedder.mlp[0].weight, std=0.02)
+    nn.init.normal_(model.t_embedder.mlp[2].weight, std=0.02)
+    zero = [block.adaLN_modulation[-1] for block in model.blocks]
+    zero += [model.final_layer.adaLN_modulation[-1], model.final_layer.linear]
+    for module in zero:
         for param in module.parameters():
             nn.init.constant_(param, 0)
