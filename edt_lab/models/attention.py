@@ -33,7 +33,7 @@ class RelativePositionBias(nn.Module):
         return d_row * (2 * n - 1) + d_col
 
     def forward(self) -> torch.Tensor:
-        """The bias (heads, N, N)."""
+        """The bias (1, heads, N, N); 4-D, since SDPA's fused CPU kernel rejects a 3-D mask for a slow fallback."""
         table = self.relative_position_bias_table
         if self.training or torch.is_grad_enabled():
             return self._bias(table)
@@ -46,7 +46,7 @@ class RelativePositionBias(nn.Module):
 
     def _bias(self, table):
         n2 = self.grid_size**2
-        return table[self.index(table.device).flatten()].view(n2, n2, -1).permute(2, 0, 1).contiguous()
+        return table[self.index(table.device).flatten()].view(n2, n2, -1).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
 class Attention(nn.Module):
