@@ -20,13 +20,9 @@ import torch
 from edt_lab.metrics import digit_metrics
 from edt_lab.pipeline import DEFAULT_MODEL_DIR, EDTPipeline, make_scheduler
 from edt_lab.sample import FALLBACK_SETTINGS, generate, parse_amm, read_recommended
+from train_speed import synchronize
 
 SAMPLERS = (("ddpm", 250), ("ddim", 50), ("dpm", 25))
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main(argv=None) -> list[dict]:

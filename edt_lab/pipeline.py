@@ -20,10 +20,10 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .amm import AMM_PRESETS, preset_for
 from .checkpoints import load_checkpoint
+from .data import LATENT_SCALE
 from .diffusion import make_training_scheduler
 from .models import capture_attention
 
-LATENT_SCALE = 0.18215  # the SD VAE latents are multiplied by this before the model (EDT spec section 0)
 SAMPLERS = ("ddpm", "ddim", "dpm")
 OUTPUT_TYPES = ("pil", "np", "pt")
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "edt_t2_digits"
