@@ -6,6 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+import masking_study  # noqa: E402
 import throughput  # noqa: E402
 
 
@@ -21,3 +22,14 @@ def test_throughput_reports_every_model(tmp_path, capsys):
         assert edt[key] > 0
     assert dit["inference_steps_per_s"] > 0 and dit["train_iters_per_s"] > 0
     assert "EDT-T/2 / DiT-T/2: inference" in capsys.readouterr().out
+
+
+def test_masked_to_full_ratio_tells_falling_together_from_falling_behind():
+    full = [1.0 / (i + 1) for i in range(40)]
+    together = [{"loss_full": f, "loss_masked": 1.1 * f} for f in full]
+    behind = [{"loss_full": f, "loss_masked": 0.5} for f in full]  # the masked loss stalls as the full one falls
+    unmasked = [{"loss_full": f, "loss_masked": None} for f in full]
+    assert masking_study.masked_to_full_ratio(together, 0.25) == masking_study.masked_to_full_ratio(together, 1.0)
+    assert abs(masking_study.masked_to_full_ratio(together, 1.0) - 1.1) < 1e-12
+    assert masking_study.masked_to_full_ratio(behind, 1.0) > 3 * masking_study.masked_to_full_ratio(behind, 0.25)
+    assert masking_study.masked_to_full_ratio(unmasked, 0.5) is None
