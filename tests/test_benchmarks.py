@@ -6,6 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+import label_use  # noqa: E402
 import masking_study  # noqa: E402
 import throughput  # noqa: E402
 
@@ -33,3 +34,17 @@ def test_masked_to_full_ratio_tells_falling_together_from_falling_behind():
     assert abs(masking_study.masked_to_full_ratio(together, 1.0) - 1.1) < 1e-12
     assert masking_study.masked_to_full_ratio(behind, 1.0) > 3 * masking_study.masked_to_full_ratio(behind, 0.25)
     assert masking_study.masked_to_full_ratio(unmasked, 0.5) is None
+
+
+def test_label_use_compares_true_and_shuffled_labels_on_the_same_noise():
+    import torch
+
+    from edt_lab.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("EDT-T/2").eval()
+    rows = label_use.label_use(model, num_images=6, timesteps=(100, 900))
+    assert list(rows) == [100, 900]
+    # A fresh model's label embedding is random but its output layer is zero, so both errors equal the noise power.
+    for true, shuffled in rows.values():
+        assert true == shuffled and 0.5 < true < 2.0
