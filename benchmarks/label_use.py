@@ -11,27 +11,18 @@ import argparse
 import torch
 
 from edt_lab.checkpoints import model_from_config, safe_torch_load
-from edt_lab.data import load_digits
-from edt_lab.diffusion import make_training_scheduler
+from masking_study import noise_prediction_mse, random_digits
 
 
-@torch.no_grad()
 def label_use(model, num_images: int = 500, timesteps=(300, 500, 700, 900), seed: int = 0) -> dict:
     """timestep -> (MSE with the true labels, MSE with shuffled labels) on `num_images` bundled digits."""
-    images, labels = load_digits()
     generator = torch.Generator().manual_seed(seed)
-    chosen = torch.randperm(len(images), generator=generator)[:num_images]
-    images, labels = images[chosen], labels[chosen]
-    scheduler = make_training_scheduler()
-    channels = images.shape[1]
+    images, labels = random_digits(num_images, generator)
     results = {}
     for t in timesteps:
-        t_batch = torch.full((len(images),), t)
         noise = torch.randn(images.shape, generator=generator)
-        x_t = scheduler.add_noise(images, noise, t_batch)
         shuffled = labels[torch.randperm(len(labels), generator=generator)]
-        results[t] = tuple(((model(x_t, t_batch, y)[:, :channels] - noise) ** 2).mean().item()
-                           for y in (labels, shuffled))
+        results[t] = tuple(noise_prediction_mse(model, images, y, t, noise) for y in (labels, shuffled))
     return results
 
 

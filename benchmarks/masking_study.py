@@ -3,11 +3,11 @@
     python benchmarks/masking_study.py [--steps 800] [--runs-dir runs/masking_study] [--per-class 20]
                                        [--json docs/masking_study.json] [--figure docs/masking_study.png]
 
-Every arm is `edt-lab train` with the recipe the default model started with (batch 32, Adan, lr 1e-3 on its decay,
-loss-second-moment timesteps, seed 0) for `--steps` steps; a finished arm is not trained again, a cut one resumes. Each arm's final raw weights (the
-0.999 EMA averages over about 1,000 steps, as long as a short budget, so it would mostly measure the initial
-weights) sample `--per-class` digits of every class at the default model's settings with the AMM off (DPM-Solver++,
-25 steps, guidance 2), judged by the digit classifier, and get a sample-free score: the noise-prediction MSE
+Every arm is `edt-lab train` with the recipe the default model started with (batch 32, Adan, lr 1e-3 on its
+decay, loss-second-moment timesteps, seed 0) for `--steps` steps; a finished arm is not trained again, a cut one
+resumes. Each arm's final raw weights (the 0.999 EMA averages over about 1,000 steps, as long as a short budget,
+so it would mostly measure the initial weights) sample `--per-class` digits of every class at the default
+model's settings with the AMM off (DPM-Solver++, 25 steps, guidance 2), judged by the digit classifier, and get a sample-free score: the noise-prediction MSE
 on 1,000 digits at ten fixed timesteps (`denoising_mse`). The figure shows the full-pass and masked-pass losses;
 the masked/full loss ratio a quarter of the way in and at the end tells whether they fall together (the paper:
 MDT's two losses fight, EDT's fall together). Seconds per step are the median over log lines, on whatever else
@@ -61,24 +61,30 @@ def masked_to_full_ratio(log: list[dict], at: float) -> float | None:
     return statistics.mean(r["loss_masked"] / r["loss_full"] for r in lines)
 
 
+def random_digits(num_images: int, generator: torch.Generator):
+    """`num_images` bundled digits, chosen by `generator`: images (n, 1, 32, 32) in [-1, 1] and labels (n,)."""
+    images, labels = load_digits()
+    chosen = torch.randperm(len(images), generator=generator)[:num_images]
+    return images[chosen], labels[chosen]
+
+
 @torch.no_grad()
+def noise_prediction_mse(model, images, labels, t: int, noise, batch_size: int = 250) -> float:
+    """MSE of the unmasked model's noise prediction for `images` noised with `noise` at timestep t."""
+    t_batch = torch.full((len(images),), t)
+    x_t = make_training_scheduler().add_noise(images, noise, t_batch)
+    eps = torch.cat([model(x, tb, y)[:, :images.shape[1]] for x, tb, y in
+                     zip(x_t.split(batch_size), t_batch.split(batch_size), labels.split(batch_size))])
+    return ((eps - noise) ** 2).mean().item()
+
+
 def denoising_mse(model, num_images: int = 1000, timesteps=range(50, 1000, 100), seed: int = 0) -> float:
     """Noise-prediction MSE of the unmasked model on `num_images` digits at fixed timesteps, fixed noise and labels:
     a sample-free measure of fit that still separates the arms when none of them draws digits yet."""
-    images, labels = load_digits()
     generator = torch.Generator().manual_seed(seed)
-    chosen = torch.randperm(len(images), generator=generator)[:num_images]
-    images, labels = images[chosen], labels[chosen]
-    scheduler = make_training_scheduler()
-    errors = []
-    for t in timesteps:
-        noise = torch.randn(images.shape, generator=generator)
-        t_batch = torch.full((len(images),), t)
-        x_t = scheduler.add_noise(images, noise, t_batch)
-        eps = torch.cat([model(x, tb, y)[:, :images.shape[1]] for x, tb, y in
-                         zip(x_t.split(250), t_batch.split(250), labels.split(250))])
-        errors.append(((eps - noise) ** 2).mean().item())
-    return float(np.mean(errors))
+    images, labels = random_digits(num_images, generator)
+    return float(np.mean([noise_prediction_mse(model, images, labels, t, torch.randn(images.shape, generator=generator))
+                          for t in timesteps]))
 
 
 def evaluate_arm(run_dir: Path, per_class: int, seed: int) -> dict:
@@ -154,8 +160,9 @@ def main(argv=None) -> list[dict]:
         ratios = (f"{row['masked_to_full_ratio_quarter']:.2f} -> {row['masked_to_full_ratio_end']:.2f}"
                   if row["final_loss_masked"] is not None else "-")
         print(f"{name:<22} full {row['final_loss_full']:.4f}  masked {masked:>6}  masked/full {ratios:>12}  "
-              f"{row['seconds_per_step']:.2f} s/step  denoising MSE {row['denoising_mse']:.4f}  accuracy {row['accuracy']:.3f}  worst "
-              f"{row['worst_class_accuracy']:.2f}  FID {row['fid']:.2f} (floor {row['fid_real_floor']:.2f})",
+              f"{row['seconds_per_step']:.2f} s/step  denoising MSE {row['denoising_mse']:.4f}  "
+              f"accuracy {row['accuracy']:.3f}  worst {row['worst_class_accuracy']:.2f}  "
+              f"FID {row['fid']:.2f} (floor {row['fid_real_floor']:.2f})",
               flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
