@@ -3,15 +3,15 @@
     python benchmarks/masking_study.py [--steps 800] [--runs-dir runs/masking_study] [--per-class 20]
                                        [--json docs/masking_study.json] [--figure docs/masking_study.png]
 
-Every arm is `edt-lab train` with the recipe the default model started with (batch 32, Adan, lr 1e-3 on its
-decay, loss-second-moment timesteps, seed 0) for `--steps` steps; a finished arm is not trained again, a cut one
-resumes. Each arm's final raw weights (the 0.999 EMA averages over about 1,000 steps, as long as a short budget,
-so it would mostly measure the initial weights) sample `--per-class` digits of every class at the default
-model's settings with the AMM off (DPM-Solver++, 25 steps, guidance 2), judged by the digit classifier, and get a
-sample-free score: the noise-prediction MSE on 1,000 digits at ten fixed timesteps (`denoising_mse`). The figure shows the full-pass and masked-pass losses;
-the masked/full loss ratio a quarter of the way in and at the end tells whether they fall together (the paper:
-MDT's two losses fight, EDT's fall together). Seconds per step are the median over log lines, on whatever else
-the machine was doing.
+Every arm is `edt-lab train` with the recipe the default model started with (batch 32, Adan, lr 1e-3 on its decay,
+loss-second-moment timesteps, seed 0) for `--steps` steps; a finished arm is not trained again, a cut one resumes.
+Each arm's final raw weights (the 0.999 EMA averages over about 1,000 steps, as long as a short budget, so it would
+mostly measure the initial weights) sample `--per-class` digits of every class at the default model's settings with
+the AMM off (DPM-Solver++, 25 steps, guidance 2), judged by the digit classifier, and get a sample-free score: the
+noise-prediction MSE on 1,000 digits at ten fixed timesteps (`denoising_mse`). The figure shows the full-pass and
+masked-pass losses; the masked/full loss ratio a quarter of the way in and at the end tells whether they fall
+together (the paper: MDT's two losses fight, EDT's fall together). Seconds per step are the median over log lines,
+on whatever else the machine was doing.
 """
 
 import argparse
