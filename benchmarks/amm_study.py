@@ -1,7 +1,7 @@
 """The AMM study on the digits model: which blocks, which radius and scale, with and without guidance.
 
     python benchmarks/amm_study.py [--pipeline DIR] [--per-class 20] [--sampler dpm] [--steps 25]
-                                   [--guidance 1 2] [--parts arrangements radius scale] [--json FILE]
+                                   [--guidance 1 3] [--parts arrangements radius scale] [--json FILE]
 
 Every configuration draws the same images (same classes, same per-image seeds), so differences come from the
 AMM alone. Each row: the digit classifier's accuracy, its worst class, the feature-space FID (lower is better;
@@ -40,7 +40,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--per-class", type=int, default=20)
     parser.add_argument("--sampler", default="dpm")
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0])
+    parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0])
     parser.add_argument("--parts", nargs="+", default=["arrangements", "radius", "scale"],
                         choices=["arrangements", "radius", "scale"])
     parser.add_argument("--batch-size", type=int, default=100)
