@@ -10,7 +10,7 @@ import argparse
 
 import torch
 
-from edt_lab.checkpoints import model_from_config, safe_torch_load
+from edt_lab.checkpoints import model_from_checkpoint, safe_torch_load
 from masking_study import noise_prediction_mse, random_digits
 
 
@@ -34,9 +34,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     checkpoint = safe_torch_load(args.checkpoint)
     for weights in args.weights:
-        model = model_from_config(checkpoint["config"])
-        model.load_state_dict(checkpoint[weights])
-        rows = label_use(model.eval(), args.num_images)
+        rows = label_use(model_from_checkpoint(checkpoint, weights), args.num_images)
         print(f"step {checkpoint['step']} {weights}: " + "; ".join(
             f"t={t}: true {true:.4f} shuffled {shuffled:.4f} ({shuffled / true:.2f}x)"
             for t, (true, shuffled) in rows.items()), flush=True)

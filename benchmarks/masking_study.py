@@ -6,12 +6,12 @@
 Every arm is `edt-lab train` with the recipe the default model started with (batch 32, Adan, lr 1e-3 on its decay,
 loss-second-moment timesteps, seed 0) for `--steps` steps; a finished arm is not trained again, a cut one resumes.
 Each arm's final raw weights (the 0.999 EMA averages over about 1,000 steps, as long as a short budget, so it would
-mostly measure the initial weights) sample `--per-class` digits of every class at the default model's settings with
-the AMM off (DPM-Solver++, 25 steps, guidance 2), judged by the digit classifier, and get a sample-free score: the
-noise-prediction MSE on 1,000 digits at ten fixed timesteps (`denoising_mse`). The figure shows the full-pass and
-masked-pass losses; the masked/full loss ratio a quarter of the way in and at the end tells whether they fall
-together (the paper: MDT's two losses fight, EDT's fall together). Seconds per step are the median over log lines,
-on whatever else the machine was doing.
+mostly measure the initial weights) sample `--per-class` digits of every class with the AMM off at DPM-Solver++,
+25 steps, guidance 2 (the default model's settings when the study was run), judged by the digit classifier, and
+get a sample-free score: the noise-prediction MSE on 1,000 digits at ten fixed timesteps (`denoising_mse`). The
+figure shows the full-pass and masked-pass losses; the masked/full loss ratio a quarter of the way in and at the
+end tells whether they fall together (the paper: MDT's two losses fight, EDT's fall together). Seconds per step
+are the median over log lines, on whatever else the machine was doing.
 """
 
 import argparse
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edt_lab.checkpoints import model_from_config
+from edt_lab.checkpoints import model_from_checkpoint
 from edt_lab.cli import main as edt_lab
 from edt_lab.data import load_digits
 from edt_lab.diffusion import make_training_scheduler
@@ -88,12 +88,10 @@ def denoising_mse(model, num_images: int = 1000, timesteps=range(50, 1000, 100),
 
 
 def evaluate_arm(run_dir: Path, per_class: int, seed: int) -> dict:
-    """Digit metrics of the newest checkpoint's raw weights at the default model's sampling settings, AMM off,
-    and the denoising MSE."""
+    """Digit metrics of the newest checkpoint's raw weights (DPM-Solver++ 25 steps, guidance 2, AMM off) and the
+    denoising MSE."""
     _, checkpoint = load_latest_checkpoint(run_dir)
-    model = model_from_config(checkpoint["config"])
-    model.load_state_dict(checkpoint["model"])
-    model.eval()
+    model = model_from_checkpoint(checkpoint, "model")
     pipe = EDTPipeline(model, make_scheduler("dpm"), id2label=dict(enumerate(checkpoint["classes"])))
     pipe.set_progress_bar_config(disable=True)
     labels = np.repeat(np.arange(model.config.num_classes), per_class)

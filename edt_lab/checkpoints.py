@@ -53,6 +53,13 @@ def model_from_config(config: dict):
     return MODEL_CLASSES[name](**{k: v for k, v in config.items() if k in allowed})
 
 
+def model_from_checkpoint(checkpoint: dict, weights: str = "ema"):
+    """The model of a loaded `edt-lab train` checkpoint with its "ema" or raw "model" weights, in eval mode."""
+    model = model_from_config(checkpoint["config"])
+    model.load_state_dict(checkpoint[weights])
+    return model.eval()
+
+
 def _namespace_value(args, key):
     return getattr(args, key, None) if isinstance(args, argparse.Namespace) else None
 

@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from .checkpoints import model_from_config, safe_torch_load
+from .checkpoints import model_from_checkpoint, safe_torch_load
 from .pipeline import EDTPipeline, load_vae, make_scheduler
 from .train import checkpoint_path, list_checkpoints, load_latest_checkpoint
 
@@ -32,10 +32,9 @@ def export(run_dir, out_dir, step: int | None = None) -> Path:
             steps = ", ".join(str(int(p.stem.split("_")[1])) for p in list_checkpoints(run_dir)) or "none"
             raise ValueError(f"{run_dir} has no checkpoint of step {step} (available steps: {steps})")
         checkpoint = safe_torch_load(path)
-    model = model_from_config(checkpoint["config"])
-    model.load_state_dict(checkpoint["ema"])
+    model = model_from_checkpoint(checkpoint)
     vae_dir = getattr(checkpoint["args"], "vae", None)
-    pipe = EDTPipeline(transformer=model.eval(), scheduler=make_scheduler("ddpm"),
+    pipe = EDTPipeline(transformer=model, scheduler=make_scheduler("ddpm"),
                        vae=load_vae(vae_dir) if vae_dir else None, id2label=dict(enumerate(checkpoint["classes"])))
     pipe.save_pretrained(out_dir)
     return Path(out_dir)
