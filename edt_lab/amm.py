@@ -70,10 +70,15 @@ AMM_PRESETS = {
 }
 
 
+LATENT_SIZE_512 = 64  # a 512x512 image is a 64x64 latent (32x32 tokens at patch 2)
+
+
 def preset_for(model, guidance_scale: float = 1.0) -> str:
-    """Name of the released arrangement that fits `model` (an EDT or DiT) at this guidance scale."""
+    """Name of the released arrangement that fits `model` (an EDT or DiT) at its image size and this guidance."""
     family, depth = type(model).__name__, model.num_blocks
     if family == "EDT" and depth == 12:  # the S/B (and our T) pyramid: 2, 2, 2, 3, 3 blocks
+        if model.config.input_size == LATENT_SIZE_512:
+            return "edt-s-512"
         return "edt-s/b-high-guidance" if guidance_scale >= 2 else "edt-s/b-low-guidance"
     if family == "EDT" and depth == 28:
         return "edt-xl"

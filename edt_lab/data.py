@@ -13,6 +13,9 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 DIGIT_NAMES = [str(i) for i in range(10)]
 HELD_OUT_PER_CLASS = 100  # the last 100 digits of each class are never used to fit the digit classifier
+# The last 50 of each class (inside the classifier's 100) are never used to train the diffusion model either: they
+# are the real reference of the digit metrics and the baseline of their copy check.
+DIFFUSION_HELD_OUT_PER_CLASS = 50
 LATENT_SCALE = 0.18215  # Stable Diffusion VAE latents are multiplied by this before the diffusion model sees them
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 DATA_FORMS = "'mnist', 'images:DIR' (one sub-folder of images per class) or 'features:DIR' (from extract_features)"
@@ -38,8 +41,8 @@ def load_digits():
     return images, torch.tensor(labels, dtype=torch.int64)
 
 
-def split_digits(labels):
-    """Indices (train, held_out) of the digits: the last HELD_OUT_PER_CLASS of every class are held out.
+def split_digits(labels, held_out_per_class: int = HELD_OUT_PER_CLASS):
+    """Indices (train, held_out) of the digits: the last `held_out_per_class` of every class are held out.
 
     The bundled digits are sorted by class, so "the last 1,000" would be only 8s and 9s; holding out per class
     keeps both parts balanced.
@@ -47,18 +50,26 @@ def split_digits(labels):
     train, held_out = [], []
     for label in labels.unique():
         indices = (labels == label).nonzero().flatten()
-        train.append(indices[:-HELD_OUT_PER_CLASS])
-        held_out.append(indices[-HELD_OUT_PER_CLASS:])
+        train.append(indices[:-held_out_per_class])
+        held_out.append(indices[-held_out_per_class:])
     return torch.cat(train), torch.cat(held_out)
 
 
+def diffusion_split(labels):
+    """Indices (train, held_out) for the diffusion model: 4,500 digits to train on, 500 (50 per class) held out."""
+    return split_digits(labels, DIFFUSION_HELD_OUT_PER_CLASS)
+
+
 class Digits(TensorDataset):
-    """The 5,000 bundled digits as (image (1, 32, 32) in [-1, 1], label) pairs."""
+    """The bundled digits the diffusion model trains on (4,500; the 500 of `diffusion_split` are held out) as
+    (image (1, 32, 32) in [-1, 1], label) pairs."""
 
     classes = DIGIT_NAMES
 
     def __init__(self):
-        super().__init__(*load_digits())
+        images, labels = load_digits()
+        train, _ = diffusion_split(labels)
+        super().__init__(images[train], labels[train])
 
 
 #################################################################################
@@ -120,10 +131,13 @@ class ImageFolder(Dataset):
 #################################################################################
 
 @torch.no_grad()
-def extract_features(image_dataset, vae, out_dir, batch_size: int = 32, device="cpu", seed: int = 0):
+def extract_features(image_dataset, vae, out_dir, batch_size: int = 32, device="cpu", seed: int = 0,
+                     flip: bool = True):
     """Encode a dataset of (image in [-1, 1], label) with a diffusers AutoencoderKL into a FeatureFolder at out_dir.
 
     Latents are drawn from the VAE's posterior (`latent_dist.sample()`, seeded) and multiplied by LATENT_SCALE.
+    With `flip`, as released, each image is flipped left-right with probability 1/2, once, before encoding; which
+    ones were flipped is saved beside the latents (`flipped`, (N,) uint8).
     """
     first_image, _ = image_dataset[0]
     if first_image.shape[0] != vae.config.in_channels:
@@ -131,8 +145,14 @@ def extract_features(image_dataset, vae, out_dir, batch_size: int = 32, device="
                          f"the dataset has {first_image.shape[0]}")
     vae = vae.to(device).eval()
     generator = torch.Generator(device).manual_seed(seed)
+    flipped = torch.rand(len(image_dataset), generator=torch.Generator().manual_seed(seed)) < 0.5
+    if not flip:
+        flipped.zero_()
     latents, labels = [], []
-    for images, batch_labels in DataLoader(image_dataset, batch_size=batch_size, shuffle=False):
+    loader = DataLoader(image_dataset, batch_size=batch_size, shuffle=False)
+    for start, (images, batch_labels) in zip(range(0, len(image_dataset), batch_size), loader):
+        flip_here = flipped[start:start + len(images)].view(-1, 1, 1, 1)
+        images = torch.where(flip_here, images.flip(-1), images)  # (B, C, H, W)
         posterior = vae.encode(images.to(device)).latent_dist
         latents.append((posterior.sample(generator=generator) * LATENT_SCALE).float().cpu())  # (B, 4, H/8, W/8)
         labels.append(torch.as_tensor(batch_labels, dtype=torch.int64))
@@ -141,7 +161,8 @@ def extract_features(image_dataset, vae, out_dir, batch_size: int = 32, device="
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({"latents": torch.cat(latents).contiguous(), "labels": labels}, out_dir / "latents.safetensors")
+    save_file({"latents": torch.cat(latents).contiguous(), "labels": labels, "flipped": flipped.to(torch.uint8)},
+              out_dir / "latents.safetensors")
     meta = {"num_classes": len(classes), "classes": classes, "vae": str(vae.config.get("_name_or_path", ""))}
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return FeatureFolder(out_dir)

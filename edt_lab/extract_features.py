@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="the feature folder to write (latents.safetensors, meta.json)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0, help="seeds the draw from the VAE's posterior")
+    parser.add_argument("--no-flip", action="store_true",
+                        help="encode every image as it is (default, as released: each flipped left-right with "
+                        "probability 1/2, once)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -31,6 +34,7 @@ def run(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     dataset = make_dataset(args.data, image_size=args.image_size)
-    features = extract_features(dataset, load_vae(args.vae), args.out, args.batch_size, args.device, args.seed)
+    features = extract_features(dataset, load_vae(args.vae), args.out, args.batch_size, args.device, args.seed,
+                                flip=not args.no_flip)
     print(f"wrote {len(features)} latents of shape {tuple(features.latents.shape[1:])} "
           f"({len(features.classes)} classes) to {args.out}")

@@ -10,7 +10,7 @@ import scipy.linalg
 import torch
 
 from edt_lab.classifier import load_digit_classifier
-from edt_lab.data import load_digits, split_digits
+from edt_lab.data import diffusion_split, load_digits
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 DEFAULT_INCEPTION_PATH = Path(__file__).resolve().parent.parent / "assets" / INCEPTION_FILE
@@ -139,17 +139,18 @@ def digit_metrics(images, labels=None, classifier=None, reference=None, seed: in
     """Judge generated digits with the digit classifier; returns a dict of plain numbers.
 
     images: (N, 1, 32, 32) in [-1, 1] or uint8 (N, 32, 32, 1); labels: the requested classes (N,) or None.
-    reference: real digits for the FID (default: the bundled digits less the held-out ones).
+    reference: real digits for the FID (default: the 500 digits held out from the diffusion model's training).
     The FID is in the classifier's feature space. `fid_real_floor` is the FID of real digits, as many as the
     samples (where the reference allows), against the same reference part, so it is the value a perfect
-    generator would get. `nearest_train_l2` is the mean pixel distance of each sample to its nearest training
-    digit; `nearest_train_l2_held_out` is the same for held-out real digits, the value of new, uncopied digits.
+    generator would get. `nearest_train_l2` is the mean pixel distance of each sample to its nearest digit of
+    the diffusion model's 4,500 training digits; `nearest_train_l2_held_out` is the same for the 500 held-out
+    digits, the value of new, uncopied digits.
     """
     images = to_digit_images(images)
     classifier = load_digit_classifier() if classifier is None else classifier.eval()
     digits, digit_labels = load_digits()
-    train, held_out = split_digits(digit_labels)
-    reference = digits[train] if reference is None else to_digit_images(reference)
+    train, held_out = diffusion_split(digit_labels)
+    reference = digits[held_out] if reference is None else to_digit_images(reference)
     if len(images) < 2 or len(reference) < 4:
         raise ValueError(f"need at least 2 samples and 4 reference digits, got {len(images)} and {len(reference)}")
 

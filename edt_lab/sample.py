@@ -38,6 +38,18 @@ def parse_classes(text: str, pipe: EDTPipeline) -> list[int]:
     return pipe.class_ids([int(item) if item.lstrip("-").isdigit() else item for item in items])
 
 
+def draw_labels(classes, num_samples: int, draw: str, seed: int) -> np.ndarray:
+    """Labels (num_samples,) int64 for an FID-style run: "uniform" draws each uniformly at random from `classes`
+    (the released generator's way, seeded by `seed`); "balanced" gives every class the same count (+-1), class-major."""
+    classes = np.asarray(classes, dtype=np.int64)
+    if draw == "uniform":
+        picks = torch.randint(len(classes), (num_samples,), generator=torch.Generator().manual_seed(seed))
+        return classes[picks.numpy()]
+    if draw == "balanced":
+        return np.sort(classes[np.arange(num_samples) % len(classes)], kind="stable")
+    raise ValueError(f"--label-draw {draw!r}: expected 'uniform' or 'balanced'")
+
+
 def parse_amm(value):
     """--amm: "preset", "off" or block indices "7,10" (a list also accepted) -> the pipeline's `amm_blocks`."""
     if isinstance(value, (list, tuple)):
@@ -124,7 +136,12 @@ def add_arguments(parser):
     source.add_argument("--model", choices=["default"], help="the shipped EDT-T/2 digits model")
     parser.add_argument("--vae", help="AutoencoderKL folder (e.g. sd-vae-ft-ema) for latent models")
     parser.add_argument("--classes", default="all", help="'all' or comma-separated class indices or names")
-    parser.add_argument("--per-class", type=int, default=1, help="images per class")
+    parser.add_argument("--per-class", type=int, help="images per class (default 1)")
+    parser.add_argument("--num-samples", type=int, help="FID-style: this many images in all (an .npz), labels drawn "
+                        "from --classes by --label-draw; instead of --per-class")
+    parser.add_argument("--label-draw", choices=("uniform", "balanced"), default="uniform",
+                        help="with --num-samples: each label uniformly at random (default, as the released "
+                        "generator) or every class equally often")
     parser.add_argument("--steps", type=int, help="sampling steps (default: recommended, else 250)")
     parser.add_argument("--sampler", help="ddpm, ddim or dpm (default: recommended, else ddpm)")
     parser.add_argument("--cfg", type=float, help="classifier-free guidance scale, 1 = none")
@@ -165,7 +182,13 @@ def run(args):
     out = Path(args.out)
     if out.suffix not in (".png", ".npz"):
         raise ValueError(f"--out {args.out}: expected a .png or .npz file name")
-    if args.per_class < 1:
+    if args.per_class is not None and args.num_samples is not None:
+        raise ValueError("--per-class and --num-samples exclude each other: give one")
+    if args.num_samples is not None and (args.num_samples < 1 or out.suffix != ".npz"):
+        raise ValueError(f"--num-samples needs a count of at least 1 and an .npz --out (a .png grid has one row "
+                         f"per class: use --per-class), got {args.num_samples} and {out.name}")
+    per_class = 1 if args.per_class is None else args.per_class
+    if per_class < 1:
         raise ValueError(f"--per-class must be at least 1, got {args.per_class}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -179,7 +202,10 @@ def run(args):
     classes = parse_classes(args.classes, pipe)
     amm_blocks = parse_amm(settings["amm"])
 
-    labels = np.repeat(np.array(classes, dtype=np.int64), args.per_class)  # class-major request order
+    if args.num_samples is not None:
+        labels = draw_labels(classes, args.num_samples, args.label_draw, args.seed)
+    else:
+        labels = np.repeat(np.array(classes, dtype=np.int64), per_class)  # class-major request order
     # Processes share whole batches, so every image is computed in the same batch however many processes run.
     batches = [list(range(start, min(start + args.batch_size, len(labels))))
                for start in range(0, len(labels), args.batch_size)]

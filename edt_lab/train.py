@@ -38,6 +38,9 @@ CHECKPOINT_KEYS = ("model", "ema", "opt", "lr_scheduler", "step", "data", "rng",
                    "config")
 RNG_STREAMS = ("noise", "timesteps", "masks")  # one generator each, per process
 PREVIEW_STEPS = 25
+DEFAULT_LR = 1e-3
+RELEASED_LR = {"EDT-XL/2": 5e-4}  # the released launch script starts EDT-XL at a lower rate
+NO_MASKING_LR_UPDATE_EVERY = 5000  # the released no-masking script moves the rate in steps of 5,000
 
 
 #################################################################################
@@ -46,8 +49,9 @@ PREVIEW_STEPS = 25
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="EDT-T/2", help=f"one of {', '.join(MODEL_NAMES)} (default EDT-T/2)")
-    parser.add_argument("--data", default="mnist", help="'mnist' (the bundled digits), 'images:DIR' (one sub-folder "
-                        "per class, pixel-space models) or 'features:DIR' (latents from extract-features)")
+    parser.add_argument("--data", default="mnist", help="'mnist' (4,500 of the bundled digits; 500 are held out "
+                        "for evaluation), 'images:DIR' (one sub-folder per class, pixel-space models) or "
+                        "'features:DIR' (latents from extract-features)")
     parser.add_argument("--results-dir", required=True, help="the run folder (created; reused with --resume)")
     parser.add_argument("--max-steps", type=int, required=True, help="train until this many optimiser steps")
     parser.add_argument("--batch-size", type=int, default=256, help="samples per optimiser step over all processes")
@@ -58,9 +62,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="masked pass: edt (default for EDT), mdt (input masking) or none (default for DiT)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--optimizer", choices=("adan", "adamw"), default="adan", help="no weight decay either way")
-    parser.add_argument("--lr", type=float, default=1e-3, help="initial learning rate")
+    parser.add_argument("--lr", type=float, default=None,
+                        help=f"initial learning rate (default: as released, {RELEASED_LR['EDT-XL/2']:g} for EDT-XL/2, "
+                        f"{DEFAULT_LR:g} otherwise)")
     parser.add_argument("--lr-final", type=float, default=5e-5, help="learning rate after the linear decay")
     parser.add_argument("--lr-decay-steps", type=int, default=400_000, help="steps of the linear decay, then flat")
+    parser.add_argument("--lr-update-every", type=int, default=None,
+                        help="set the decayed rate only every K steps (default: as released, 1 with a masked pass, "
+                        f"{NO_MASKING_LR_UPDATE_EVERY} with --masking none, the schedule of the no-masking script)")
     parser.add_argument("--ema-decay", type=float, default=0.9999)
     parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step")
     parser.add_argument("--timestep-sampler", choices=sorted(TIMESTEP_SAMPLERS), default="loss-second-moment")
@@ -77,10 +86,21 @@ def run(args: argparse.Namespace) -> None:
     train(args)
 
 
+def fill_released_defaults(args: argparse.Namespace, model) -> argparse.Namespace:
+    """The arguments with each unset choice (None) replaced by what the released scripts use for this model."""
+    masking = args.masking or ("edt" if isinstance(model, EDT) else "none")
+    lr = args.lr if args.lr is not None else RELEASED_LR.get(args.model, DEFAULT_LR)
+    update_every = args.lr_update_every
+    if update_every is None:
+        update_every = NO_MASKING_LR_UPDATE_EVERY if masking == "none" else 1
+    return argparse.Namespace(**{**vars(args), "masking": masking, "lr": lr, "lr_update_every": update_every})
+
+
 def check_args(args: argparse.Namespace) -> None:
-    """Raise ValueError for argument values no run can use."""
+    """Raise ValueError for argument values no run can use (after `fill_released_defaults`; the seed is checked
+    before the model is built)."""
     positive = ("max_steps", "batch_size", "ckpt_every", "keep_checkpoints", "lr_decay_steps", "grad_accum",
-                "log_every")
+                "log_every", "lr_update_every")
     for name in positive:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -91,8 +111,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--lr must be positive and --lr-final non-negative, got {args.lr} and {args.lr_final}")
     if not 0.0 <= args.ema_decay <= 1.0:
         raise ValueError(f"--ema-decay must lie in [0, 1], got {args.ema_decay}")
-    if not 0 <= args.seed < 2 ** 31:
-        raise ValueError(f"--seed must lie in [0, 2**31), got {args.seed}")
     if args.mixed_precision == "bf16" and not torch.cuda.is_available():
         raise ValueError("--mixed-precision bf16 needs a GPU; use --mixed-precision no on a CPU")
 
@@ -101,8 +119,12 @@ def check_args(args: argparse.Namespace) -> None:
 #                          Schedules, EMA and random streams                    #
 #################################################################################
 
-def lr_factor(step: int, lr: float, lr_final: float, decay_steps: int) -> float:
-    """Learning rate at `step` relative to lr: linear from lr to lr_final over decay_steps steps, then flat."""
+def lr_factor(step: int, lr: float, lr_final: float, decay_steps: int, update_every: int = 1) -> float:
+    """Learning rate at `step` relative to lr: linear from lr to lr_final over decay_steps steps, then flat.
+
+    update_every K > 1 holds the rate of the last multiple of K (a staircase that follows the line).
+    """
+    step -= step % update_every
     progress = min(step, decay_steps) / decay_steps
     return (lr + (lr_final - lr) * progress) / lr
 
@@ -296,11 +318,14 @@ def pass_losses(model, raw_model, x0, y, t, scheduler, generators, masking):
 
 def train(args: argparse.Namespace) -> Path:
     """Run (or resume) training as the command line describes; returns the run folder."""
-    check_args(args)
     run_dir = Path(args.results_dir)
+    if not 0 <= args.seed < 2 ** 31:
+        raise ValueError(f"--seed must lie in [0, 2**31), got {args.seed}")
     torch.manual_seed(args.seed)  # the initial weights, identical in every process
     raw_model = create_model(args.model)
-    masking = args.masking or ("edt" if isinstance(raw_model, EDT) else "none")
+    args = fill_released_defaults(args, raw_model)
+    check_args(args)
+    masking = args.masking
     draw_masks(masking, raw_model, 1, torch.Generator(), "cpu")  # fail now if the strategy does not fit the model
     dataset = build_dataset(args.data, raw_model)
     vae = load_vae(args.vae) if args.vae is not None else None  # for previews; export finds it via the args
@@ -332,7 +357,7 @@ def train(args: argparse.Namespace) -> Path:
     else:
         optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, args.lr, args.lr_final, args.lr_decay_steps))
+        optimizer, lambda step: lr_factor(step, args.lr, args.lr_final, args.lr_decay_steps, args.lr_update_every))
     sampler = make_timestep_sampler(args.timestep_sampler, 1000)
     diffusion = make_training_scheduler()
     step, epoch, position, samples_seen = 0, 0, 0, 0
@@ -395,8 +420,10 @@ def train(args: argparse.Namespace) -> Path:
                 loss_full = (full * weights).mean()
                 loss_masked = (masked * weights).mean() if masked is not None else torch.zeros_like(loss_full)
                 accelerator.backward(loss_full + loss_masked)
-            # ADM: the importance sampler learns from every process's full-pass losses.
-            sampler.update(accelerator.gather(t), accelerator.gather(full.detach()))
+            # As released, the importance sampler learns each sample's full-pass plus masked-pass loss, from
+            # every process.
+            sampler_losses = full.detach() if masked is None else full.detach() + masked.detach()
+            sampler.update(accelerator.gather(t), accelerator.gather(sampler_losses))
             step_full += loss_full.detach() / args.grad_accum
             step_masked += loss_masked.detach() / args.grad_accum
         lr = optimizer.param_groups[0]["lr"]  # the rate this step trained with

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from diffusers import AutoencoderKL
 from PIL import Image
 
@@ -82,7 +83,7 @@ def tiny_vae(tmp_path):
 def test_extract_features_round_trip(tmp_path, tiny_vae):
     _write_images(tmp_path / "images")
     images = ImageFolder(tmp_path / "images", 32)
-    features = extract_features(images, tiny_vae, tmp_path / "features", batch_size=2, seed=0)
+    features = extract_features(images, tiny_vae, tmp_path / "features", batch_size=2, seed=0, flip=False)
     assert isinstance(features, FeatureFolder)
 
     loaded = FeatureFolder(tmp_path / "features")
@@ -98,6 +99,22 @@ def test_extract_features_round_trip(tmp_path, tiny_vae):
     assert not torch.allclose(loaded.latents[:2], posterior.mean * LATENT_SCALE, atol=1e-6)
     latent, label = loaded[2]
     assert latent.shape == (4, 4, 4) and label == 1
+
+
+def test_extract_features_flips_half_the_images_once(tmp_path, tiny_vae):
+    _write_images(tmp_path / "images")
+    images = ImageFolder(tmp_path / "images", 32)
+    extract_features(images, tiny_vae, tmp_path / "features", batch_size=2, seed=0)
+    flipped = load_file(tmp_path / "features" / "latents.safetensors")["flipped"].bool()
+    # The seed draws the flips, each image once: a mix here, recorded beside the latents.
+    assert flipped.tolist() == (torch.rand(3, generator=torch.Generator().manual_seed(0)) < 0.5).tolist()
+    assert 0 < flipped.sum() < 3
+    batch = torch.stack([images[0][0], images[1][0]])
+    batch = torch.where(flipped[:2].view(-1, 1, 1, 1), batch.flip(-1), batch)
+    with torch.no_grad():
+        posterior = tiny_vae.encode(batch).latent_dist
+    expected = posterior.sample(generator=torch.Generator().manual_seed(0)) * LATENT_SCALE
+    torch.testing.assert_close(FeatureFolder(tmp_path / "features").latents[:2], expected, atol=1e-6, rtol=0)
 
 
 def test_extract_features_checks_channels(tmp_path, tiny_vae):

@@ -3,6 +3,7 @@
 import io
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +13,7 @@ from edt_lab.diffusion import (
     discretized_gaussian_log_likelihood,
     make_timestep_sampler,
     make_training_scheduler,
+    min_snr_weight,
     normal_kl,
     q_sample,
     training_losses,
@@ -140,12 +142,50 @@ def test_fixed_variance_model_and_bad_inputs(scheduler):
     x_t = q_sample(scheduler, x0, t, noise)
     eps = torch.randn_like(x0)
     losses = training_losses(eps, x0, x_t, t, noise, scheduler)
-    torch.testing.assert_close(losses["mse"], ((noise - eps) ** 2).mean(dim=(1, 2, 3)))
+    weight = torch.from_numpy(_released_min_snr_weight()[t.numpy()]).float()
+    torch.testing.assert_close(losses["mse"], weight * ((noise - eps) ** 2).mean(dim=(1, 2, 3)))
     assert torch.all(losses["vb"] == 0) and torch.equal(losses["loss"], losses["mse"])
     with pytest.raises(ValueError, match="channels"):
         training_losses(torch.randn(2, 3, 8, 8), x0, x_t, t, noise, scheduler)
     with pytest.raises(ValueError, match="steps in"):
         training_losses(eps, x0, x_t, torch.tensor([0, 1000]), noise, scheduler)
+
+
+def _released_min_snr_weight():
+    """w(t) = min(SNR, 5) / SNR for t = 0..999 of the released linear schedule, computed here from scratch, (T,)."""
+    betas = np.linspace(1e-4, 0.02, 1000, dtype=np.float64)
+    abar = np.cumprod(1.0 - betas)
+    snr = abar / (1.0 - abar)
+    return np.minimum(snr, 5.0) / snr
+
+
+def test_min_snr_weight_values():
+    w = _released_min_snr_weight()
+    # The values quoted by the spec (section 6), so the from-scratch formula is itself checked.
+    assert w[0] == pytest.approx(5e-4, rel=0.02) and w[10] == pytest.approx(0.011, rel=0.05)
+    assert w[100] == pytest.approx(0.59, rel=0.02) and np.all(w[130:] == 1.0) and w[129] < 1.0
+    ours = min_snr_weight(make_training_scheduler(), torch.arange(1000)).double().numpy()
+    np.testing.assert_allclose(ours, w, rtol=1e-6)
+    with pytest.raises(ValueError, match="gamma"):
+        min_snr_weight(make_training_scheduler(), torch.arange(3), gamma=0)
+
+
+def test_loss_is_the_released_weighted_mse_plus_vb_at_every_timestep(scheduler):
+    # 1,000 random (x0, t, noise, output) cases, one per timestep: mse and loss against the released terms.
+    t = torch.arange(1000)
+    x0, noise = _batch(t, C=2, size=4, seed=1)
+    x_t = q_sample(scheduler, x0, t, noise)
+    output = torch.randn(1000, 4, 4, 4, generator=torch.Generator().manual_seed(2))
+    losses = training_losses(output, x0, x_t, t, noise, scheduler)
+    raw = ((noise.double() - output[:, :2].double()) ** 2).mean(dim=(1, 2, 3)).numpy()
+    expected_mse = _released_min_snr_weight() * raw
+    relative = np.abs(losses["mse"].double().numpy() - expected_mse) / expected_mse
+    assert relative.max() < 1e-5, relative.max()
+    # The VB term is unchanged by the weight (it trains the variance only), and loss = weighted mse + vb.
+    unweighted = training_losses(output, x0, x_t, t, noise, scheduler, min_snr_gamma=None)
+    torch.testing.assert_close(unweighted["mse"].double(), torch.from_numpy(raw), rtol=1e-5, atol=0)
+    torch.testing.assert_close(losses["vb"], unweighted["vb"])
+    torch.testing.assert_close(losses["loss"], losses["mse"] + losses["vb"])
 
 
 def _warm_up(sampler, loss_of_t):

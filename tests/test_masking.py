@@ -105,6 +105,44 @@ def test_masked_forward_runs_with_drawn_masks(edt, dit):
         assert out.shape == (2, 2, 32, 32) and torch.isfinite(out).all()
 
 
+def reduction_inputs(model, *args, **kwargs):
+    """Run model(*args, **kwargs) and return what enters down_blocks.j.reduction, {j: (B, N_j/4, 4C_j)}."""
+    seen = {}
+    hooks = [model.down_blocks[j].reduction.register_forward_pre_hook(
+        lambda module, inputs, j=j: seen.__setitem__(j, inputs[0].detach())) for j in (0, 1)]
+    try:
+        model(*args, **kwargs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def test_down_sampling_masks_reach_reduction_as_zeroed_slots():
+    # The masked forward differs from the unmasked one, and each dropped token's slot of the merged 4C vector is
+    # zero where it enters `reduction` (after the adaLN modulation), while kept slots are not.
+    torch.manual_seed(0)
+    edt = create_model("EDT-T/2", **TINY)
+    with torch.no_grad():
+        for param in edt.parameters():  # random weights everywhere, so the zero-initialised layers pass signal
+            param.normal_(0, 0.1)
+    x, t, y = torch.randn(2, 1, 32, 32), torch.tensor([10, 500]), torch.tensor([1, 2])
+    masks = edt_masks(edt, 2, torch.Generator().manual_seed(1), "cpu")
+    with torch.no_grad():
+        assert (edt(x, t, y, masks=masks) - edt(x, t, y)).abs().max() > 1e-4
+        merged_inputs = reduction_inputs(edt, x, t, y, masks=masks)
+    for j, grid in ((0, 16), (1, 8)):
+        merged = merged_inputs[j]
+        keep = masks.down[j].view(2, grid // 2, 2, grid // 2, 2)  # (B, row/2, row%2, col/2, col%2)
+        # Slots of a merged token: (even row, even col), (odd row, even col), (even row, odd col), (odd, odd).
+        slot_keep = torch.stack([keep[:, :, 0, :, 0], keep[:, :, 1, :, 0], keep[:, :, 0, :, 1], keep[:, :, 1, :, 1]],
+                                dim=-1).reshape(2, -1, 4)  # (B, N_j/4, 4)
+        slots = merged.view(2, -1, 4, merged.shape[-1] // 4)
+        assert 0 < (~slot_keep).sum() < slot_keep.numel()
+        assert torch.all(slots[~slot_keep] == 0)
+        assert torch.all(slots[slot_keep].abs().sum(-1) > 0)
+
+
 def test_draw_masks_names(edt, dit):
     generator = torch.Generator().manual_seed(0)
     assert draw_masks("none", edt, 2, generator, "cpu") is None

@@ -133,9 +133,21 @@ def test_presets_fit_their_models():
         assert preset_for(create_model("EDT-B/2"), 4.0) == "edt-s/b-high-guidance"
         assert preset_for(create_model("EDT-XL/2")) == "edt-xl"
         assert preset_for(create_model("DiT-XL/2")) == "dit-xl"
+        # The image size counts: an EDT-S/2 at 512x512 (64x64 latents) takes the released 512 arrangement.
+        assert preset_for(create_model("EDT-S/2", input_size=64), 4.0) == "edt-s-512"
+        assert preset_for(create_model("EDT-S/2", input_size=64), 1.0) == "edt-s-512"
         for name in MODEL_NAMES:
             model = create_model(name)
             model.set_amm(AMM_PRESETS[preset_for(model)].blocks)
+
+
+def test_relative_position_bias_tables_start_as_released():
+    # trunc_normal(std 0.02), not zeros: the tables of a fresh model hold small random values.
+    torch.manual_seed(0)
+    model = create_model("EDT-T/2")
+    tables = torch.cat([p.flatten() for n, p in model.named_parameters() if "relative_position_bias_table" in n])
+    assert len(tables) > 1000 and 0.017 < tables.std().item() < 0.023 and tables.abs().max().item() <= 2.0
+    assert tables.mean().abs().item() < 0.002
 
 
 def test_block_info_describes_the_pyramid():

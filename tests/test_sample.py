@@ -14,6 +14,7 @@ from PIL import Image
 from edt_lab.cli import main
 from edt_lab.metrics import read_npz
 from edt_lab.pipeline import EDTPipeline, make_scheduler
+from edt_lab.sample import draw_labels
 from test_pipeline import DIGITS, tiny_edt, tiny_vae
 
 
@@ -98,6 +99,21 @@ def test_default_model_uses_its_recommended_settings(files, tmp_path, monkeypatc
     assert not np.array_equal(a["arr_0"], c["arr_0"])  # the command line wins over recommended.json
 
 
+def test_fid_style_labels_are_drawn_uniformly_at_random_by_default(files, tmp_path):
+    base = ["sample", "--ckpt", str(files / "edt.pt"), "--vae", str(files / "vae"), "--classes", "all",
+            "--steps", "1", "--sampler", "ddim", "--device", "cpu", "--num-samples", "12"]
+    assert main([*base, "--out", str(tmp_path / "u.npz")]) == 0
+    assert main([*base, "--label-draw", "balanced", "--out", str(tmp_path / "b.npz")]) == 0
+    uniform, balanced = np.load(tmp_path / "u.npz")["arr_1"], np.load(tmp_path / "b.npz")["arr_1"]
+    assert uniform.shape == balanced.shape == (12,)
+    assert balanced.tolist() == [0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert len(set(uniform.tolist())) < 10  # 12 uniform draws over 10 classes repeat some and miss others
+    # The released generator's draw: uniform over the classes, seeded.
+    draws = draw_labels(range(10), 100_000, "uniform", seed=0)
+    assert np.abs(np.bincount(draws, minlength=10) / 100_000 - 0.1).max() < 0.005
+    assert draw_labels([3, 7], 5, "uniform", 1).tolist() == draw_labels([3, 7], 5, "uniform", 1).tolist()
+
+
 def test_bad_input_is_one_line_and_exit_2(files, tmp_path, capsys, monkeypatch):
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
     out = str(tmp_path / "x.npz")
@@ -113,6 +129,8 @@ def test_bad_input_is_one_line_and_exit_2(files, tmp_path, capsys, monkeypatch):
         ([*base, "--amm", "7,x", "--out", out], "--amm '7,x': expected 'preset', 'off'"),
         ([*base, "--amm", "7,40", "--out", out], "AMM block index 40 is out of range"),
         ([*base, "--per-class", "0", "--out", out], "--per-class must be at least 1"),
+        ([*base, "--per-class", "2", "--num-samples", "4", "--out", out], "exclude each other"),
+        ([*base, "--num-samples", "4", "--out", str(tmp_path / "x.png")], "an .npz --out"),
         ([*base, "--out", str(tmp_path / "x.jpg")], "expected a .png or .npz"),
         ([*base, "--classes", "ten", "--out", out], "this model has no class names"),
     ]

@@ -17,8 +17,10 @@ from edt_lab.checkpoints import load_checkpoint, safe_torch_load
 from edt_lab.cli import main
 from edt_lab.models import EDT, registry
 from edt_lab.pipeline import EDTPipeline
-from edt_lab.train import (CHECKPOINT_KEYS, StepBatches, epoch_permutation, lr_factor, next_position, save_atomic,
-                           truncate_log, update_ema)
+import edt_lab.train as trainer
+from edt_lab.diffusion import LossSecondMomentSampler
+from edt_lab.train import (CHECKPOINT_KEYS, StepBatches, epoch_permutation, fill_released_defaults, lr_factor,
+                           next_position, save_atomic, truncate_log, update_ema)
 
 # A ~20k-parameter stand-in for EDT-T/2 (same 32x32 digits, 16x16 token grid, five stages) so tests run in seconds.
 TINY_EDT = dict(dims=(16, 24, 32, 24, 16), num_heads=(1, 1, 1, 1, 1), stages_depth=(1, 1, 1, 1, 1), input_size=32,
@@ -31,6 +33,8 @@ SUBPROCESS_PREFIX = (
     "from edt_lab.cli import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
+# The real EDT-T/2 (2 M parameters) in a subprocess, one thread.
+REAL_EDT_PREFIX = "import sys, torch; torch.set_num_threads(1)\nfrom edt_lab.cli import main\nsys.exit(main(sys.argv[1:]))\n"
 
 
 @pytest.fixture(autouse=True)
@@ -68,6 +72,28 @@ def test_learning_rate_decays_linearly_then_stays_flat():
     assert lr_factor(50, 1e-3, 5e-5, 100) * 1e-3 == pytest.approx(5.25e-4)
     assert lr_factor(100, 1e-3, 5e-5, 100) * 1e-3 == pytest.approx(5e-5)
     assert lr_factor(10_000, 1e-3, 5e-5, 100) == lr_factor(100, 1e-3, 5e-5, 100)
+    # The released no-masking schedule: the same line, but the rate moves only every K steps.
+    assert lr_factor(49, 1e-3, 5e-5, 100, update_every=25) == lr_factor(25, 1e-3, 5e-5, 100)
+    assert lr_factor(50, 1e-3, 5e-5, 100, update_every=25) == lr_factor(50, 1e-3, 5e-5, 100)
+    assert lr_factor(24, 1e-3, 5e-5, 100, update_every=25) == 1.0
+
+
+def test_released_defaults_per_model_and_masking():
+    parser = __import__("argparse").ArgumentParser()
+    trainer.add_arguments(parser)
+
+    def filled(*argv):
+        args = parser.parse_args(["--results-dir", "r", "--max-steps", "1", *argv])
+        return fill_released_defaults(args, registry.create_model(args.model) if args.model != "EDT-XL/2" else EDT())
+
+    edt = filled()
+    assert (edt.masking, edt.lr, edt.lr_update_every) == ("edt", 1e-3, 1)
+    assert filled("--model", "EDT-XL/2").lr == 5e-4  # as the released launch script
+    dit = filled("--model", "DiT-T/2")
+    assert (dit.masking, dit.lr_update_every) == ("none", 5000)  # the no-masking script's schedule
+    assert filled("--masking", "none").lr_update_every == 5000
+    explicit = filled("--model", "EDT-XL/2", "--lr", "2e-4", "--lr-update-every", "7")
+    assert (explicit.lr, explicit.lr_update_every) == (2e-4, 7)
 
 
 def test_ema_update():
@@ -127,7 +153,8 @@ def test_cli_end_to_end_checkpoints_previews_and_export(tmp_path, capsys):
     assert main(train_argv(run, "--ckpt-every", "1", "--keep-checkpoints", "2", "--sample-every", "3",
                            steps=3, batch=4)) == 0
     config = json.loads((run / "config.json").read_text())
-    assert config["max_steps"] == 3 and config["model"] == "EDT-T/2" and config["masking"] is None
+    assert config["max_steps"] == 3 and config["model"] == "EDT-T/2"
+    assert (config["masking"], config["lr"], config["lr_update_every"]) == ("edt", 1e-3, 1)  # the filled defaults
     assert [r["step"] for r in read_log(run)] == [1, 2, 3]
     assert {"loss", "loss_full", "loss_masked", "lr", "samples_seen", "time", "it_per_s"} <= set(read_log(run)[0])
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_0000002.pt", "step_0000003.pt"]
@@ -162,10 +189,59 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
     assert safe_torch_load(newest)["step"] == 4  # rewritten whole
 
 
+def test_the_masked_pass_trains_the_model(tmp_path, monkeypatch):
+    # With the full-pass loss zeroed, training must still move the weights: the masked loss sends gradient.
+    # (The control with both losses zeroed leaves them where they started, Adan having no weight decay.)
+    real_pass_losses = trainer.pass_losses
+
+    def run_one_step(run_dir, keep_masked):
+        def losses(*args, **kwargs):
+            full, masked = real_pass_losses(*args, **kwargs)
+            return full * 0, masked * (1 if keep_masked else 0)
+
+        monkeypatch.setattr(trainer, "pass_losses", losses)
+        # Three steps: adaLN-Zero lets gradient reach the earliest blocks only once the later layers are non-zero.
+        assert main(train_argv(run_dir, steps=3)) == 0
+        return safe_torch_load(run_dir / "checkpoints" / "step_0000003.pt")["model"]
+
+    torch.manual_seed(0)
+    initial = registry.create_model("EDT-T/2").state_dict()
+    moved = run_one_step(tmp_path / "masked", keep_masked=True)
+    changed = [name for name, value in moved.items() if not torch.equal(value, initial[name])]
+    assert any(name.startswith("blocks.0.") for name in changed)  # before the mask, too
+    assert any(name.startswith("down_blocks.0.reduction") for name in changed)
+    still = run_one_step(tmp_path / "control", keep_masked=False)
+    assert [n for n, v in still.items() if not torch.equal(v, initial[n])] == []
+
+
+def test_the_timestep_sampler_learns_full_plus_masked_losses(tmp_path, monkeypatch):
+    passes, updates = [], []
+    real_pass_losses, real_update = trainer.pass_losses, LossSecondMomentSampler.update
+
+    def recording_pass_losses(*args, **kwargs):
+        full, masked = real_pass_losses(*args, **kwargs)
+        passes.append((full.detach().clone(), masked.detach().clone()))
+        return full, masked
+
+    def recording_update(self, t, losses):
+        updates.append(losses.detach().clone())
+        real_update(self, t, losses)
+
+    monkeypatch.setattr(trainer, "pass_losses", recording_pass_losses)
+    monkeypatch.setattr(LossSecondMomentSampler, "update", recording_update)
+    assert main(train_argv(tmp_path / "run", steps=2)) == 0
+    assert len(passes) == len(updates) == 2
+    for (full, masked), seen in zip(passes, updates):
+        assert (masked - full).abs().max() > 0
+        torch.testing.assert_close(seen, full + masked)
+
+
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
+    # The real EDT-T/2 with EDT masking; besides the logged losses, the final weights, EMA weights and the
+    # importance sampler's loss history must equal those of a run that was never interrupted.
     def launch(run_dir, *extra):
         argv = train_argv(run_dir, "--ckpt-every", "4", *extra, steps=12)
-        return subprocess.Popen([sys.executable, "-c", SUBPROCESS_PREFIX, *argv], stdout=subprocess.DEVNULL,
+        return subprocess.Popen([sys.executable, "-c", REAL_EDT_PREFIX, *argv], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
 
     reference = launch(tmp_path / "reference")  # runs alongside the killed one
@@ -190,6 +266,16 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert [r["step"] for r in got] == list(range(1, 13))  # no step lost or repeated
     for key in ("loss", "loss_full", "loss_masked", "lr", "samples_seen"):
         assert [r[key] for r in got] == [r[key] for r in expected], key
+    final = [safe_torch_load(tmp_path / run / "checkpoints" / "step_0000012.pt") for run in ("reference", "killed")]
+    assert final[0]["config"]["dims"] == [64, 96, 128, 96, 64]  # the real EDT-T/2
+    for part in ("model", "ema"):
+        for name, value in final[0][part].items():
+            assert torch.equal(final[1][part][name], value), (part, name)
+    assert not all(torch.equal(final[0]["ema"][n], v) for n, v in final[0]["model"].items())
+    sampler = [f["timestep_sampler"] for f in final]
+    assert sampler[0]["loss_counts"].sum() == 12 * 4  # every sample of every step recorded
+    assert torch.equal(sampler[1]["loss_counts"], sampler[0]["loss_counts"])
+    assert torch.equal(sampler[1]["loss_history"], sampler[0]["loss_history"])
 
 
 def test_features_pipeline_extract_train_export(tmp_path, monkeypatch):

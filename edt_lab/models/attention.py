@@ -21,6 +21,7 @@ class RelativePositionBias(nn.Module):
         super().__init__()
         self.grid_size = grid_size
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * grid_size - 1) ** 2, num_heads))
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)  # as released (cut at +-2)
         self._eval_cache = None  # (key, bias): reused across sampling steps while the table is unchanged
 
     def index(self, device) -> torch.Tensor:
