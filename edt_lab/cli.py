@@ -10,6 +10,7 @@ COMMANDS = {
     "flops": ("edt_lab.flops", "print the cost (GFLOPs = multiply-accumulates, one sample) and parameters of models"),
     "eval": ("edt_lab.metrics", "metrics of a sample .npz (ADM layout): FID, IS, precision/recall or digit metrics"),
     "train-classifier": ("edt_lab.classifier", "train the digit classifier used to judge generated digits"),
+    "train-autoencoder": ("edt_lab.realism", "train the digit autoencoder whose latents measure how real digits look"),
     "sample": ("edt_lab.sample", "sample images of chosen classes to a labelled .png grid or an ADM .npz"),
     "train": ("edt_lab.train", "train an EDT or DiT (masking training, Adan, EMA); resumes exactly"),
     "export": ("edt_lab.export", "write the EMA weights of a training run as a pipeline folder"),

@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import scipy.linalg
 import torch
+from scipy.stats import wasserstein_distance
 
 from edt_lab.classifier import load_digit_classifier
 from edt_lab.data import diffusion_split, load_digits
+from edt_lab.realism import STATISTICS, digit_statistics, encode_digits, load_digit_autoencoder
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 DEFAULT_INCEPTION_PATH = Path(__file__).resolve().parent.parent / "assets" / INCEPTION_FILE
@@ -135,7 +137,30 @@ def nearest_distances(queries, references, batch_size: int = 500):
                       for i in range(0, len(queries), batch_size)])
 
 
-def digit_metrics(images, labels=None, classifier=None, reference=None, seed: int = 0):
+def realism_metrics(images, floor, rest, autoencoder=None) -> dict:
+    """Realism of digits `images` against real digits `rest`, each beside the same measure for real `floor` digits.
+
+    All three are (N, 1, 32, 32) in [-1, 1]; `floor` and `rest` are disjoint real digits (floor as many as the
+    samples where possible). Returns plain numbers: `ae_fid` (Frechet distance of the autoencoder's latents) and
+    `ae_fid_real_floor`; for each statistic S of `edt_lab.realism.digit_statistics`: `S` (mean over the samples),
+    `S_real` (mean over `rest`), `S_w1` (Wasserstein distance of the samples' values to rest's) and
+    `S_w1_real_floor`.
+    """
+    autoencoder = load_digit_autoencoder() if autoencoder is None else autoencoder
+    codes = [encode_digits(autoencoder, x) for x in (images, floor, rest)]
+    rest_codes = feature_statistics(codes[2])
+    results = {"ae_fid": frechet_distance(*feature_statistics(codes[0]), *rest_codes),
+               "ae_fid_real_floor": frechet_distance(*feature_statistics(codes[1]), *rest_codes)}
+    sample_stats, floor_stats, rest_stats = (digit_statistics(x) for x in (images, floor, rest))
+    for name in STATISTICS:
+        results[name] = float(sample_stats[name].mean())
+        results[f"{name}_real"] = float(rest_stats[name].mean())
+        results[f"{name}_w1"] = float(wasserstein_distance(sample_stats[name], rest_stats[name]))
+        results[f"{name}_w1_real_floor"] = float(wasserstein_distance(floor_stats[name], rest_stats[name]))
+    return results
+
+
+def digit_metrics(images, labels=None, classifier=None, reference=None, seed: int = 0, autoencoder=None):
     """Judge generated digits with the digit classifier; returns a dict of plain numbers.
 
     images: (N, 1, 32, 32) in [-1, 1] or uint8 (N, 32, 32, 1); labels: the requested classes (N,) or None.
@@ -167,17 +192,20 @@ def digit_metrics(images, labels=None, classifier=None, reference=None, seed: in
                                          for c in range(10)]
 
     # Split the reference: `floor` real digits (as many as the samples where possible) and the rest, which
-    # both the samples and the floor digits are compared against, so the two FIDs have the same bias.
+    # both the samples and the floor digits are compared against, so the two values of every measure have the
+    # same bias.
     _, reference_features = _classify(classifier, reference)
     order = torch.randperm(len(reference), generator=torch.Generator().manual_seed(seed))
     num_floor = min(len(images), len(reference) // 2)
-    floor, rest = reference_features[order[:num_floor]], reference_features[order[num_floor:]]
-    rest_stats = feature_statistics(rest)
+    floor, rest = order[:num_floor], order[num_floor:]
+    rest_stats = feature_statistics(reference_features[rest])
     results["fid"] = frechet_distance(*feature_statistics(features), *rest_stats)
-    results["fid_real_floor"] = frechet_distance(*feature_statistics(floor), *rest_stats)
+    results["fid_real_floor"] = frechet_distance(*feature_statistics(reference_features[floor]), *rest_stats)
+    results.update(realism_metrics(images, reference[floor], reference[rest], autoencoder))
     results["nearest_train_l2"] = nearest_distances(images, digits[train]).mean().item()
     results["nearest_train_l2_held_out"] = nearest_distances(digits[held_out], digits[train]).mean().item()
-    results["notes"] = ["FID in the digit classifier's feature space (not Inception); compare it with fid_real_floor"]
+    results["notes"] = ["fid: in the digit classifier's feature space (not Inception), blind to how digits are drawn; "
+                        "ae_fid and the *_w1 statistics measure appearance; compare each with its *_real_floor"]
     return results
 
 

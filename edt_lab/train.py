@@ -27,7 +27,7 @@ from pytorch_optimizer import Adan
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from .checkpoints import model_config, safe_torch_load
+from .checkpoints import load_checkpoint, model_config, safe_torch_load
 from .data import make_dataset
 from .diffusion import TIMESTEP_SAMPLERS, make_timestep_sampler, make_training_scheduler, q_sample, training_losses
 from .masking import MASKING_STRATEGIES, draw_masks
@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt-every", type=int, default=1000, help="checkpoint every K steps (and at the end)")
     parser.add_argument("--keep-checkpoints", type=int, default=3, help="how many newest checkpoints to keep")
     parser.add_argument("--resume", action="store_true", help="continue from the newest readable checkpoint")
+    parser.add_argument("--init-weights", default=None,
+                        help="start a new run from these weights (any file or folder `load_checkpoint` reads, of the "
+                        "same model) instead of a fresh initialisation; the EMA starts from them too")
     parser.add_argument("--masking", choices=MASKING_STRATEGIES, default=None,
                         help="masked pass: edt (default for EDT), mdt (input masking) or none (default for DiT)")
     parser.add_argument("--seed", type=int, default=0)
@@ -333,6 +336,13 @@ def train(args: argparse.Namespace) -> Path:
         raise ValueError("--sample-every on latents needs --vae (the AutoencoderKL folder that encoded them)")
     if args.batch_size > len(dataset):
         raise ValueError(f"--batch-size {args.batch_size} is larger than the data ({len(dataset)} samples)")
+    if args.init_weights is not None:
+        if args.resume:
+            raise ValueError("--init-weights starts a new run: it cannot be combined with --resume")
+        start = load_checkpoint(args.init_weights)
+        if model_config(start) != model_config(raw_model):
+            raise ValueError(f"--init-weights {args.init_weights} holds a different model than --model {args.model}")
+        raw_model.load_state_dict(start.state_dict())
     checkpoint = None
     if args.resume:
         checkpoint_file, checkpoint = load_latest_checkpoint(run_dir)

@@ -189,6 +189,25 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
     assert safe_torch_load(newest)["step"] == 4  # rewritten whole
 
 
+def test_init_weights_starts_model_and_ema_from_given_weights(tmp_path, capsys):
+    torch.manual_seed(123)
+    start = registry.create_model("EDT-T/2")
+    with torch.no_grad():
+        for param in start.parameters():
+            param.add_(0.01)
+    start.save_pretrained(tmp_path / "start")
+    run = tmp_path / "run"
+    assert main(train_argv(run, "--init-weights", str(tmp_path / "start"), "--ema-decay", "0.999", steps=1)) == 0
+    checkpoint = safe_torch_load(run / "checkpoints" / "step_0000001.pt")
+    for name, value in start.state_dict().items():  # after one step the EMA is 0.999 of the start weights
+        torch.testing.assert_close(checkpoint["ema"][name], value, atol=1e-4, rtol=0)
+    capsys.readouterr()
+    one_line_error(capsys, train_argv(tmp_path / "b", "--init-weights", str(tmp_path / "start"), "--model",
+                                      "DiT-T/2"), "holds a different model")
+    one_line_error(capsys, train_argv(run, "--init-weights", str(tmp_path / "start"), "--resume"),
+                   "cannot be combined with --resume")
+
+
 def test_the_masked_pass_trains_the_model(tmp_path, monkeypatch):
     # With the full-pass loss zeroed, training must still move the weights: the masked loss sends gradient.
     # (The control with both losses zeroed leaves them where they started, Adan having no weight decay.)

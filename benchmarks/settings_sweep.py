@@ -1,0 +1,93 @@
+"""Choose a digits pipeline's recommended sampling settings by a stated rule, from a sweep.
+
+Every setting draws the same 200 images (20 per class, seed 0) and is judged by `edt_lab.metrics.digit_metrics`.
+The rule: among settings with accuracy >= 0.99, every class >= 0.95 and no more isolated pixels per image than
+real digits, take the one whose worst appearance ratio (ae_fid, and the Wasserstein distances of mean ink,
+stroke width and grey share, each divided by its real-vs-real value) is smallest.
+
+    python benchmarks/settings_sweep.py assets/edt_t2_digits --json docs/bench/settings_sweep.json
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edt_lab.metrics import digit_metrics
+from edt_lab.pipeline import EDTPipeline, make_scheduler
+from edt_lab.sample import generate
+
+APPEARANCE = ("ae_fid", "mean_ink_w1", "stroke_width_w1", "grey_share_w1")
+MIN_ACCURACY, MIN_CLASS_ACCURACY = 0.99, 0.95
+
+
+def appearance_ratio(metrics) -> float:
+    """The worst of the appearance measures, each divided by its real-vs-real value (1 = as real as real)."""
+    return max(metrics[m] / metrics[f"{m}_real_floor"] for m in APPEARANCE)
+
+
+def passes_rule(metrics) -> bool:
+    """The rule's conditions: accuracy, every class, and no more isolated pixels than real digits."""
+    return (metrics["accuracy"] >= MIN_ACCURACY and min(metrics["per_class_accuracy"]) >= MIN_CLASS_ACCURACY
+            and metrics["isolated_pixels"] <= metrics["isolated_pixels_real"])
+
+
+def choose(rows):
+    """The row the rule picks, or None when no setting passes."""
+    passing = [r for r in rows if r["passes_rule"]]
+    return min(passing, key=lambda r: (r["appearance_ratio"], r["steps"])) if passing else None
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("pipeline", help="a digits pipeline folder (e.g. assets/edt_t2_digits)")
+    parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0, 4.0])
+    parser.add_argument("--samplers", nargs="+", default=["dpm:25", "ddim:50", "ddpm:250"],
+                        help="sampler:steps pairs")
+    parser.add_argument("--amm", nargs="+", default=["off", "preset"])
+    parser.add_argument("--per-class", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+
+    pipe = EDTPipeline.from_pretrained(args.pipeline)
+    pipe.set_progress_bar_config(disable=True)
+    labels = np.repeat(np.arange(pipe.transformer.config.num_classes), args.per_class)
+    indices = list(range(len(labels)))
+    rows = []
+    print(f"{'sampler':>8}{'steps':>6}{'cfg':>5}{'amm':>7}{'acc':>7}{'worst':>6}{'fid':>7}{'ae_fid':>8}{'ink':>7}"
+          f"{'width':>7}{'grey':>7}{'isol':>6}{'ratio':>7}  rule")
+    for spec in args.samplers:
+        sampler, steps = spec.split(":")
+        pipe.scheduler = make_scheduler(sampler)
+        for guidance in args.guidance:
+            for amm in args.amm:
+                images = generate(pipe, labels, indices, seed=args.seed, batch_size=args.batch_size,
+                                  guidance_scale=guidance, num_inference_steps=int(steps),
+                                  amm_blocks="preset" if amm == "preset" else [])
+                metrics = digit_metrics(images, labels)
+                row = {"sampler": sampler, "steps": int(steps), "cfg": guidance, "amm": amm,
+                       **{k: v for k, v in metrics.items() if k != "notes"},
+                       "appearance_ratio": appearance_ratio(metrics), "passes_rule": passes_rule(metrics)}
+                rows.append(row)
+                print(f"{sampler:>8}{steps:>6}{guidance:>5}{amm:>7}{row['accuracy']:>7.3f}"
+                      f"{min(row['per_class_accuracy']):>6.2f}{row['fid']:>7.1f}{row['ae_fid']:>8.1f}"
+                      f"{row['mean_ink']:>7.3f}{row['stroke_width']:>7.2f}{row['grey_share']:>7.3f}"
+                      f"{row['isolated_pixels']:>6.2f}{row['appearance_ratio']:>7.2f}  "
+                      f"{'pass' if row['passes_rule'] else '-'}", flush=True)
+    real = rows[0]
+    print(f"real digits: ink {real['mean_ink_real']:.3f}, width {real['stroke_width_real']:.2f}, grey "
+          f"{real['grey_share_real']:.3f}, isolated {real['isolated_pixels_real']:.2f}; real-vs-real: fid "
+          f"{real['fid_real_floor']:.1f}, ae_fid {real['ae_fid_real_floor']:.1f}")
+    chosen = choose(rows)
+    print("chosen:", None if chosen is None else {k: chosen[k] for k in ("sampler", "steps", "cfg", "amm")})
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"rows": rows, "chosen": chosen}, indent=2) + "\n")
+    return rows, chosen
+
+
+if __name__ == "__main__":
+    main()
