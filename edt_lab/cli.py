@@ -14,6 +14,7 @@ COMMANDS = {
     "train": ("edt_lab.train", "train an EDT or DiT (masking training, Adan, EMA); resumes exactly"),
     "export": ("edt_lab.export", "write the EMA weights of a training run as a pipeline folder"),
     "extract-features": ("edt_lab.extract_features", "encode a folder of class images into VAE latents to train on"),
+    "app": ("edt_lab.explorer.app", "serve the web explorer (AMM off vs on, attention maps, cost, masks)"),
 }
 
 
