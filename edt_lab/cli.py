@@ -4,6 +4,8 @@ import argparse
 import importlib
 import sys
 
+from . import __version__
+
 # Sub-command -> (module, one-line help). The module defines `add_arguments(parser)` and `run(args)`; it is
 # imported only when its command runs, so one command's dependencies never slow down or break another.
 COMMANDS = {
@@ -28,6 +30,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser, with the full options of `command` (the others show only their help line)."""
     parser = _Parser(prog="edt-lab", description="EDT, the Efficient Diffusion Transformer: tools.")
+    parser.add_argument("--version", action="version", version=f"edt-lab {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, (module_name, help_line) in COMMANDS.items():
         sub = subparsers.add_parser(name, help=help_line, description=help_line)

@@ -9,11 +9,12 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from edt_lab.assets import CHECKOUT_ASSETS
 from edt_lab.classifier import load_digit_classifier
 from edt_lab.data import load_digits, split_digits
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
-DEFAULT_INCEPTION_PATH = Path(__file__).resolve().parent.parent / "assets" / INCEPTION_FILE
+DEFAULT_INCEPTION_PATH = CHECKOUT_ASSETS / INCEPTION_FILE
 SFID_NOTE = ("sFID not computed: it needs Inception's spatial mixed_6/conv features, "
              "which the TorchScript Inception file does not expose")
 
