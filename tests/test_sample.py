@@ -71,8 +71,10 @@ def test_two_processes_write_the_same_bytes_as_one(files, tmp_path):
             "--per-class", "1", "--steps", "2", "--sampler", "ddim", "--batch-size", "1", "--device", "cpu"]
     assert main([*args, "--out", str(one)]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(["accelerate", "launch", "--num_processes", "2", "--cpu", "-m", "edt_lab.cli", *args,
-                             "--out", str(two)], capture_output=True, text=True, env=env, timeout=300)
+    # `accelerate launch` through this interpreter: a venv that is not activated has no `accelerate` on PATH.
+    launch = [sys.executable, "-m", "accelerate.commands.launch"]
+    result = subprocess.run([*launch, "--num_processes", "2", "--cpu", "-m", "edt_lab.cli", *args, "--out", str(two)],
+                            capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert one.read_bytes() == two.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.npz", "two.npz"]  # no shard files left
