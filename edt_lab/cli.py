@@ -1,8 +1,10 @@
-"""The `edt-lab` command: one sub-command per concern, each defined in the module that does the work."""
+"""The `edt-lab` command: one sub-command per concern, each defined in the module that does the work, and what
+the commands share: bad input as one line and exit code 2, output folders created when missing."""
 
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 from . import __version__
 
@@ -18,6 +20,16 @@ COMMANDS = {
     "extract-features": ("edt_lab.extract_features", "encode a folder of class images into VAE latents to train on"),
     "app": ("edt_lab.explorer.app", "serve the web explorer (AMM off vs on, attention maps, cost, masks)"),
 }
+
+
+def make_parent_folder(path, option: str) -> Path:
+    """Create the folder that will hold the output file `path` given as `option`; ValueError when it cannot be."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file where a folder should be, no permission...
+        raise ValueError(f"{option} {path}: cannot create the folder {path.parent} ({error.strerror})") from None
+    return path
 
 
 class _Parser(argparse.ArgumentParser):

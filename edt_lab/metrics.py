@@ -11,6 +11,7 @@ import torch
 
 from edt_lab.assets import CHECKOUT_ASSETS
 from edt_lab.classifier import load_digit_classifier
+from edt_lab.cli import make_parent_folder
 from edt_lab.data import load_digits, split_digits
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
@@ -312,6 +313,8 @@ def add_arguments(parser):
 
 
 def run(args):
+    if args.json:
+        make_parent_folder(args.json, "--json")
     results = evaluate_npz(args.samples, args.ref, inception=args.inception, batch_size=args.batch_size,
                            device=args.device)
     print(format_table(results))

@@ -114,9 +114,10 @@ class EDTPipeline(DiffusionPipeline):
             if not self.labels:
                 raise ValueError(f"unknown class name {name!r}: this model has no class names, pass class indices "
                                  f"0..{self.transformer.config.num_classes - 1}")
-            known = ", ".join(repr(n) for n in list(self.labels)[:5])
-            more = f", ... ({len(self.labels)} names in pipe.labels)" if len(self.labels) > 5 else ""
-            raise ValueError(f"unknown class name {name!r}: expected one of {known}{more}")
+            known = ", ".join(repr(n) for n in list(self.labels)[:10])
+            more = f", ... ({len(self.labels)} names in all)" if len(self.labels) > 10 else ""
+            raise ValueError(f"unknown class name {name!r}: expected one of {known}{more}, or a class index "
+                             f"0..{self.transformer.config.num_classes - 1}")
         return [self.labels[name] for name in names]
 
     def class_ids(self, class_labels) -> list[int]:

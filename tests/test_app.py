@@ -1,5 +1,6 @@
 """The running web explorer through its API (gradio_client): defaults, AMM off vs on, bad requests, models folder."""
 
+import runpy
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from gradio_client import Client
 from PIL import Image
 
+from edt_lab.cli import main
 from edt_lab.explorer.models import demo_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,3 +112,14 @@ def test_bad_requests_show_errors_and_the_server_keeps_serving(client):
 def test_models_folder_entries_are_offered_by_name(client):
     samples, _, status = client.predict(model="tiny-pipeline", num_images=1, steps=2, api_name="/generate")
     assert pixels(samples).shape[0] == 1 and "pipeline tiny-pipeline" in status
+
+
+def test_bad_options_are_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    missing = tmp_path / "x" / "nodir"
+    monkeypatch.setattr(sys, "argv", ["app.py", "--models-dir", str(missing)])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(ROOT / "app.py"), run_name="__main__")
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == f"app.py: error: models folder {missing} does not exist or is not a folder\n"
+    assert main(["app", "--threads", "0"]) == 2
+    assert capsys.readouterr().err == "edt-lab app: error: --threads must be at least 1, got 0\n"
