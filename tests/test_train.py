@@ -127,7 +127,8 @@ def test_cli_end_to_end_checkpoints_previews_and_export(tmp_path, capsys):
     assert main(train_argv(run, "--ckpt-every", "1", "--keep-checkpoints", "2", "--sample-every", "3",
                            "--log-every", "2", steps=3, batch=4)) == 0
     summary = capsys.readouterr().out.strip().splitlines()[-1]
-    assert summary.startswith("trained EDT-T/2 from step 0 to 3 in ") and f"; checkpoints and log.jsonl in {run}" in summary
+    assert summary.startswith("trained EDT-T/2 from step 0 to 3 in ")
+    assert summary.endswith(f"; checkpoints and log.jsonl in {run}")
     config = json.loads((run / "config.json").read_text())
     assert config["max_steps"] == 3 and config["model"] == "EDT-T/2" and config["masking"] is None
     assert [r["step"] for r in read_log(run)] == [2, 3]  # the final step is logged whatever --log-every

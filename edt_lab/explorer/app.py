@@ -138,12 +138,14 @@ class Page:
 
 
 def model_panel(store: ModelStore, first) -> dict:
+    """The model picker and the line describing the loaded model."""
     return {"model": gr.Dropdown(store.names(), value=DEFAULT_NAME, label="model", scale=1),
             "note": gr.Markdown(describe(store, first), elem_id="model-note")}
 
 
-def request_panel(page: dict) -> dict:
-    init, classes = page["init"], page["classes"]
+def request_panel(values: dict) -> dict:
+    """What to sample: class, seed, number of images, sampler, steps, guidance."""
+    init, classes = values["init"], values["classes"]
     return {
         "class_name": gr.Dropdown(classes, value=classes[0], label="class", allow_custom_value=True),
         "seed": gr.Number(0, label="seed (the same seed gives the same noise)", precision=0, minimum=0,
@@ -156,12 +158,14 @@ def request_panel(page: dict) -> dict:
     }
 
 
-def amm_panel(page: dict) -> dict:
-    init, groups = page["init"], page["groups"]
+def amm_panel(values: dict) -> dict:
+    """Where the AMM acts (presets, one toggle group per stage, the block field) and its radius and scale."""
+    init, groups = values["init"], values["groups"]
     with gr.Accordion("AMM: which blocks, radius R and scale k", open=True):
         with gr.Row():
             presets = {key: gr.Button(text, size="sm") for key, text in controls.PRESETS.items()}
-        boxes = [gr.CheckboxGroup(g["choices"], value=v, label=g["label"]) for g, v in zip(groups, page["group_values"])]
+        boxes = [gr.CheckboxGroup(g["choices"], value=v, label=g["label"])
+                 for g, v in zip(groups, values["group_values"])]
         boxes += [gr.CheckboxGroup([], value=[], visible=False) for _ in range(MAX_GROUPS - len(groups))]
         return {
             "presets": presets, "boxes": boxes,
@@ -172,14 +176,15 @@ def amm_panel(page: dict) -> dict:
                                            label="released radius of each block's grid, R = √((n−1)² + 4)"),
             "radius": gr.Slider(*controls.RADIUS_RANGE, value=round(init["radius"], 3), step=0.001,
                                 label="radius R (tokens)",
-                                info=f"paper default on the 16×16 grid: √229 ≈ {controls.RADIUS_DEFAULT:.2f}; used "
-                                     f"for every AMM block when the box above is off"),
+                                info=f"paper default on the 16×16 grid: √229 ≈ {controls.RADIUS_DEFAULT:.2f}; "
+                                     f"used for every AMM block when the box above is off"),
             "scale": gr.Slider(*controls.SCALE_RANGE, value=init["scale"], step=0.01, label="scale k",
                                info=f"paper default k = {controls.SCALE_DEFAULT}"),
         }
 
 
 def run_buttons() -> dict:
+    """Generate, Compare and the status line under them."""
     with gr.Row():
         buttons = {"generate_button": gr.Button("Generate", elem_id="generate-button"),
                    "compare_button": gr.Button("Compare AMM off vs on", variant="primary", elem_id="compare-button")}
@@ -187,6 +192,7 @@ def run_buttons() -> dict:
 
 
 def images_tab() -> dict:
+    """AMM off and on side by side, their difference, and Generate's samples."""
     with gr.Tab("Images"):
         with gr.Row():
             galleries = {"off_gallery": gr.Gallery(label="AMM off", columns=2, height="auto", format="png",
@@ -200,11 +206,12 @@ def images_tab() -> dict:
                                       height="auto", format="png", elem_id="samples")}
 
 
-def attention_tab(page: dict) -> dict:
-    last, middle = page["facts"]["image_grid"] - 1, page["facts"]["image_grid"] // 2
+def attention_tab(values: dict) -> dict:
+    """A block and a query token; the AMM row and the attention of that token."""
+    last, middle = values["facts"]["image_grid"] - 1, values["facts"]["image_grid"] // 2
     with gr.Tab("AMM and attention"):
         with gr.Row():
-            query = {"block": gr.Dropdown(page["blocks"], value=page["block"], label="block"),
+            query = {"block": gr.Dropdown(values["blocks"], value=values["block"], label="block"),
                      "row": gr.Slider(0, last, value=middle, step=1, label="query token row"),
                      "col": gr.Slider(0, last, value=middle, step=1, label="query token column")}
         gr.Markdown("The query token is on the image's token grid; a block with a coarser grid uses the token that "
@@ -216,25 +223,28 @@ def attention_tab(page: dict) -> dict:
 
 
 def denoising_tab() -> dict:
+    """The predicted clean images after each sampling step."""
     with gr.Tab("Denoising"):
         return {"previews": gr.Gallery(label="predicted clean images x̂₀ during sampling (last run; pixel models)",
                                        columns=2, height="auto", object_fit="contain", format="png")}
 
 
-def cost_tab(page: dict) -> dict:
+def cost_tab(values: dict) -> dict:
+    """The model's cost by stage."""
     with gr.Tab("Cost"):
-        return {"cost": gr.Markdown(page["cost"])}
+        return {"cost": gr.Markdown(values["cost"])}
 
 
 def masking_tab() -> dict:
+    """The keep-masks of one masked training pass."""
     with gr.Tab("Masking (training)"):
         gr.Markdown("EDT trains with a second, masked pass: tokens entering each down-sampling module are dropped at "
                     "random, so the blocks before must spread information across tokens. These are the masks one "
                     "such pass would draw (over the last image).")
         with gr.Row():
             inputs = {"strategy": gr.Radio(["edt", "mdt"], value="edt", label="strategy"),
-                         "mask_seed": gr.Number(0, label="mask seed", precision=0, minimum=0),
-                         "mask_button": gr.Button("Draw masks")}
+                      "mask_seed": gr.Number(0, label="mask seed", precision=0, minimum=0),
+                      "mask_button": gr.Button("Draw masks")}
         return {**inputs, "mask_plot": gr.Plot(label="keep-masks", show_label=False)}
 
 
