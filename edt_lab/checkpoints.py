@@ -10,6 +10,7 @@ import inspect
 import json
 import math
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -26,14 +27,31 @@ def safe_torch_load(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
+    with open(path, "rb") as file:
+        is_pickle = file.read(1) == b"\x80"  # the protocol opcode every pickle since protocol 2 starts with
+    if not (zipfile.is_zipfile(path) or is_pickle):
+        raise ValueError(f"{path}: not a PyTorch checkpoint (expected the zip archive torch.save writes, or an older "
+                         f"pickle)")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else "unpickling refused"
-        raise ValueError(f"{path}: refused to load, not a plain weights file ({reason})") from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise ValueError(f"{path}: unreadable checkpoint ({str(error).splitlines()[0]})") from None
+        raise ValueError(f"{path}: refused to load, not a plain weights file ({_refusal_reason(error)})") from None
+    except Exception as error:  # a damaged archive or pickle fails in many ways (RuntimeError, EOFError, KeyError...)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path}: unreadable checkpoint ({reason})") from None
+
+
+TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation", "(1)", "(2)")
+
+
+def _refusal_reason(error: pickle.UnpicklingError) -> str:
+    """What torch's weights-only unpickler refused, without its advice to load the file with weights_only=False."""
+    for line in str(error).splitlines():
+        line = line.strip().removeprefix("WeightsUnpickler error:").strip()
+        if line and not line.startswith(TORCH_ADVICE):
+            return line.split(" Please use")[0].rstrip(".")
+    return "it holds more than tensors and plain values"
 
 
 def model_config(model) -> dict:

@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
+from edt_lab.assets import asset_dir
 from edt_lab.data import load_digits, split_digits
 
-DEFAULT_CLASSIFIER_DIR = Path(__file__).resolve().parent.parent / "assets" / "digit_classifier"
+DEFAULT_CLASSIFIER_DIR = asset_dir("digit_classifier")
 
 
 #################################################################################

@@ -1,8 +1,12 @@
-"""The `edt-lab` command: one sub-command per concern, each defined in the module that does the work."""
+"""The `edt-lab` command: one sub-command per concern, each defined in the module that does the work, and what
+the commands share: bad input as one line and exit code 2, output folders created when missing."""
 
 import argparse
 import importlib
 import sys
+from pathlib import Path
+
+from . import __version__
 
 # Sub-command -> (module, one-line help). The module defines `add_arguments(parser)` and `run(args)`; it is
 # imported only when its command runs, so one command's dependencies never slow down or break another.
@@ -15,7 +19,18 @@ COMMANDS = {
     "train": ("edt_lab.train", "train an EDT or DiT (masking training, Adan, EMA); resumes exactly"),
     "export": ("edt_lab.export", "write the EMA weights of a training run as a pipeline folder"),
     "extract-features": ("edt_lab.extract_features", "encode a folder of class images into VAE latents to train on"),
+    "app": ("edt_lab.explorer.app", "serve the web explorer (AMM off vs on, attention maps, cost, masks)"),
 }
+
+
+def make_parent_folder(path, option: str) -> Path:
+    """Create the folder that will hold the output file `path` given as `option`; ValueError when it cannot be."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file where a folder should be, no permission...
+        raise ValueError(f"{option} {path}: cannot create the folder {path.parent} ({error.strerror})") from None
+    return path
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,6 +43,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser, with the full options of `command` (the others show only their help line)."""
     parser = _Parser(prog="edt-lab", description="EDT, the Efficient Diffusion Transformer: tools.")
+    parser.add_argument("--version", action="version", version=f"edt-lab {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, (module_name, help_line) in COMMANDS.items():
         sub = subparsers.add_parser(name, help=help_line, description=help_line)

@@ -1,6 +1,7 @@
 """The `edt-lab export` command: a training run's EMA weights as an EDTPipeline folder (save_pretrained layout)."""
 
 import argparse
+import os
 from pathlib import Path
 
 from .checkpoints import model_from_checkpoint, safe_torch_load
@@ -12,18 +13,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", help="the --results-dir of an `edt-lab train` run")
     parser.add_argument("out_dir", help="the pipeline folder to write")
     parser.add_argument("--step", type=int, default=None, help="the checkpoint's step (default: the newest readable)")
+    parser.add_argument("--force", action="store_true", help="write into an out_dir that already holds files (the "
+                        "pipeline's files are replaced, others such as a README stay)")
 
 
 def run(args: argparse.Namespace) -> None:
-    out_dir = export(args.run_dir, args.out_dir, args.step)
+    out_dir = export(args.run_dir, args.out_dir, args.step, args.force)
     print(f"wrote {out_dir}")
 
 
-def export(run_dir, out_dir, step: int | None = None) -> Path:
+def export(run_dir, out_dir, step: int | None = None, force: bool = False) -> Path:
     """Write the EMA weights of the run's checkpoint at `step` (None: the newest) as a pipeline folder.
 
     The scheduler is DDPM on the training schedule; a run trained on latents with --vae gets that VAE too.
+    An out_dir that already holds files is refused unless `force`.
     """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise ValueError(f"{out_dir} already holds files: pass --force to write the pipeline into it anyway")
     if step is None:
         _, checkpoint = load_latest_checkpoint(run_dir)
     else:
@@ -37,4 +46,14 @@ def export(run_dir, out_dir, step: int | None = None) -> Path:
     pipe = EDTPipeline(transformer=model, scheduler=make_scheduler("ddpm"),
                        vae=load_vae(vae_dir) if vae_dir else None, id2label=dict(enumerate(checkpoint["classes"])))
     pipe.save_pretrained(out_dir)
-    return Path(out_dir)
+    make_weights_readable(out_dir)
+    return out_dir
+
+
+def make_weights_readable(folder: Path) -> None:
+    """Give the .safetensors files in `folder` the mode any new file gets (0666 less the umask): safetensors
+    writes them with mode 0600, which would leave the weights unreadable to everyone else."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.rglob("*.safetensors"):
+        path.chmod(0o666 & ~umask)

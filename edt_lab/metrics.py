@@ -10,12 +10,14 @@ import scipy.linalg
 import torch
 from scipy.stats import wasserstein_distance
 
+from edt_lab.assets import CHECKOUT_ASSETS
 from edt_lab.classifier import load_digit_classifier
+from edt_lab.cli import make_parent_folder
 from edt_lab.data import diffusion_split, load_digits
 from edt_lab.realism import STATISTICS, digit_statistics, encode_digits, load_digit_autoencoder
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
-DEFAULT_INCEPTION_PATH = Path(__file__).resolve().parent.parent / "assets" / INCEPTION_FILE
+DEFAULT_INCEPTION_PATH = CHECKOUT_ASSETS / INCEPTION_FILE
 SFID_NOTE = ("sFID not computed: it needs Inception's spatial mixed_6/conv features, "
              "which the TorchScript Inception file does not expose")
 
@@ -340,6 +342,8 @@ def add_arguments(parser):
 
 
 def run(args):
+    if args.json:
+        make_parent_folder(args.json, "--json")
     results = evaluate_npz(args.samples, args.ref, inception=args.inception, batch_size=args.batch_size,
                            device=args.device)
     print(format_table(results))

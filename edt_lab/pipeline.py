@@ -19,6 +19,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from .amm import AMM_PRESETS, preset_for
+from .assets import asset_dir
 from .checkpoints import load_checkpoint
 from .data import LATENT_SCALE
 from .diffusion import make_training_scheduler
@@ -26,7 +27,7 @@ from .models import capture_attention
 
 SAMPLERS = ("ddpm", "ddim", "dpm")
 OUTPUT_TYPES = ("pil", "np", "pt")
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "edt_t2_digits"
+DEFAULT_MODEL_DIR = asset_dir("edt_t2_digits")
 
 
 def make_scheduler(name: str, num_train_timesteps: int = 1000) -> SchedulerMixin:
@@ -113,9 +114,10 @@ class EDTPipeline(DiffusionPipeline):
             if not self.labels:
                 raise ValueError(f"unknown class name {name!r}: this model has no class names, pass class indices "
                                  f"0..{self.transformer.config.num_classes - 1}")
-            known = ", ".join(repr(n) for n in list(self.labels)[:5])
-            more = f", ... ({len(self.labels)} names in pipe.labels)" if len(self.labels) > 5 else ""
-            raise ValueError(f"unknown class name {name!r}: expected one of {known}{more}")
+            known = ", ".join(repr(n) for n in list(self.labels)[:10])
+            more = f", ... ({len(self.labels)} names in all)" if len(self.labels) > 10 else ""
+            raise ValueError(f"unknown class name {name!r}: expected one of {known}{more}, or a class index "
+                             f"0..{self.transformer.config.num_classes - 1}")
         return [self.labels[name] for name in names]
 
     def class_ids(self, class_labels) -> list[int]:
@@ -299,7 +301,7 @@ def load_vae(folder) -> AutoencoderKL:
 
 
 def load_default(device="cpu") -> EDTPipeline:
-    """The shipped EDT-T/2 digits pipeline (assets/edt_t2_digits)."""
+    """The shipped EDT-T/2 digits pipeline (assets/edt_t2_digits; package data in a wheel)."""
     if not (DEFAULT_MODEL_DIR / "model_index.json").is_file():
         raise ValueError("the default model is not in assets/edt_t2_digits; train and export the digits model "
                          "there first, or load another model with --ckpt / EDTPipeline.from_pretrained")

@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
+from edt_lab.assets import asset_dir
 from edt_lab.data import load_digits, split_digits
 
-DEFAULT_AUTOENCODER_DIR = Path(__file__).resolve().parent.parent / "assets" / "digit_autoencoder"
+DEFAULT_AUTOENCODER_DIR = asset_dir("digit_autoencoder")
 INK_THRESHOLD = 0.5  # ink in [0, 1] above this is stroke (stroke width)
 VISIBLE_THRESHOLD = 0.25  # ink above this is visible (grey share, isolated pixels)
 STATISTICS = ("mean_ink", "stroke_width", "grey_share", "isolated_pixels")

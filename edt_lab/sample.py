@@ -18,6 +18,7 @@ from accelerate import PartialState
 from PIL import Image, ImageDraw, ImageFont
 
 from .checkpoints import load_checkpoint
+from .cli import make_parent_folder
 from .pipeline import DEFAULT_MODEL_DIR, EDTPipeline, image_generators, load_default, load_vae, make_scheduler
 
 # Used when neither the command line nor the model folder's recommended.json gives a value.
@@ -201,6 +202,7 @@ def run(args):
     pipe.set_progress_bar_config(disable=True)
     classes = parse_classes(args.classes, pipe)
     amm_blocks = parse_amm(settings["amm"])
+    make_parent_folder(out, "--out")
 
     if args.num_samples is not None:
         labels = draw_labels(classes, args.num_samples, args.label_draw, args.seed)

@@ -419,6 +419,7 @@ def train(args: argparse.Namespace) -> Path:
     progress = tqdm(total=args.max_steps, initial=step, desc="train", dynamic_ncols=True,
                     disable=not accelerator.is_main_process)
     last_log_time, last_log_step = time.time(), step
+    start_time, start_step, last_record = last_log_time, step, None
 
     while step < args.max_steps:
         step_full, step_masked = torch.zeros((), device=device), torch.zeros((), device=device)
@@ -451,7 +452,7 @@ def train(args: argparse.Namespace) -> Path:
         log_sums["steps"] += 1
         progress.update(1)
 
-        if step % args.log_every == 0:
+        if step % args.log_every == 0 or step == args.max_steps:  # the final step is always logged
             now = time.time()
             n = log_sums["steps"]
             loss_full, loss_masked = log_sums["loss_full"] / n, log_sums["loss_masked"] / n
@@ -466,6 +467,7 @@ def train(args: argparse.Namespace) -> Path:
                     f.write(json.dumps(record) + "\n")
                 progress.set_postfix(loss=f"{record['loss']:.4f}", loss_full=f"{loss_full:.4f}",
                                      loss_masked=f"{loss_masked:.4f}")
+            last_record = record
             log_sums = {"loss_full": 0.0, "loss_masked": 0.0, "steps": 0}
             last_log_time, last_log_step = now, step
 
@@ -487,5 +489,9 @@ def train(args: argparse.Namespace) -> Path:
             accelerator.wait_for_everyone()
 
     progress.close()
+    if accelerator.is_main_process:
+        loss = f"loss {last_record['loss']:.4f} at the end" if last_record else "already at --max-steps"
+        print(f"trained {args.model} from step {start_step} to {step} in {time.time() - start_time:.0f} s; {loss}; "
+              f"checkpoints and log.jsonl in {run_dir}")
     accelerator.end_training()
     return run_dir

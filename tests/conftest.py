@@ -1,21 +1,21 @@
-"""Shared test fixtures: paths to the reference data and tiny models."""
+"""Shared test fixtures: the released models' facts (tests/data, see its README)."""
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+DATA = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(scope="session")
 def compat_case():
-    """The numeric test case made with the released EDT code (see shared/reference/README.md)."""
-    return torch.load(REFERENCE / "edt_compat_case.pt", weights_only=True)
+    """The numeric test case made with the released EDT code."""
+    return torch.load(DATA / "edt_compat_case.pt", weights_only=True)
 
 
 @pytest.fixture(scope="session")
 def manifest():
-    import json
-
-    return json.loads((REFERENCE / "official_state_dict_manifest.json").read_text())
+    """Every released model's state-dict keys and shapes, parameter counts and cost."""
+    return json.loads((DATA / "official_state_dict_manifest.json").read_text())

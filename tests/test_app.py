@@ -1,5 +1,6 @@
 """The running web explorer through its API (gradio_client): defaults, AMM off vs on, bad requests, models folder."""
 
+import runpy
 import socket
 import subprocess
 import sys
@@ -13,9 +14,12 @@ import pytest
 from gradio_client import Client
 from PIL import Image
 
+from edt_lab.cli import main
 from edt_lab.explorer.models import demo_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
+APP_PY = [sys.executable, "app.py"]
+EDT_LAB_APP = [sys.executable, "-m", "edt_lab.cli", "app"]
 
 
 def free_port() -> int:
@@ -25,21 +29,22 @@ def free_port() -> int:
 
 
 @contextmanager
-def app_server(models_dir, timeout: float = 90.0):
-    """`python app.py` on a free local port with the demo model and `models_dir`; yields its URL, always stopped.
+def app_server(models_dir, command=APP_PY, timeout: float = 90.0):
+    """`command` (app.py or `edt-lab app`) serving the demo model and `models_dir` on a free local port; yields
+    its URL and is always stopped.
 
     One torch thread: the tiny demo model is fastest that way, and the test does not fight pytest for the cores.
     """
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    process = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--models-dir", str(models_dir),
-                                "--device", "cpu", "--threads", "1", "--demo"], cwd=ROOT, stdout=subprocess.PIPE,
+    process = subprocess.Popen([*command, "--port", str(port), "--models-dir", str(models_dir), "--device", "cpu",
+                                "--threads", "1", "--demo"], cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
-                raise AssertionError(f"app.py exited with {process.returncode}:\n{process.stdout.read()}")
+                raise AssertionError(f"{command} exited with {process.returncode}:\n{process.stdout.read()}")
             try:
                 with urllib.request.urlopen(url, timeout=2) as response:
                     if response.status == 200:
@@ -47,7 +52,7 @@ def app_server(models_dir, timeout: float = 90.0):
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise AssertionError(f"app.py was not ready within {timeout:.0f} s")
+                raise AssertionError(f"{command} was not ready within {timeout:.0f} s")
             time.sleep(0.25)
         yield url
     finally:
@@ -68,7 +73,8 @@ def make_models_dir(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    with app_server(make_models_dir(tmp_path_factory.mktemp("models"))) as url:
+    """The API of `edt-lab app` (the browser test drives `python app.py`: both entries serve the same page)."""
+    with app_server(make_models_dir(tmp_path_factory.mktemp("models")), EDT_LAB_APP) as url:
         yield Client(url, verbose=False)
 
 
@@ -106,3 +112,14 @@ def test_bad_requests_show_errors_and_the_server_keeps_serving(client):
 def test_models_folder_entries_are_offered_by_name(client):
     samples, _, status = client.predict(model="tiny-pipeline", num_images=1, steps=2, api_name="/generate")
     assert pixels(samples).shape[0] == 1 and "pipeline tiny-pipeline" in status
+
+
+def test_bad_options_are_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    missing = tmp_path / "x" / "nodir"
+    monkeypatch.setattr(sys, "argv", ["app.py", "--models-dir", str(missing)])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(ROOT / "app.py"), run_name="__main__")
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == f"app.py: error: models folder {missing} does not exist or is not a folder\n"
+    assert main(["app", "--threads", "0"]) == 2
+    assert capsys.readouterr().err == "edt-lab app: error: --threads must be at least 1, got 0\n"

@@ -1,27 +1,51 @@
-"""The web explorer in a real browser (Playwright driving Debian's chromium): compare AMM off vs on."""
+"""The web explorer in a real browser (Playwright driving a Chromium): compare AMM off vs on.
 
+The Chromium is the first of `chromium`, `chromium-browser`, `google-chrome` on PATH, else Playwright's own
+download; without one the test is skipped and says how to get one (CI installs Debian's chromium).
+"""
+
+import shutil
+from pathlib import Path
+
+import pytest
 from playwright.sync_api import sync_playwright
 
 from test_app import app_server, make_models_dir
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+NO_CHROMIUM = ("no Chromium to drive: none of chromium, chromium-browser, google-chrome is on PATH and Playwright "
+               "has not downloaded its own; install one (Debian/Ubuntu: apt-get install chromium) or run "
+               "`python -m playwright install chromium`")
+
+
+def find_chromium(playwright) -> str | None:
+    """The path of a Chromium on PATH, else of Playwright's own; None when there is neither."""
+    for name in CHROMIUM_NAMES:
+        if path := shutil.which(name):
+            return path
+    own = playwright.chromium.executable_path
+    return own if Path(own).is_file() else None
 
 
 def test_compare_button_shows_both_image_sets(tmp_path):
-    with app_server(make_models_dir(tmp_path / "models")) as url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(url)
-            page.locator("#model-note").get_by_text("untrained demo model").wait_for(timeout=30_000)
-            page.locator("#compare-button").click()
-            for gallery in ("#off-gallery", "#on-gallery"):
-                page.locator(f"{gallery} img").first.wait_for(state="visible", timeout=60_000)
-            page.locator("#status").get_by_text("AMM on").wait_for(timeout=30_000)
-            assert page.locator("#off-gallery img").count() >= 4 and page.locator("#on-gallery img").count() >= 4
-            page.screenshot(path=tmp_path / "app.png", full_page=True)
-            assert (tmp_path / "app.png").stat().st_size > 10_000
-        finally:
-            browser.close()
+    with sync_playwright() as playwright:
+        chromium = find_chromium(playwright)
+        if chromium is None:
+            pytest.skip(NO_CHROMIUM)
+        with app_server(make_models_dir(tmp_path / "models")) as url:
+            browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.goto(url)
+                page.locator("#model-note").get_by_text("untrained demo model").wait_for(timeout=30_000)
+                page.locator("#compare-button").click()
+                for gallery in ("#off-gallery", "#on-gallery"):
+                    page.locator(f"{gallery} img").first.wait_for(state="visible", timeout=60_000)
+                page.locator("#status").get_by_text("AMM on").wait_for(timeout=30_000)
+                assert page.locator("#off-gallery img").count() >= 4 and page.locator("#on-gallery img").count() >= 4
+                page.screenshot(path=tmp_path / "app.png", full_page=True)
+                assert (tmp_path / "app.png").stat().st_size > 10_000
+            finally:
+                browser.close()

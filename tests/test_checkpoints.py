@@ -85,8 +85,10 @@ def test_pickled_code_is_refused_and_never_runs(tmp_path):
         pickle.dump({"model": payload}, f)
     torch.save({"ema": {"w": torch.zeros(1)}, "hook": payload}, tmp_path / "evil_zip.pt")
     for file in (path, tmp_path / "evil_zip.pt"):
-        with pytest.raises(ValueError, match="refused to load, not a plain weights file"):
+        with pytest.raises(ValueError, match="refused to load, not a plain weights file") as error:
             load_checkpoint(file)
+        assert "weights_only" not in str(error.value)  # torch's advice to run the pickled code is not repeated
+    assert "posix.system" in str(error.value)  # what was refused
     assert not marker.exists()
 
 
@@ -103,8 +105,12 @@ def test_wrong_keys_name_the_file_and_the_keys(tmp_path):
 
 def test_unreadable_or_missing_files(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="junk.pt"):
-        load_checkpoint(tmp_path / "junk.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "image.pt").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))  # a PNG given as a checkpoint
+    for name in ("junk.pt", "empty.pt", "image.pt"):
+        with pytest.raises(ValueError, match=f"{name}: not a PyTorch checkpoint") as error:
+            load_checkpoint(tmp_path / name)
+        assert "weights_only" not in str(error.value)
     with pytest.raises(ValueError, match="no such file"):
         load_checkpoint(tmp_path / "absent.pt")
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")

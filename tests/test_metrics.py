@@ -214,9 +214,9 @@ def test_inception_metrics_with_stand_in(tmp_path, inception_file):
     # The command, with single-channel digits given Inception weights.
     np.savez(tmp_path / "digits.npz", rng.integers(0, 256, size=(20, 32, 32, 1), dtype=np.uint8))
     argv = ["eval", str(tmp_path / "digits.npz"), "--ref", str(tmp_path / "stats.npz"),
-            "--inception", str(inception_file), "--json", str(tmp_path / "out.json")]
+            "--inception", str(inception_file), "--json", str(tmp_path / "reports" / "out.json")]
     assert main(argv) == 0
-    assert json.loads((tmp_path / "out.json").read_text())["inception_score"] >= 1.0
+    assert json.loads((tmp_path / "reports" / "out.json").read_text())["inception_score"] >= 1.0  # folder created
 
 
 def test_missing_inception_weights(tmp_path):

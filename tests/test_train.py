@@ -151,11 +151,15 @@ def test_loss_falls_on_the_digits(tmp_path):
 def test_cli_end_to_end_checkpoints_previews_and_export(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(train_argv(run, "--ckpt-every", "1", "--keep-checkpoints", "2", "--sample-every", "3",
-                           steps=3, batch=4)) == 0
+                           "--log-every", "2", steps=3, batch=4)) == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.startswith("trained EDT-T/2 from step 0 to 3 in ")
+    assert summary.endswith(f"; checkpoints and log.jsonl in {run}")
     config = json.loads((run / "config.json").read_text())
     assert config["max_steps"] == 3 and config["model"] == "EDT-T/2"
     assert (config["masking"], config["lr"], config["lr_update_every"]) == ("edt", 1e-3, 1)  # the filled defaults
-    assert [r["step"] for r in read_log(run)] == [1, 2, 3]
+    assert [r["step"] for r in read_log(run)] == [2, 3]  # the final step is logged whatever --log-every
+    assert f"loss {read_log(run)[-1]['loss']:.4f} at the end" in summary
     assert {"loss", "loss_full", "loss_masked", "lr", "samples_seen", "time", "it_per_s"} <= set(read_log(run)[0])
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_0000002.pt", "step_0000003.pt"]
     checkpoint = safe_torch_load(run / "checkpoints" / "step_0000003.pt")  # weights_only=True
@@ -165,13 +169,21 @@ def test_cli_end_to_end_checkpoints_previews_and_export(tmp_path, capsys):
         assert preview.size == (10 * 32, 32)
 
     out = tmp_path / "pipeline"
-    assert main(["export", str(run), str(out)]) == 0
+    assert main(["export", str(run), str(out), "--step", "2"]) == 0
+    weights = out / "transformer" / "diffusion_pytorch_model.safetensors"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert weights.stat().st_mode & 0o777 == 0o666 & ~umask  # readable as any new file, not safetensors' 0600
+    capsys.readouterr()
+    one_line_error(capsys, ["export", str(run), str(out)], "already holds files: pass --force")
+    (out / "README.md").write_text("model card")
+    assert main(["export", str(run), str(out), "--force"]) == 0  # the newest (step 3) over step 2
     model = load_checkpoint(out)
     for name, value in model.state_dict().items():
         assert torch.equal(value, checkpoint["ema"][name]), name
-    assert EDTPipeline.from_pretrained(out).id2label[7] == "7"
+    assert EDTPipeline.from_pretrained(out).id2label[7] == "7" and (out / "README.md").read_text() == "model card"
     capsys.readouterr()
-    one_line_error(capsys, ["export", str(run), str(out), "--step", "1"], "available steps: 2, 3")
+    one_line_error(capsys, ["export", str(run), str(out), "--step", "1", "--force"], "available steps: 2, 3")
 
 
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):

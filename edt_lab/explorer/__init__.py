@@ -1,7 +1,8 @@
-"""The web explorer's logic as plain functions (app.py only wires them to the page).
+"""The web explorer's logic as plain functions, and the page that wires them.
 
 models: finding and loading models; controls: choices, presets and request checks; sampling: AMM off/on runs;
-views: images, heatmaps, cost and mask figures.
+views: images, heatmaps, cost and mask figures; app: the Gradio page, laid out by panel, and `edt-lab app`
+(imported on its own, so these functions do not pull in Gradio).
 """
 
 from .controls import Request, check_request, class_choices, initial_settings, parse_blocks, preset_blocks, stage_groups

@@ -87,7 +87,7 @@ def scan_models(models_dir) -> list[ModelEntry]:
     """
     folder = Path(models_dir)
     if not folder.is_dir():
-        raise ValueError(f"models folder {folder.name!r} does not exist or is not a folder")
+        raise ValueError(f"models folder {folder} does not exist or is not a folder")
     entries = []
     for path in sorted(folder.iterdir()):
         if path.is_dir() and (path / "model_index.json").exists():

@@ -1,0 +1,454 @@
+"""The explorer's page: Gradio components laid out by panel and wired to the plain functions of this package.
+
+    edt-lab app [--host 127.0.0.1] [--port 7860] [--models-dir DIR] [--device auto|cpu|cuda] [--share]
+                [--threads N] [--demo]
+
+(`python app.py` in a checkout takes the same options.) API: /generate and /compare, every input with a default,
+e.g. gradio_client.Client(url).predict(api_name="/compare").
+"""
+
+import argparse
+import functools
+import sys
+from dataclasses import dataclass
+
+import gradio as gr
+import torch
+
+from ..pipeline import SAMPLERS
+from . import controls, views
+from .models import DEFAULT_NAME, DEMO_NOTE, ModelStore, resolve_device
+from .sampling import compare, sample
+
+MAX_GROUPS = 5  # EDT has five stages; a DiT uses the first group only
+INTRO = """# EDT explorer
+EDT (Efficient Diffusion Transformer) samples images with a U-shaped token pyramid. Its **Attention Modulation
+Matrix (AMM)** multiplies the attention of chosen blocks by a distance-based matrix, without any training:
+nearby tokens count more, tokens beyond the radius R not at all. Compare the same noise with AMM off and on,
+look at the matrix and at where a token attends, and see what the model costs and how it was trained (masking)."""
+
+
+def shows_errors(function):
+    """Turn a ValueError (a bad input) into an error message in the page and the API; the server keeps serving."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except ValueError as error:
+            raise gr.Error(str(error)) from None
+    return wrapper
+
+
+def warns(outputs: int = 1):
+    """For page-only events: a ValueError becomes a warning and the outputs stay as they were."""
+    def decorate(function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            try:
+                return function(*args, **kwargs)
+            except ValueError as error:
+                gr.Warning(str(error))
+                return gr.skip() if outputs == 1 else [gr.skip()] * outputs
+        return wrapper
+    return decorate
+
+
+def model_page(loaded) -> dict:
+    """The values of every control and view that depends on the model."""
+    model, init = loaded.pipe.transformer, controls.initial_settings(loaded)
+    grids = [info["grid"] for info in model.block_info()]
+    return {"init": init, "groups": controls.stage_groups(model),
+            "group_values": controls.split_by_group(model, init["blocks"]),
+            "classes": controls.class_choices(loaded.pipe),
+            "blocks": [(controls.block_label(info), info["block"]) for info in model.block_info()],
+            "block": init["blocks"][-1] if init["blocks"] else model.num_blocks - 1,
+            "cost": views.cost_markdown(model),
+            # what the views need later without loading the model again
+            "facts": {"grids": grids, "image_grid": max(grids)}}
+
+
+def describe(store: ModelStore, loaded) -> str:
+    """The line under the model picker: what is loaded, and which entries cannot be used."""
+    model = loaded.pipe.transformer
+    grid = max(info["grid"] for info in model.block_info())
+    text = (f"**{loaded.note}**: {type(model).__name__}, {model.num_blocks} blocks, {grid}×{grid} tokens, "
+            f"{model.config.num_classes} classes")
+    if loaded.is_demo:
+        text = (f"⚠️ **{DEMO_NOTE}**, an EDT-T/2: its images are noise. The page switches to the trained "
+                f"digits model by itself once that model is exported into the project.")
+    problems = store.problems()
+    return text + ("\n\nModels that cannot be used: " + "; ".join(problems) if problems else "")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Layout: one function per panel, each returning its components by name
+# ----------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Page:
+    """The components that events read or write."""
+
+    model: gr.Dropdown
+    note: gr.Markdown
+    # the request
+    class_name: gr.Dropdown
+    seed: gr.Number
+    num_images: gr.Slider
+    sampler: gr.Radio
+    steps: gr.Slider
+    guidance: gr.Slider
+    # AMM
+    presets: dict
+    boxes: list
+    amm_field: gr.Textbox
+    released_radius: gr.Checkbox
+    radius: gr.Slider
+    scale: gr.Slider
+    generate_button: gr.Button
+    compare_button: gr.Button
+    status: gr.Markdown
+    # the tabs
+    off_gallery: gr.Gallery
+    on_gallery: gr.Gallery
+    difference: gr.Image
+    samples: gr.Gallery
+    block: gr.Dropdown
+    row: gr.Slider
+    col: gr.Slider
+    amm_plot: gr.Plot
+    attention_plot: gr.Plot
+    previews: gr.Gallery
+    cost: gr.Markdown
+    strategy: gr.Radio
+    mask_seed: gr.Number
+    mask_button: gr.Button
+    mask_plot: gr.Plot
+    # what the views need: the model's token grids, and the last run's attention and first image
+    facts: gr.State
+    runs: gr.State
+
+    def request_inputs(self) -> list:
+        """The inputs of /generate and /compare, in their API order."""
+        return [self.model, self.class_name, self.seed, self.num_images, self.sampler, self.steps, self.guidance,
+                self.amm_field, self.released_radius, self.radius, self.scale]
+
+    def attention_inputs(self) -> list:
+        """The inputs of `show_attention`: the last run and the query token."""
+        return [self.runs, self.facts, self.block, self.row, self.col]
+
+
+def model_panel(store: ModelStore, first) -> dict:
+    """The model picker and the line describing the loaded model."""
+    return {"model": gr.Dropdown(store.names(), value=DEFAULT_NAME, label="model", scale=1),
+            "note": gr.Markdown(describe(store, first), elem_id="model-note")}
+
+
+def request_panel(values: dict) -> dict:
+    """What to sample: class, seed, number of images, sampler, steps, guidance."""
+    init, classes = values["init"], values["classes"]
+    return {
+        "class_name": gr.Dropdown(classes, value=classes[0], label="class", allow_custom_value=True),
+        "seed": gr.Number(0, label="seed (the same seed gives the same noise)", precision=0, minimum=0,
+                          maximum=controls.MAX_SEED),
+        "num_images": gr.Slider(1, controls.MAX_IMAGES, value=4, step=1, label="number of images"),
+        "sampler": gr.Radio(list(SAMPLERS), value=init["sampler"], label="sampler"),
+        "steps": gr.Slider(1, controls.MAX_STEPS, value=init["steps"], step=1, label="steps"),
+        "guidance": gr.Slider(1.0, controls.MAX_GUIDANCE, value=init["guidance"], step=0.1,
+                              label="guidance scale (1 = no guidance)"),
+    }
+
+
+def amm_panel(values: dict) -> dict:
+    """Where the AMM acts (presets, one toggle group per stage, the block field) and its radius and scale."""
+    init, groups = values["init"], values["groups"]
+    with gr.Accordion("AMM: which blocks, radius R and scale k", open=True):
+        with gr.Row():
+            presets = {key: gr.Button(text, size="sm") for key, text in controls.PRESETS.items()}
+        boxes = [gr.CheckboxGroup(g["choices"], value=v, label=g["label"])
+                 for g, v in zip(groups, values["group_values"])]
+        boxes += [gr.CheckboxGroup([], value=[], visible=False) for _ in range(MAX_GROUPS - len(groups))]
+        return {
+            "presets": presets, "boxes": boxes,
+            "amm_field": gr.Textbox(controls.format_blocks(init["blocks"]), label="AMM blocks",
+                                    info="block indices (toggles above: block · token grid · phase); empty = off; "
+                                         "press Enter to apply"),
+            "released_radius": gr.Checkbox(init["released_radius"],
+                                           label="released radius of each block's grid, R = √((n−1)² + 4)"),
+            "radius": gr.Slider(*controls.RADIUS_RANGE, value=round(init["radius"], 3), step=0.001,
+                                label="radius R (tokens)",
+                                info=f"paper default on the 16×16 grid: √229 ≈ {controls.RADIUS_DEFAULT:.2f}; "
+                                     f"used for every AMM block when the box above is off"),
+            "scale": gr.Slider(*controls.SCALE_RANGE, value=init["scale"], step=0.01, label="scale k",
+                               info=f"paper default k = {controls.SCALE_DEFAULT}"),
+        }
+
+
+def run_buttons() -> dict:
+    """Generate, Compare and the status line under them."""
+    with gr.Row():
+        buttons = {"generate_button": gr.Button("Generate", elem_id="generate-button"),
+                   "compare_button": gr.Button("Compare AMM off vs on", variant="primary", elem_id="compare-button")}
+    return {**buttons, "status": gr.Markdown(elem_id="status")}
+
+
+def images_tab() -> dict:
+    """AMM off and on side by side, their difference, and Generate's samples."""
+    with gr.Tab("Images"):
+        with gr.Row():
+            galleries = {"off_gallery": gr.Gallery(label="AMM off", columns=2, height="auto", format="png",
+                                                   elem_id="off-gallery"),
+                         "on_gallery": gr.Gallery(label="AMM on", columns=2, height="auto", format="png",
+                                                  elem_id="on-gallery")}
+        return {**galleries,
+                "difference": gr.Image(label="difference |on − off| (scaled to its maximum)", type="pil",
+                                       format="png", elem_id="difference"),
+                "samples": gr.Gallery(label="Generate: samples with the AMM blocks as chosen", columns=4,
+                                      height="auto", format="png", elem_id="samples")}
+
+
+def attention_tab(values: dict) -> dict:
+    """A block and a query token; the AMM row and the attention of that token."""
+    last, middle = values["facts"]["image_grid"] - 1, values["facts"]["image_grid"] // 2
+    with gr.Tab("AMM and attention"):
+        with gr.Row():
+            query = {"block": gr.Dropdown(values["blocks"], value=values["block"], label="block"),
+                     "row": gr.Slider(0, last, value=middle, step=1, label="query token row"),
+                     "col": gr.Slider(0, last, value=middle, step=1, label="query token column")}
+        gr.Markdown("The query token is on the image's token grid; a block with a coarser grid uses the token that "
+                    "covers the same place.")
+        return {**query,
+                "amm_plot": gr.Plot(label="the AMM row of the query token (current R and k)", show_label=False),
+                "attention_plot": gr.Plot(label="attention of the query token (last Generate or Compare)",
+                                          show_label=False)}
+
+
+def denoising_tab() -> dict:
+    """The predicted clean images after each sampling step."""
+    with gr.Tab("Denoising"):
+        return {"previews": gr.Gallery(label="predicted clean images x̂₀ during sampling (last run; pixel models)",
+                                       columns=2, height="auto", object_fit="contain", format="png")}
+
+
+def cost_tab(values: dict) -> dict:
+    """The model's cost by stage."""
+    with gr.Tab("Cost"):
+        return {"cost": gr.Markdown(values["cost"])}
+
+
+def masking_tab() -> dict:
+    """The keep-masks of one masked training pass."""
+    with gr.Tab("Masking (training)"):
+        gr.Markdown("EDT trains with a second, masked pass: tokens entering each down-sampling module are dropped at "
+                    "random, so the blocks before must spread information across tokens. These are the masks one "
+                    "such pass would draw (over the last image).")
+        with gr.Row():
+            inputs = {"strategy": gr.Radio(["edt", "mdt"], value="edt", label="strategy"),
+                      "mask_seed": gr.Number(0, label="mask seed", precision=0, minimum=0),
+                      "mask_button": gr.Button("Draw masks")}
+        return {**inputs, "mask_plot": gr.Plot(label="keep-masks", show_label=False)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Events: one function per concern
+# ----------------------------------------------------------------------------------------------------------
+
+@warns()
+def show_attention(runs, facts, block, row, col):
+    """Attention maps of the last run for the query token in `block` (None before any run)."""
+    if not runs or block is None:
+        return None
+    n = facts["grids"][int(block)]
+    token = views.map_token(row, col, facts["image_grid"], n)
+    return views.attention_figure(views.attention_panels(runs["runs"], int(block)), *token, n, int(block))
+
+
+@warns()
+def show_amm(facts, block, row, col, released_radius, radius, scale):
+    """The AMM row of the query token on the grid of `block`."""
+    n = facts["grids"][int(block)]
+    token = views.map_token(row, col, facts["image_grid"], n)
+    return views.amm_figure(n, *token, None if released_radius else radius, scale)
+
+
+def wire_model_picker(demo: gr.Blocks, store: ModelStore, page: Page) -> None:
+    """Choosing a model (and loading the page) sets every control and view that depends on the model."""
+
+    def show_model(name):
+        """A model that fails to load leaves the picker, and the page shows the default."""
+        try:
+            loaded = store.get(name)
+        except ValueError as error:
+            if name == DEFAULT_NAME:
+                raise gr.Error(str(error)) from None
+            gr.Warning(str(error))
+            return show_model(DEFAULT_NAME)
+        values = model_page(loaded)
+        init, groups = values["init"], values["groups"]
+        group_updates = [gr.update(label=g["label"], choices=g["choices"], value=v, visible=True)
+                         for g, v in zip(groups, values["group_values"])]
+        group_updates += [gr.update(choices=[], value=[], visible=False)] * (MAX_GROUPS - len(groups))
+        last = values["facts"]["image_grid"] - 1
+        return [gr.update(choices=store.names(), value=name), describe(store, loaded),
+                gr.update(choices=values["classes"], value=values["classes"][0]), init["sampler"], init["steps"],
+                init["guidance"], *group_updates, controls.format_blocks(init["blocks"]), init["released_radius"],
+                round(init["radius"], 3), init["scale"], gr.update(choices=values["blocks"], value=values["block"]),
+                gr.update(maximum=last, value=last // 2), gr.update(maximum=last, value=last // 2),
+                values["cost"], values["facts"]]
+
+    outputs = [page.model, page.note, page.class_name, page.sampler, page.steps, page.guidance, *page.boxes,
+               page.amm_field, page.released_radius, page.radius, page.scale, page.block, page.row, page.col,
+               page.cost, page.facts]
+    page.model.select(show_model, page.model, outputs, concurrency_id="model", api_visibility="private")
+    demo.load(show_model, page.model, outputs, concurrency_id="model", api_visibility="private")
+
+
+def wire_amm_blocks(store: ModelStore, page: Page) -> None:
+    """The per-stage toggles, the presets and the AMM text field stay in step."""
+
+    def boxes_to_field(*group_values):
+        return controls.format_blocks(b for values in group_values for b in values)
+
+    @warns(outputs=MAX_GROUPS + 1)
+    def field_to_boxes(name, amm_blocks, guidance_scale, preset=None):
+        """The toggles (and the tidied field) from the AMM field, or from a preset."""
+        model = store.get(name).pipe.transformer
+        blocks = (controls.preset_blocks(model, preset, guidance_scale) if preset
+                  else controls.parse_blocks(amm_blocks, model, guidance_scale))
+        values = controls.split_by_group(model, blocks)
+        return [*values, *[[]] * (MAX_GROUPS - len(values)), controls.format_blocks(blocks)]
+
+    for box in page.boxes:
+        box.input(boxes_to_field, page.boxes, page.amm_field, queue=False, api_visibility="private")  # instant
+    inputs, outputs = [page.model, page.amm_field, page.guidance], [*page.boxes, page.amm_field]
+    page.amm_field.submit(field_to_boxes, inputs, outputs, api_visibility="private")
+    for key, button in page.presets.items():
+        button.click(functools.partial(field_to_boxes, preset=key), inputs, outputs, api_visibility="private")
+
+
+def wire_sampling(store: ModelStore, page: Page) -> None:
+    """Generate and Compare (the /generate and /compare API), then the new run's attention."""
+
+    def checked(model, *values):
+        loaded = store.get(model)
+        return loaded, controls.check_request(loaded.pipe, *values)
+
+    def summary(loaded, timings: str) -> str:
+        return f"{timings} · {DEMO_NOTE if loaded.is_demo else loaded.note}"
+
+    @shows_errors
+    def generate(model, class_name, seed, num_images, sampler, steps, guidance_scale, amm_blocks,
+                 released_radius, radius, scale, progress=gr.Progress()):
+        """Images of one class with AMM in the chosen blocks; also denoising previews and a status line."""
+        loaded, request = checked(model, class_name, seed, num_images, sampler, steps, guidance_scale,
+                                  amm_blocks, released_radius, radius, scale)
+        run = sample(loaded.pipe, request, progress=lambda done, text: progress(done, desc=text))
+        runs = {"runs": [(f"AMM in {controls.format_blocks(run.amm_blocks) or 'no block'}", run.attention)],
+                "image": run.images[0]}
+        return (views.image_tiles(run.images), views.preview_strips(run.previews),
+                summary(loaded, f"{len(run.images)} images in {run.seconds:.2f} s"), runs)
+
+    @shows_errors
+    def compare_amm(model, class_name, seed, num_images, sampler, steps, guidance_scale, amm_blocks,
+                    released_radius, radius, scale, progress=gr.Progress()):
+        """The same noise with AMM off and on: both image sets, their difference, previews and a status line."""
+        loaded, request = checked(model, class_name, seed, num_images, sampler, steps, guidance_scale,
+                                  amm_blocks, released_radius, radius, scale)
+        off, on = compare(loaded.pipe, request, progress=lambda done, text: progress(done, desc=text))
+        heat, largest = views.difference_map(off.images, on.images)
+        runs = {"runs": [("AMM off", off.attention), ("AMM on", on.attention)], "image": on.images[0]}
+        timings = f"AMM off {off.seconds:.2f} s · AMM on {on.seconds:.2f} s · largest |on − off| = {largest:.3f}"
+        return (views.image_tiles(off.images), views.image_tiles(on.images), heat,
+                views.preview_strips(on.previews), summary(loaded, timings), runs)
+
+    page.generate_button.click(generate, page.request_inputs(), [page.samples, page.previews, page.status, page.runs],
+                               api_name="generate", concurrency_id="model").then(
+        show_attention, page.attention_inputs(), page.attention_plot, api_visibility="private")
+    compare_outputs = [page.off_gallery, page.on_gallery, page.difference, page.previews, page.status, page.runs]
+    page.compare_button.click(compare_amm, page.request_inputs(), compare_outputs, api_name="compare",
+                              concurrency_id="model").then(
+        show_attention, page.attention_inputs(), page.attention_plot, api_visibility="private")
+
+
+def wire_views(demo: gr.Blocks, store: ModelStore, page: Page) -> None:
+    """The AMM, attention and mask figures follow the query token, the AMM settings and the mask controls."""
+
+    @warns()
+    def show_masks(model, strategy, seed, runs):
+        """The training masks of one masked pass, over the last image."""
+        image = runs["image"] if runs else None
+        return views.mask_figure(store.get(model).pipe.transformer, seed, strategy, image)
+
+    query = (page.block, page.row, page.col)
+    for control in query:
+        control.change(show_attention, page.attention_inputs(), page.attention_plot, api_visibility="private")
+    amm_inputs = [page.facts, *query, page.released_radius, page.radius, page.scale]
+    for control in (*query, page.released_radius, page.radius, page.scale):
+        control.change(show_amm, amm_inputs, page.amm_plot, api_visibility="private")
+    demo.load(show_amm, amm_inputs, page.amm_plot, api_visibility="private")
+    page.mask_button.click(show_masks, [page.model, page.strategy, page.mask_seed, page.runs], page.mask_plot,
+                           concurrency_id="model", api_visibility="private")
+
+
+def build_app(store: ModelStore) -> gr.Blocks:
+    """The page over the models of `store`; the default model's settings are the inputs' (and the API's) defaults."""
+    first = store.get(DEFAULT_NAME)
+    values = model_page(first)
+    with gr.Blocks(title="EDT explorer", analytics_enabled=False) as demo:
+        gr.Markdown(INTRO)
+        with gr.Row():
+            parts = model_panel(store, first)
+        with gr.Row():
+            with gr.Column(scale=1, min_width=320):
+                parts |= request_panel(values) | amm_panel(values) | run_buttons()
+            with gr.Column(scale=2), gr.Tabs():
+                parts |= images_tab() | attention_tab(values) | denoising_tab() | cost_tab(values) | masking_tab()
+        page = Page(**parts, facts=gr.State(values["facts"]), runs=gr.State(None))
+        wire_model_picker(demo, store, page)
+        wire_amm_blocks(store, page)
+        wire_sampling(store, page)
+        wire_views(demo, store, page)
+    return demo
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The command
+# ----------------------------------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--models-dir", help="folder of pipeline folders and .pt/.pth/.safetensors files "
+                                             "(a latent model's VAE in vae/ beside them)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--share", action="store_true", help="also serve through a public Gradio share link")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is faster "
+                                                    "for the tiny digits model on a busy machine)")
+    parser.add_argument("--demo", action="store_true",
+                        help=f"serve the {DEMO_NOTE} as the default even when the trained one exists (tests)")
+
+
+def run(args: argparse.Namespace) -> None:
+    """Serve the page until interrupted; ValueError for options no server can use."""
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    store = ModelStore(args.models_dir, resolve_device(args.device), demo=args.demo)
+    demo = build_app(store)
+    demo.queue(default_concurrency_limit=1, max_size=32)
+    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                              font_mono=["ui-monospace", "monospace"])  # local fonts only: the page works offline
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, theme=theme)
+
+
+def main(argv=None, prog: str = "app.py") -> int:
+    """`python app.py ...`: like every command of the project, a bad option is one line and exit code 2."""
+    parser = argparse.ArgumentParser(prog=prog, description="The EDT web explorer.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except ValueError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
