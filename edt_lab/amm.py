@@ -50,6 +50,15 @@ def modulation_matrix(n: int, radius: float | None = None, scale: float = 0.5, f
     return torch.where(inside, values, torch.zeros_like(values)).float()
 
 
+def check_blocks(blocks, num_blocks: int) -> list[int]:
+    """Sorted distinct AMM block indices (counted from 0 over all blocks); ValueError for one out of range."""
+    blocks = sorted(set(int(b) for b in blocks))
+    bad = [b for b in blocks if not 0 <= b < num_blocks]
+    if bad:
+        raise ValueError(f"AMM block index {bad[0]} is out of range: expected 0..{num_blocks - 1}")
+    return blocks
+
+
 @dataclass(frozen=True)
 class AMMPreset:
     """A released AMM arrangement: which blocks (counted from 0 over all blocks) and the matrix's form."""

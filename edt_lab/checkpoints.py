@@ -2,7 +2,8 @@
 
 Accepted: a released EDT/DiT training file (`torch.save` dict with `model`/`ema`/`opt`/`args`; `ema` is taken),
 a bare state dict (`.pt`/`.pth` or `.safetensors`), this project's training checkpoint (it also holds `config`),
-a `save_pretrained` model folder, or a pipeline folder (its `transformer/`).
+a `save_pretrained` model folder, a diffusers `DiTTransformer2DModel` folder (converted to DiT exactly), or a
+pipeline folder (its `transformer/`), ours or diffusers' (e.g. `DiTPipeline.save_pretrained`).
 """
 
 import argparse
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from .diffusers_dit import DIFFUSERS_DIT_CLASSES, dit_config, dit_state_dict
 from .models import DiT, EDT
 from .models.registry import MODEL_CONFIGS
 
@@ -148,6 +150,23 @@ def _weights_from_file(path: Path):
     return content, None, None
 
 
+def _load_diffusers_dit(folder: Path, config: dict):
+    """edt_lab's DiT from a diffusers DiTTransformer2DModel folder, its weights converted exactly."""
+    files = [folder / f"diffusion_pytorch_model.{suffix}" for suffix in ("safetensors", "bin")]
+    weights = next((file for file in files if file.is_file()), None)
+    if weights is None:
+        raise ValueError(f"{folder}: no diffusion_pytorch_model.safetensors or .bin beside config.json")
+    try:
+        model = model_from_config(dit_config(config))
+        state_dict = dit_state_dict(_weights_from_file(weights)[0], model.config.depth)
+    except ValueError as error:
+        raise ValueError(f"{weights}: {error}") from None
+    state_dict["pos_embed"] = model.pos_embed.data  # the fixed table, which diffusers computes instead of storing
+    check_state_dict(model, state_dict, weights)
+    model.load_state_dict(state_dict, strict=True)
+    return model
+
+
 def load_checkpoint(path, device="cpu"):
     """A ready EDT or DiT (eval mode) from any accepted file or folder."""
     path = Path(path)
@@ -156,9 +175,13 @@ def load_checkpoint(path, device="cpu"):
         config_file = folder / "config.json"
         if not config_file.is_file():
             raise ValueError(f"{path}: no config.json (expected a save_pretrained model or pipeline folder)")
-        name = json.loads(config_file.read_text()).get("_class_name")
+        config = json.loads(config_file.read_text())
+        name = config.get("_class_name")
+        if name in DIFFUSERS_DIT_CLASSES:
+            return _load_diffusers_dit(folder, config).to(device).eval()
         if name not in MODEL_CLASSES:
-            raise ValueError(f"{config_file}: unknown model class {name!r}: expected EDT or DiT")
+            raise ValueError(f"{config_file}: unknown model class {name!r}: expected EDT, DiT or a diffusers "
+                             f"{' / '.join(DIFFUSERS_DIT_CLASSES)}")
         return MODEL_CLASSES[name].from_pretrained(folder).to(device).eval()
     if not path.exists():
         raise ValueError(f"{path}: no such file or folder")

@@ -7,8 +7,9 @@ total is twice ours. Everything here is analytic: it reads the model's config an
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from .models import DiT, EDT, create_model
+from .models import MODEL_NAMES, DiT, EDT, create_model
 
 def block_macs(tokens: int, width: int, cond_dim: int, mlp_ratio: float = 4.0) -> int:
     """One adaLN-Zero block: adaLN, qkv, the two attention products, proj, MLP."""
@@ -132,14 +133,23 @@ def format_report(name: str, model) -> str:
 
 
 def add_arguments(parser):
-    parser.add_argument("models", nargs="+", help="registered model names, e.g. EDT-S/2 DiT-S/2")
+    parser.add_argument("models", nargs="+", help="registered model names, e.g. EDT-S/2 DiT-S/2, or checkpoints "
+                                                  "(any file or folder `sample --ckpt` takes)")
 
 
 def run(args):
     import torch
 
+    from .checkpoints import load_checkpoint
+
     for name in args.models:
-        with torch.device("meta"):
-            model = create_model(name)
+        if name in MODEL_NAMES:
+            with torch.device("meta"):
+                model = create_model(name)
+        elif Path(name).exists():
+            model = load_checkpoint(name)
+        else:
+            raise ValueError(f"{name!r} is neither a registered model ({', '.join(MODEL_NAMES)}) nor a checkpoint "
+                             "file or folder")
         print(format_report(name, model))
         print()

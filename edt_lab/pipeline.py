@@ -28,6 +28,16 @@ from .models import capture_attention
 SAMPLERS = ("ddpm", "ddim", "dpm")
 OUTPUT_TYPES = ("pil", "np", "pt")
 DEFAULT_MODEL_DIR = asset_dir("edt_t2_digits")
+# Written into every saved pipeline folder: diffusers' generic loader imports the pipeline class and the
+# transformer's class from modules in the folder, and these only re-export edt_lab's (which must be installed).
+LOADER_MODULES = {
+    "pipeline.py": (
+        '"""Lets diffusers load this folder: DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)."""\n\n'
+        "from edt_lab.pipeline import EDTPipeline  # noqa: F401\n"),
+    "transformer/edt_lab_models.py": (
+        '"""The transformer classes a pipeline folder may hold, for diffusers\' loader."""\n\n'
+        "from edt_lab.models import DiT, EDT  # noqa: F401\n"),
+}
 
 
 def make_scheduler(name: str, num_train_timesteps: int = 1000) -> SchedulerMixin:
@@ -84,11 +94,8 @@ class EDTPipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, folder, device="cpu") -> "EDTPipeline":
-        """Load a folder written by `save_pretrained`, offline; the transformer goes through `load_checkpoint`.
-
-        diffusers' generic loader looks up the transformer's class and a ModelMixin base in the module named in
-        model_index.json, which edt_lab's model modules do not provide; reading the few parts directly is simpler.
-        """
+        """Load a folder written by `save_pretrained` or diffusers' `DiTPipeline.save_pretrained`, offline; the
+        transformer goes through `load_checkpoint`. Reading the few parts directly needs no trust_remote_code."""
         folder = Path(folder)
         index_file = folder / "model_index.json"
         if not index_file.is_file():
@@ -100,6 +107,23 @@ class EDTPipeline(DiffusionPipeline):
         scheduler = scheduler_class.from_pretrained(folder / "scheduler")
         vae = load_vae(folder / "vae") if (index.get("vae") or [None])[0] else None
         return cls(load_checkpoint(folder), scheduler, vae, index.get("id2label")).to(device)
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        """diffusers' save_pretrained, plus what lets diffusers' own loader read the folder (offline, with edt-lab
+        installed): `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`.
+
+        model_index.json names the folder's `pipeline.py` for the pipeline class and `transformer/edt_lab_models.py`
+        for the transformer's; diffusers 0.42 imports modules that a folder names only with trust_remote_code.
+        """
+        super().save_pretrained(save_directory, **kwargs)
+        folder = Path(save_directory)
+        for name, text in LOADER_MODULES.items():
+            (folder / name).write_text(text)
+        index_file = folder / "model_index.json"
+        index = json.loads(index_file.read_text())
+        index["_class_name"] = ["pipeline", "EDTPipeline"]
+        index["transformer"] = ["edt_lab_models", type(self.transformer).__name__]
+        index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
     # ------------------------------------------------------------------------------------------------------
     # Labels

@@ -53,7 +53,7 @@ class ModelEntry:
     """One model the app offers: `name` is all the browser sees; `error` is set when it cannot be used."""
 
     name: str
-    kind: str  # "default", "pipeline" (a save_pretrained pipeline folder) or "checkpoint" (a weights file)
+    kind: str  # "default", "pipeline" (a save_pretrained pipeline folder, ours or diffusers' DiT) or "checkpoint"
     path: Path | None = None
     error: str | None = None
 
@@ -146,8 +146,11 @@ def load_entry(entry: ModelEntry, device="cpu", demo: bool = False) -> LoadedMod
             return LoadedModel(entry.name, demo_pipeline(device), DEMO_NOTE, is_demo=True)
         pipe = load_default(device)
         return LoadedModel(entry.name, pipe, "trained EDT-T/2 digits model", read_recommended(DEFAULT_MODEL_DIR))
-    if entry.kind == "pipeline":
+    if entry.kind == "pipeline":  # ours, or diffusers' DiTPipeline folder (whose save_pretrained drops class names)
         pipe = EDTPipeline.from_pretrained(entry.path, device)
+        if not pipe.id2label:
+            pipe = EDTPipeline(pipe.transformer, pipe.scheduler, pipe.vae,
+                               class_names_for(pipe.transformer.config.num_classes))
         return LoadedModel(entry.name, pipe, f"pipeline {entry.name}", read_recommended(entry.path))
     model = load_checkpoint(entry.path, device)
     vae_dir = entry.path.parent / "vae"

@@ -50,6 +50,14 @@ class RelativePositionBias(nn.Module):
         return table[self.index(table.device).flatten()].view(n2, n2, -1).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
+def attention_probs(q, k, scale: float, bias=None):
+    """Softmax attention of queries and keys (B, heads, N, head_dim) -> (B, heads, N, N), bias added to the scores."""
+    scores = (q * scale) @ k.transpose(-2, -1)
+    if bias is not None:
+        scores = scores + bias
+    return scores.softmax(dim=-1)
+
+
 class Attention(nn.Module):
     """Self-attention on (B, N, C) tokens; `amm` (N, N), when set, multiplies the softmax in eval mode only."""
 
@@ -84,10 +92,7 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(B, N, C))
 
     def _explicit(self, q, k, v, bias, amm):
-        scores = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, N, N)
-        if bias is not None:
-            scores = scores + bias
-        probs = scores.softmax(dim=-1)
+        probs = attention_probs(q, k, self.scale, bias)
         modulated = probs * amm if amm is not None else None  # not renormalised, as released
         if self.capture is not None:
             self.capture["attention"] = probs.detach()

@@ -4,7 +4,7 @@ import torch
 from diffusers.configuration_utils import ConfigMixin
 from diffusers.models.modeling_utils import ModelMixin
 
-from ..amm import modulation_matrix
+from ..amm import check_blocks, modulation_matrix
 
 
 class ClassConditionalTransformer(ModelMixin, ConfigMixin):
@@ -28,10 +28,7 @@ class ClassConditionalTransformer(ModelMixin, ConfigMixin):
 
         radius None takes the released radius of each block's own grid; scale is k; form "exp" or "cos" (512px).
         """
-        blocks = sorted(set(int(b) for b in blocks))
-        bad = [b for b in blocks if not 0 <= b < self.num_blocks]
-        if bad:
-            raise ValueError(f"AMM block index {bad[0]} is out of range: expected 0..{self.num_blocks - 1}")
+        blocks = check_blocks(blocks, self.num_blocks)
         info = self.block_info()
         for i, block in enumerate(self.blocks):
             block.attn.amm = modulation_matrix(info[i]["grid"], radius, scale, form) if i in blocks else None

@@ -10,13 +10,15 @@ class TransformerBlock(nn.Module):
     """adaLN-Zero block: (B, N, C) -> (B, N, C), conditioned on c (B, cond_dim).
 
     grid_size (tokens per side) adds EDT's relative position bias to the attention; None is DiT's block.
+    mlp_norm_eps: eps of the LayerNorm before the MLP (diffusers' DiTTransformer2DModel uses its `norm_eps`).
     """
 
-    def __init__(self, dim: int, num_heads: int, cond_dim: int, grid_size: int | None = None, mlp_ratio: float = 4.0):
+    def __init__(self, dim: int, num_heads: int, cond_dim: int, grid_size: int | None = None, mlp_ratio: float = 4.0,
+                 mlp_norm_eps: float = 1e-6):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, num_heads, grid_size)
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=mlp_norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.adaLN_modulation = adaln_modulation(cond_dim, 6 * dim)
 

@@ -10,7 +10,12 @@ from .layers import (FinalLayer, LabelEmbedder, PatchEmbed, TimestepEmbedder, fi
 
 
 class DiT(ClassConditionalTransformer):
-    """Class-conditional DiT: x (B, C, H, W), t (B,), y (B,) -> (B, 2C or C, H, W)."""
+    """Class-conditional DiT: x (B, C, H, W), t (B,), y (B,) -> (B, 2C or C, H, W).
+
+    timestep_freq_shift and mlp_norm_eps keep DiT's values (0, 1e-6) except in models converted from diffusers'
+    DiTTransformer2DModel, which computes slightly different timestep features and normalises the MLP input with
+    its own eps (`edt_lab.diffusers_dit`).
+    """
 
     @register_to_config
     def __init__(
@@ -25,6 +30,8 @@ class DiT(ClassConditionalTransformer):
         learn_sigma: bool = True,
         class_dropout_prob: float = 0.1,
         mlp_ratio: float = 4.0,
+        timestep_freq_shift: int = 0,
+        mlp_norm_eps: float = 1e-6,
     ):
         super().__init__()
         if input_size % patch_size:
@@ -32,11 +39,12 @@ class DiT(ClassConditionalTransformer):
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
         self.grid_size = input_size // patch_size
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
-        self.t_embedder = TimestepEmbedder(hidden_size)
+        self.t_embedder = TimestepEmbedder(hidden_size, timestep_freq_shift)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
         self.pos_embed = fixed_pos_embed(hidden_size, self.grid_size)
-        self.blocks = nn.ModuleList([TransformerBlock(hidden_size, num_heads, hidden_size, None, mlp_ratio)
-                                     for _ in range(depth)])
+        self.blocks = nn.ModuleList([
+            TransformerBlock(hidden_size, num_heads, hidden_size, None, mlp_ratio, mlp_norm_eps) for _ in range(depth)
+        ])
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         init_transformer_weights(self)
 

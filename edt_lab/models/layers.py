@@ -49,23 +49,29 @@ class PatchEmbed(nn.Module):
 
 
 class TimestepEmbedder(nn.Module):
-    """Diffusion timesteps (B,) -> (B, D): 256 sinusoidal features ([cos, sin]) then a two-layer MLP."""
+    """Diffusion timesteps (B,) -> (B, D): 256 sinusoidal features ([cos, sin]) then a two-layer MLP.
+
+    The frequencies are 1 / 10000^(i / (128 - frequency_shift)), i = 0 .. 127: shift 0 is DiT's and EDT's,
+    1 is what diffusers' DiTTransformer2DModel computes.
+    """
 
     frequency_dim = 256
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, frequency_shift: int = 0):
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(self.frequency_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.frequency_shift = frequency_shift
 
     @staticmethod
-    def timestep_features(t, dim: int, max_period: float = 10000.0):
+    def timestep_features(t, dim: int, max_period: float = 10000.0, frequency_shift: int = 0):
         half = dim // 2
-        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        arange = torch.arange(half, dtype=torch.float32, device=t.device)
+        freqs = torch.exp(-math.log(max_period) * arange / (half - frequency_shift))
         args = t.float()[:, None] * freqs[None]
         return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, dim)
 
     def forward(self, t):
-        return self.mlp(self.timestep_features(t, self.frequency_dim))
+        return self.mlp(self.timestep_features(t, self.frequency_dim, frequency_shift=self.frequency_shift))
 
 
 class LabelEmbedder(nn.Module):
