@@ -156,9 +156,10 @@ def build_app(store: ModelStore) -> gr.Blocks:
                     with gr.Tab("Masking (training)"):
                         gr.Markdown("EDT trains with a second, masked pass: tokens entering each down-sampling module "
                                     "are dropped at random, so the blocks before must spread information across "
-                                    "tokens. These are the masks one such pass would draw (over the last image).")
+                                    "tokens; MDTv2 removes tokens from its encoder instead (mdt). These are the masks "
+                                    "one such pass would draw (over the last image).")
                         with gr.Row():
-                            strategy_radio = gr.Radio(["edt", "mdt"], value="edt", label="strategy")
+                            strategy_radio = gr.Radio(["edt", "mdt", "input-zero"], value="edt", label="strategy")
                             mask_seed_box = gr.Number(0, label="mask seed", precision=0, minimum=0)
                             mask_button = gr.Button("Draw masks")
                         mask_plot = gr.Plot(label="keep-masks", show_label=False)

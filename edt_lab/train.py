@@ -30,8 +30,8 @@ from tqdm import tqdm
 from .checkpoints import model_config, safe_torch_load
 from .data import make_dataset
 from .diffusion import TIMESTEP_SAMPLERS, make_timestep_sampler, make_training_scheduler, q_sample, training_losses
-from .masking import MASKING_STRATEGIES, draw_masks
-from .models import EDT, MODEL_NAMES, create_model
+from .masking import MASKING_STRATEGIES, default_masking, draw_masks
+from .models import MODEL_NAMES, create_model
 from .pipeline import EDTPipeline, image_generators, load_vae, make_scheduler
 
 CHECKPOINT_KEYS = ("model", "ema", "opt", "lr_scheduler", "step", "data", "rng", "timestep_sampler", "log_sums", "args",
@@ -55,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-checkpoints", type=int, default=3, help="how many newest checkpoints to keep")
     parser.add_argument("--resume", action="store_true", help="continue from the newest readable checkpoint")
     parser.add_argument("--masking", choices=MASKING_STRATEGIES, default=None,
-                        help="masked pass: edt (default for EDT), mdt (input masking) or none (default for DiT)")
+                        help="masked pass: edt (default for EDT), mdt (token removal, default for MDTv2), input-zero "
+                        "(MDT's counts zeroed at the input, EDT or DiT) or none (default for DiT)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--optimizer", choices=("adan", "adamw"), default="adan", help="no weight decay either way")
     parser.add_argument("--lr", type=float, default=1e-3, help="initial learning rate")
@@ -300,7 +301,7 @@ def train(args: argparse.Namespace) -> Path:
     run_dir = Path(args.results_dir)
     torch.manual_seed(args.seed)  # the initial weights, identical in every process
     raw_model = create_model(args.model)
-    masking = args.masking or ("edt" if isinstance(raw_model, EDT) else "none")
+    masking = args.masking or default_masking(raw_model)
     draw_masks(masking, raw_model, 1, torch.Generator(), "cpu")  # fail now if the strategy does not fit the model
     dataset = build_dataset(args.data, raw_model)
     vae = load_vae(args.vae) if args.vae is not None else None  # for previews; export finds it via the args
