@@ -28,6 +28,7 @@ from edt_lab.flops import count_macs
 from edt_lab.masking import draw_masks, mask_grids, mdt_masks
 from edt_lab.models import MDTv2, TokenMasks, TokenRemoval, create_model, registry, set_attention_path
 from edt_lab.models.base import guidance_scales
+from edt_lab.models.layers import sincos_2d
 from edt_lab.pipeline import EDTPipeline, make_scheduler
 
 CASE = Path(__file__).parent / "data" / "mdtv2_compat_case.pt"
@@ -139,6 +140,21 @@ def test_parameter_counts_of_the_released_sizes(name, width, depth, heads, expec
     assert sum(p.numel() for p in frozen.parameters() if p.requires_grad) == expected - width
 
 
+def test_initialisation_as_released():
+    torch.manual_seed(0)
+    model = create_model("MDTv2-T/2")
+    for table in (model.pos_embed, model.decoder_pos_embed):  # learned, starting as the 2-D sin-cos table
+        assert table.requires_grad
+        torch.testing.assert_close(table.detach(), sincos_2d(96, 16))
+    assert 0.015 < model.mask_token.std() < 0.025  # N(0, 0.02) when the model trains with masking
+    for block in [*model.blocks, *model.sideblocks]:  # adaLN-Zero everywhere, also in the side-interpolator
+        assert not block.adaLN_modulation[1].weight.any()
+        table = block.attn.rel_pos_bias.relative_position_bias_table
+        assert 0.015 < table.std() < 0.025  # trunc_normal(std 0.02) cut at +-2 as released: in effect N(0, 0.02)
+    frozen = create_model("MDTv2-T/2", mask_ratio=None)
+    assert not frozen.mask_token.requires_grad and not frozen.mask_token.any()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Numbers against the released code
 # ----------------------------------------------------------------------------------------------------------
@@ -199,9 +215,11 @@ def test_mdt_masks_keep_the_released_counts():
     generator = torch.Generator().manual_seed(0)
     kept = []
     for _ in range(300):
+        ratio = 0.3 + (0.5 - 0.3) * torch.rand((), generator=torch.Generator().set_state(generator.get_state()))
         masks = mdt_masks(model, 4, generator, "cpu")
         counts = masks.keep.sum(1)
         assert (counts == counts[0]).all() and not (masks.keep == masks.keep[0]).all()
+        assert counts[0] == int(256 * (1 - ratio))  # the batch's ratio, truncated as released
         kept.append(counts[0].item())
     # r ~ U(0.3, 0.5) once per batch, int(256 (1 - r)) tokens kept: 128 .. 179, on average about 153
     assert min(kept) >= 128 and max(kept) <= 179 and 150 < np.mean(kept) < 156
@@ -324,9 +342,14 @@ def test_pipeline_cli_and_explorer_sample_an_mdtv2(tmp_path, capsys):
     pipe.save_pretrained(tmp_path / "models" / "mdt_digits")
     torch.save({"ema": model.state_dict()}, tmp_path / "models" / "mdt.pt")
     out = tmp_path / "grid.png"
-    assert main(["sample", "--ckpt", str(tmp_path / "models" / "mdt_digits"), "--classes", "3,7", "--steps", "2",
-                 "--sampler", "ddim", "--cfg", "2", "--cfg-schedule", "power-cos", "--amm", "preset", "--out",
-                 str(out)]) == 0 and out.is_file()
+    arrays = {}
+    for schedule in ("constant", "power-cos"):
+        out = tmp_path / f"{schedule}.npz"
+        assert main(["sample", "--ckpt", str(tmp_path / "models" / "mdt_digits"), "--classes", "3,7", "--steps", "2",
+                     "--sampler", "ddim", "--cfg", "2", "--cfg-schedule", schedule, "--amm", "preset", "--out",
+                     str(out)]) == 0
+        arrays[schedule] = np.load(out)["arr_0"]
+    assert arrays["constant"].shape == (2, 32, 32, 1) and (arrays["constant"] != arrays["power-cos"]).any()
     with pytest.raises(SystemExit) as exit_info:
         main(["sample", "--ckpt", str(tmp_path / "models" / "mdt.pt"), "--cfg-schedule", "cos", "--out", str(out)])
     assert exit_info.value.code == 2 and "invalid choice: 'cos'" in capsys.readouterr().err
