@@ -36,9 +36,9 @@ class TokenRemoval:
 
     def keep_ids(self) -> torch.Tensor:
         """(B, L): the grid positions of each sample's kept tokens, ascending."""
-        counts = self.keep.sum(dim=1)
-        if self.keep.ndim != 2 or not len(counts) or (counts != counts[0]).any() or counts[0] < 1:
-            raise ValueError("MDT masks must keep the same number (at least 1) of tokens in every sample")
+        counts = self.keep.sum(dim=1) if self.keep.ndim == 2 else None
+        if counts is None or not len(counts) or (counts != counts[0]).any() or counts[0] < 1:
+            raise ValueError("MDT masks must be (B, N) and keep the same number (at least 1) of tokens in every sample")
         return self.keep.nonzero()[:, 1].view(len(counts), -1)  # nonzero is row-major: grouped by sample
 
 
