@@ -1,4 +1,4 @@
-"""The masking study on the digits: EDT-T/2 with EDT, MDT-style and no masking, and DiT-T/2, on one budget.
+"""The masking study on the digits: EDT-T/2 with EDT, input-zero and no masking, and DiT-T/2, on one budget.
 
     python benchmarks/masking_study.py [--steps 800] [--runs-dir runs/masking_study] [--per-class 20]
                                        [--json docs/masking_study.json] [--figure docs/masking_study.png]
@@ -31,7 +31,8 @@ from edt_lab.pipeline import EDTPipeline, make_scheduler
 from edt_lab.sample import generate
 from edt_lab.train import list_checkpoints, load_latest_checkpoint
 
-ARMS = {"EDT-T/2, EDT masking": ("EDT-T/2", "edt"), "EDT-T/2, MDT masking": ("EDT-T/2", "mdt"),
+# "input-zero" drops MDT's token counts at the input by zeroing (EDT has no side-interpolator for MDT's removal).
+ARMS = {"EDT-T/2, EDT masking": ("EDT-T/2", "edt"), "EDT-T/2, input-zero masking": ("EDT-T/2", "input-zero"),
         "EDT-T/2, no masking": ("EDT-T/2", "none"), "DiT-T/2": ("DiT-T/2", "none")}
 RECIPE = ["--data", "mnist", "--batch-size", "32", "--ckpt-every", "200", "--log-every", "20", "--sample-every", "0",
           "--seed", "0", "--lr", "1e-3", "--lr-decay-steps", "40000", "--ema-decay", "0.999"]

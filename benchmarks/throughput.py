@@ -1,12 +1,12 @@
-"""Inference and training throughput of EDT against DiT, measured in one process.
+"""Inference and training throughput of EDT against DiT and MDTv2, measured in one process.
 
-    python benchmarks/throughput.py --models EDT-S/2 DiT-S/2 --batch-size 8 --device cpu --dtype fp32 \
+    python benchmarks/throughput.py --models EDT-S/2 MDTv2-S/2 DiT-S/2 --batch-size 8 --device cpu --dtype fp32 \
         [--attention sdpa|math] [--compile] [--repeats 3] [--json FILE]
 
 Inference: steps/s of one eval forward (one denoising step) at batch B, EDT with AMM as in the released preset.
-Training: iterations/s of the `edt-lab train` step (loss pass(es), backward, Adan step); EDT both with its masked
-pass (two passes, as trained) and without. The models are measured in turn, `--repeats` rounds, and the medians
-reported, so a slow spell of the machine hits every model alike.
+Training: iterations/s of the `edt-lab train` step (loss pass(es), backward, Adan step); EDT and MDTv2 both with
+their masked pass (two passes, as trained: EDT's masks, MDT's token removal) and without. The models are measured
+in turn, `--repeats` rounds, and the medians reported, so a slow spell of the machine hits every model alike.
 """
 
 import argparse
@@ -19,6 +19,7 @@ from contextlib import nullcontext
 import torch
 
 from edt_lab.amm import AMM_PRESETS, preset_for
+from edt_lab.masking import default_masking
 from edt_lab.models import create_model, set_attention_path
 from train_speed import synchronize, time_steps
 
@@ -32,6 +33,12 @@ def inputs(model, batch_size: int, device):
     t = torch.randint(0, 1000, (batch_size,), generator=generator)
     y = torch.randint(0, cfg.num_classes, (batch_size,), generator=generator)
     return x.to(device), t.to(device), y.to(device)
+
+
+def masking_as_trained(name: str) -> str:
+    """The masked pass the model trains with as released ("none" when it has none)."""
+    with torch.device("meta"):
+        return default_masking(create_model(name))
 
 
 def build_inference_model(name: str, device, attention: str, compile_model: bool):
@@ -83,7 +90,7 @@ def main(argv=None) -> dict:
 
     models = {name: build_inference_model(name, args.device, args.attention, args.compile) for name in args.models}
     train_cases = [(name, masking) for name in args.models
-                   for masking in (("edt", "none") if name.startswith("EDT") else ("none",))]
+                   for masking in dict.fromkeys((masking_as_trained(name), "none"))]  # DiT: "none" once
     inference = {name: [] for name in args.models}
     training = {case: [] for case in train_cases}
     for _ in range(args.repeats):
@@ -101,8 +108,7 @@ def main(argv=None) -> dict:
                "peak_memory_mb": peak_memory_mb(args.device)}
         for (case_name, masking), seconds in training.items():
             if case_name == name and seconds:
-                key = "train_iters_per_s" if masking == ("edt" if name.startswith("EDT") else "none") \
-                    else "train_iters_per_s_no_mask"
+                key = "train_iters_per_s" if masking == masking_as_trained(name) else "train_iters_per_s_no_mask"
                 row[key] = 1 / statistics.median(seconds)
         results.append(row)
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),

@@ -76,6 +76,7 @@ AMM_PRESETS = {
     "edt-xl": AMMPreset((23, 25), note="EDT-XL/2 at 256x256"),
     "dit-xl": AMMPreset((15, 17, 19, 22, 24), note="DiT-XL/2 plug-in, 256x256, no guidance"),
     "dit-s": AMMPreset((8, 10), note="DiT-S/2 plug-in"),
+    "mdtv2-s": AMMPreset((8,), note="MDTv2-S/2 plug-in at guidance 1 or 3.8: the first decoder block"),
 }
 
 
@@ -83,7 +84,7 @@ LATENT_SIZE_512 = 64  # a 512x512 image is a 64x64 latent (32x32 tokens at patch
 
 
 def preset_for(model, guidance_scale: float = 1.0) -> str:
-    """Name of the released arrangement that fits `model` (an EDT or DiT) at its image size and this guidance."""
+    """Name of the released arrangement that fits `model` (EDT, DiT or MDTv2) at its image size and guidance."""
     family, depth = type(model).__name__, model.num_blocks
     if family == "EDT" and depth == 12:  # the S/B (and our T) pyramid: 2, 2, 2, 3, 3 blocks
         if model.config.input_size == LATENT_SIZE_512:
@@ -95,4 +96,6 @@ def preset_for(model, guidance_scale: float = 1.0) -> str:
         return "dit-xl"
     if family == "DiT" and depth == 12:
         return "dit-s"
+    if family == "MDTv2" and depth == 12:  # released for MDTv2-S; the 12-block B (and our T) share the layout
+        return "mdtv2-s"
     raise ValueError(f"no released AMM arrangement for a {family} with {depth} blocks; pass the blocks explicitly")

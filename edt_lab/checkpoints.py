@@ -1,6 +1,6 @@
 """Loading released and own model files safely: architecture inferred from tensor shapes, never pickled code.
 
-Accepted: a released EDT/DiT training file (`torch.save` dict with `model`/`ema`/`opt`/`args`; `ema` is taken),
+Accepted: a released EDT/DiT/MDTv2 training file (`torch.save` dict with `model`/`ema`/`opt`/`args`; `ema` is taken),
 a bare state dict (`.pt`/`.pth` or `.safetensors`), this project's training checkpoint (it also holds `config`),
 a `save_pretrained` model folder, a diffusers `DiTTransformer2DModel` folder (converted to DiT exactly), or a
 pipeline folder (its `transformer/`), ours or diffusers' (e.g. `DiTPipeline.save_pretrained`).
@@ -18,10 +18,11 @@ import torch
 from safetensors.torch import load_file
 
 from .diffusers_dit import DIFFUSERS_DIT_CLASSES, dit_config, dit_state_dict
-from .models import DiT, EDT
+from .models import DiT, EDT, MDTv2
 from .models.registry import MODEL_CONFIGS
 
-MODEL_CLASSES = {"EDT": EDT, "DiT": DiT}
+MODEL_CLASSES = {"EDT": EDT, "DiT": DiT, "MDTv2": MDTv2}
+MDT_MASK_RATIO = 0.3  # what the released MDTv2 runs train with; a state dict does not record it
 
 
 def safe_torch_load(path) -> dict:
@@ -57,7 +58,7 @@ def _refusal_reason(error: pickle.UnpicklingError) -> str:
 
 
 def model_config(model) -> dict:
-    """JSON-able config of an EDT or DiT, with `_class_name`, that `model_from_config` turns back into a model."""
+    """JSON-able config of a model (EDT, DiT, MDTv2) with `_class_name`, that `model_from_config` turns back."""
     config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
     config = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
     return {"_class_name": type(model).__name__, **config}
@@ -68,7 +69,7 @@ def model_from_config(config: dict):
     config = dict(config)
     name = config.pop("_class_name", None)
     if name not in MODEL_CLASSES:
-        raise ValueError(f"unknown model class {name!r}: expected EDT or DiT")
+        raise ValueError(f"unknown model class {name!r}: expected one of {', '.join(MODEL_CLASSES)}")
     allowed = inspect.signature(MODEL_CLASSES[name].__init__).parameters
     return MODEL_CLASSES[name](**{k: v for k, v in config.items() if k in allowed})
 
@@ -84,19 +85,33 @@ def _namespace_value(args, key):
     return getattr(args, key, None) if isinstance(args, argparse.Namespace) else None
 
 
+def count_blocks(state_dict: dict, prefix: str) -> int:
+    """How many blocks `prefix.{i}.*` a state dict holds (0 when none)."""
+    return 1 + max((int(k.split(".")[1]) for k in state_dict if k.startswith(f"{prefix}.")), default=-1)
+
+
 def infer_config(state_dict: dict, args=None) -> dict:
-    """Architecture of an EDT or DiT state dict from its tensor shapes alone (DiT heads: registry or `args`)."""
+    """Architecture of an EDT, DiT or MDTv2 state dict from its tensor shapes alone (DiT heads: registry or `args`;
+    MDTv2's mask ratio, which only training uses: `args`, else the released 0.3)."""
     if "x_embedder.proj.weight" not in state_dict or "final_layer.linear.weight" not in state_dict:
-        raise ValueError("not an EDT or DiT state dict: no x_embedder.proj.weight / final_layer.linear.weight")
+        raise ValueError("not an EDT, DiT or MDTv2 state dict: no x_embedder.proj.weight / final_layer.linear.weight")
     width, in_channels, patch, _ = state_dict["x_embedder.proj.weight"].shape
     grid = math.isqrt(state_dict["pos_embed"].shape[1])
     out_channels = state_dict["final_layer.linear.weight"].shape[0] // (patch * patch)
     table_rows = state_dict["y_embedder.embedding_table.weight"].shape[0]
-    num_blocks = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("blocks."))
-    widths = [state_dict[f"blocks.{i}.attn.qkv.weight"].shape[1] for i in range(num_blocks)]
-    mlp_ratio = state_dict["blocks.0.mlp.fc1.weight"].shape[0] / widths[0]
+    first_block = "en_inblocks.0" if "en_inblocks.0.attn.qkv.weight" in state_dict else "blocks.0"
+    mlp_ratio = state_dict[f"{first_block}.mlp.fc1.weight"].shape[0] / width
     common = dict(input_size=grid * patch, patch_size=patch, in_channels=in_channels, num_classes=table_rows - 1,
                   learn_sigma=out_channels == 2 * in_channels, mlp_ratio=mlp_ratio)
+    if first_block == "en_inblocks.0":
+        decode_layer = count_blocks(state_dict, "de_blocks")
+        heads = state_dict["en_inblocks.0.attn.rel_pos_bias.relative_position_bias_table"].shape[1]
+        mask_ratio = _namespace_value(args, "mask_ratio")
+        return {"_class_name": "MDTv2", **common, "hidden_size": width, "num_heads": heads,
+                "depth": 2 * count_blocks(state_dict, "en_inblocks") + decode_layer, "decode_layer": decode_layer,
+                "mask_ratio": MDT_MASK_RATIO if mask_ratio is None else float(mask_ratio)}
+    num_blocks = count_blocks(state_dict, "blocks")
+    widths = [state_dict[f"blocks.{i}.attn.qkv.weight"].shape[1] for i in range(num_blocks)]
     if "down_blocks.0.reduction.weight" in state_dict:
         # Blocks come in five runs of equal width; neighbouring stages differ in width in every EDT.
         runs = []
@@ -168,7 +183,7 @@ def _load_diffusers_dit(folder: Path, config: dict):
 
 
 def load_checkpoint(path, device="cpu"):
-    """A ready EDT or DiT (eval mode) from any accepted file or folder."""
+    """A ready EDT, DiT or MDTv2 (eval mode) from any accepted file or folder."""
     path = Path(path)
     if path.is_dir():
         folder = path / "transformer" if (path / "model_index.json").is_file() else path
@@ -180,8 +195,8 @@ def load_checkpoint(path, device="cpu"):
         if name in DIFFUSERS_DIT_CLASSES:
             return _load_diffusers_dit(folder, config).to(device).eval()
         if name not in MODEL_CLASSES:
-            raise ValueError(f"{config_file}: unknown model class {name!r}: expected EDT, DiT or a diffusers "
-                             f"{' / '.join(DIFFUSERS_DIT_CLASSES)}")
+            raise ValueError(f"{config_file}: unknown model class {name!r}: expected one of "
+                             f"{', '.join(MODEL_CLASSES)} or a diffusers {' / '.join(DIFFUSERS_DIT_CLASSES)}")
         return MODEL_CLASSES[name].from_pretrained(folder).to(device).eval()
     if not path.exists():
         raise ValueError(f"{path}: no such file or folder")

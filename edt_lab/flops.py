@@ -9,7 +9,7 @@ total is twice ours. Everything here is analytic: it reads the model's config an
 from dataclasses import dataclass
 from pathlib import Path
 
-from .models import MODEL_NAMES, DiT, EDT, create_model
+from .models import MODEL_NAMES, DiT, EDT, MDTv2, create_model
 
 def block_macs(tokens: int, width: int, cond_dim: int, mlp_ratio: float = 4.0) -> int:
     """One adaLN-Zero block: adaLN, qkv, the two attention products, proj, MLP."""
@@ -33,6 +33,11 @@ def concat_macs(tokens: int, width: int, cond_dim: int) -> int:
     return 4 * cond_dim * width + 2 * tokens * width**2
 
 
+def skip_macs(tokens: int, width: int) -> int:
+    """MDTv2's long-skip fusion `skip_linear`: [x, skip] 2D -> D on N tokens."""
+    return 2 * tokens * width**2
+
+
 def embed_macs(tokens: int, patch: int, in_channels: int, width: int) -> int:
     """Patch embedding plus the timestep MLP (256 -> D -> D); the label lookup costs nothing."""
     return tokens * patch**2 * in_channels * width + 256 * width + width**2
@@ -47,8 +52,8 @@ def final_macs(tokens: int, patch: int, out_channels: int, width: int) -> int:
 class CostItem:
     """The MACs of one module of one sample's forward."""
 
-    module: str  # state-dict prefix, e.g. "blocks.3", "down_blocks.0", "embed", "final_layer"
-    stage: str  # "embed", "stage 0" .. "stage 4" (EDT), "blocks" (DiT), "final"
+    module: str  # state-dict prefix, e.g. "blocks.3", "down_blocks.0", "de_blocks.1", "embed", "final_layer"
+    stage: str  # "embed", "stage 0" .. "stage 4" (EDT), "blocks" (DiT), "encoder in" .. "decoder" (MDTv2), "final"
     macs: int
     tokens: int
     width: int
@@ -77,7 +82,9 @@ class CostReport:
 
 
 def count_macs(model) -> CostReport:
-    """Analytic MACs of one sample's forward for an EDT or DiT (meta-device models work)."""
+    """Analytic MACs of one sample's forward (sampling: no masked pass) for an EDT, DiT or MDTv2 (meta-device models
+    work). An MDTv2 block behind a long skip counts its `skip_linear` in the block's own item; the side-interpolator,
+    which only the masked training pass runs, is listed at 0."""
     cfg = model.config
     patch, in_ch = cfg.patch_size, cfg.in_channels
     if isinstance(model, EDT):
@@ -106,8 +113,17 @@ def count_macs(model) -> CostReport:
         items = [CostItem("embed", "embed", embed_macs(n_tokens, patch, in_ch, width), n_tokens, width)]
         items += [CostItem(f"blocks.{i}", "blocks", block_macs(n_tokens, width, width, cfg.mlp_ratio), n_tokens, width)
                   for i in range(cfg.depth)]
+    elif isinstance(model, MDTv2):
+        width, n_tokens = cfg.hidden_size, model.grid_size**2
+        items = [CostItem("embed", "embed", embed_macs(n_tokens, patch, in_ch, width), n_tokens, width)]
+        block = block_macs(n_tokens, width, width, cfg.mlp_ratio)
+        for prefix, stage, skip in (("en_inblocks", "encoder in", 0), ("en_outblocks", "encoder out", 1),
+                                    ("de_blocks", "decoder", 1)):
+            items += [CostItem(f"{prefix}.{i}", stage, block + skip * skip_macs(n_tokens, width), n_tokens, width)
+                      for i in range(len(getattr(model, prefix)))]
+        items.append(CostItem("sideblocks.0", "side (training only)", 0, n_tokens, width))
     else:
-        raise ValueError(f"count_macs expects an EDT or DiT, got {type(model).__name__}")
+        raise ValueError(f"count_macs expects an EDT, DiT or MDTv2, got {type(model).__name__}")
     items.append(CostItem("final_layer", "final", final_macs(n_tokens, patch, model.out_channels, width),
                           n_tokens, width))
     return CostReport(items)
@@ -122,12 +138,13 @@ def count_params(model) -> dict:
 def format_report(name: str, model) -> str:
     """A text table of a model's cost by stage and module."""
     report, params = count_macs(model), count_params(model)
+    stage_width = 2 + max(len(item.stage) for item in report.items)
     lines = [f"{name}: {report.gflops:.3f} GFLOPs (multiply-accumulates, one sample, matrix products only), "
              f"{params['trainable']:,} trainable parameters",
-             f"{'stage':<10}{'module':<18}{'tokens':>7}{'width':>7}{'GMACs':>10}{'share':>8}"]
+             f"{'stage':<{stage_width}}{'module':<18}{'tokens':>7}{'width':>7}{'GMACs':>10}{'share':>8}"]
     for item in report.items:
-        lines.append(f"{item.stage:<10}{item.module:<18}{item.tokens:>7}{item.width:>7}{item.macs / 1e9:>10.4f}"
-                     f"{item.macs / report.total:>8.1%}")
+        lines.append(f"{item.stage:<{stage_width}}{item.module:<18}{item.tokens:>7}{item.width:>7}"
+                     f"{item.macs / 1e9:>10.4f}{item.macs / report.total:>8.1%}")
     lines.append("by stage: " + ", ".join(f"{s} {m / 1e9:.3f}" for s, m in report.by_stage().items()))
     return "\n".join(lines)
 

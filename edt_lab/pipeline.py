@@ -1,4 +1,4 @@
-"""EDTPipeline: class-conditional sampling with EDT or DiT, guidance, AMM per call, previews and attention maps.
+"""EDTPipeline: class-conditional sampling with EDT, DiT or MDTv2, guidance, AMM per call, previews and attention maps.
 
 Data flow: a model (`edt_lab.checkpoints.load_checkpoint`) + a diffusers scheduler (+ a VAE for latent models)
 -> `pipe(class_labels, ...)` -> images in [0, 1]. Samplers are swappable: `pipe.scheduler = make_scheduler("dpm")`.
@@ -24,6 +24,7 @@ from .checkpoints import load_checkpoint
 from .data import LATENT_SCALE
 from .diffusion import make_training_scheduler
 from .models import capture_attention
+from .models.base import CFG_SCHEDULES
 
 SAMPLERS = ("ddpm", "ddim", "dpm")
 OUTPUT_TYPES = ("pil", "np", "pt")
@@ -75,7 +76,7 @@ class EDTPipelineOutput(BaseOutput):
 
 
 class EDTPipeline(DiffusionPipeline):
-    """Class-conditional sampling with an EDT or DiT `transformer`, a diffusers `scheduler` and an optional `vae`.
+    """Class-conditional sampling with an EDT, DiT or MDTv2 `transformer`, a diffusers `scheduler`, an optional `vae`.
 
     `vae` is an AutoencoderKL for latent models (4-channel latents scaled by 0.18215) and None for pixel-space
     models; `id2label` maps class index -> name (comma-separated synonyms allowed, as ImageNet's).
@@ -203,7 +204,7 @@ class EDTPipeline(DiffusionPipeline):
         images = images.permute(0, 2, 3, 1).numpy()
         return self.numpy_to_pil(images) if output_type == "pil" else images
 
-    def _check_call(self, num_inference_steps, guidance_scale, output_type, generator, batch_size):
+    def _check_call(self, num_inference_steps, guidance_scale, output_type, generator, batch_size, cfg_schedule):
         config = self.transformer.config
         if num_inference_steps < 1:
             raise ValueError(f"the number of sampling steps must be at least 1, got {num_inference_steps}")
@@ -212,6 +213,8 @@ class EDTPipeline(DiffusionPipeline):
                              f"{self.scheduler.config.num_train_timesteps}, got {num_inference_steps}")
         if guidance_scale < 1:
             raise ValueError(f"guidance_scale must be at least 1 (1 = no guidance), got {guidance_scale}")
+        if cfg_schedule not in CFG_SCHEDULES:
+            raise ValueError(f"unknown cfg_schedule {cfg_schedule!r}: expected one of {', '.join(CFG_SCHEDULES)}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"unknown output_type {output_type!r}: expected one of {', '.join(OUTPUT_TYPES)}")
         if self.vae is None and config.in_channels == 4:
@@ -235,6 +238,7 @@ class EDTPipeline(DiffusionPipeline):
         amm_radius: float | None = None,
         amm_scale: float | None = None,
         guided_channels: int | None = None,
+        cfg_schedule: str = "constant",
         callback_on_step_end=None,
         return_previews: bool = False,
         attention_blocks=None,
@@ -251,6 +255,8 @@ class EDTPipeline(DiffusionPipeline):
             arrangement for this model and guidance, `edt_lab.amm.preset_for`) or a preset name sets it for this
             call only. amm_radius: None = released radius per grid. amm_scale: k, None = 0.5 (or the preset's).
         guided_channels: channels guided by CFG, None = all noise channels, 3 = as the released scripts.
+        cfg_schedule: "constant" (guidance_scale at every step) or "power-cos" (MDTv2's released schedule: the scale
+            rises from about 1 at the noisiest step to guidance_scale at t = 0; see `edt_lab.models.base`).
         callback_on_step_end: f(pipe, step_index, timestep, {"latents": x}) -> dict; a returned "latents" replaces x.
         return_previews: also return the predicted clean images x0 after every step (decoded for latent models).
         attention_blocks: blocks whose attention (head mean, first image, conditional half) is returned, plain
@@ -258,7 +264,7 @@ class EDTPipeline(DiffusionPipeline):
         """
         labels = self.class_ids(class_labels)
         batch_size = len(labels)
-        self._check_call(num_inference_steps, guidance_scale, output_type, generator, batch_size)
+        self._check_call(num_inference_steps, guidance_scale, output_type, generator, batch_size, cfg_schedule)
         model, device = self.transformer, self._execution_device
         channels, size = model.config.in_channels, model.config.input_size
 
@@ -288,7 +294,7 @@ class EDTPipeline(DiffusionPipeline):
                     t_batch = t.reshape(1).to(device).expand(len(y))
                     if guided:  # (2B, ...) in, the guided prediction in both halves out
                         out = model.forward_with_cfg(torch.cat([x_in, x_in]), t_batch, y, guidance_scale,
-                                                     guided_channels)[:batch_size]
+                                                     guided_channels, cfg_schedule)[:batch_size]
                     else:
                         out = model(x_in, t_batch, y)
                 if capture:

@@ -19,10 +19,12 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .checkpoints import load_checkpoint
 from .cli import make_parent_folder
+from .models.base import CFG_SCHEDULES
 from .pipeline import DEFAULT_MODEL_DIR, EDTPipeline, image_generators, load_default, load_vae, make_scheduler
 
 # Used when neither the command line nor the model folder's recommended.json gives a value.
-FALLBACK_SETTINGS = {"sampler": "ddpm", "steps": 250, "cfg": 1.0, "amm": "off", "amm_radius": None, "amm_scale": None}
+FALLBACK_SETTINGS = {"sampler": "ddpm", "steps": 250, "cfg": 1.0, "cfg_schedule": "constant", "amm": "off",
+                     "amm_radius": None, "amm_scale": None}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -146,6 +148,8 @@ def add_arguments(parser):
     parser.add_argument("--steps", type=int, help="sampling steps (default: recommended, else 250)")
     parser.add_argument("--sampler", help="ddpm, ddim or dpm (default: recommended, else ddpm)")
     parser.add_argument("--cfg", type=float, help="classifier-free guidance scale, 1 = none")
+    parser.add_argument("--cfg-schedule", choices=CFG_SCHEDULES, help="constant (default: recommended, else constant) "
+                        "or power-cos (MDTv2's released schedule, with --guided-channels 3)")
     parser.add_argument("--amm", help="'preset', 'off' or block indices such as 7,10 (default: recommended, else off)")
     parser.add_argument("--amm-radius", type=float, help="AMM radius in tokens (default: the released one)")
     parser.add_argument("--amm-scale", type=float, help="AMM scale k (default 0.5)")
@@ -214,7 +218,8 @@ def run(args):
     with state.split_between_processes(batches) as own_batches:
         indices = [i for batch in own_batches for i in batch]
         images = generate(pipe, labels[indices], indices, args.seed, args.batch_size,
-                          guidance_scale=settings["cfg"], num_inference_steps=settings["steps"],
+                          guidance_scale=settings["cfg"], cfg_schedule=settings["cfg_schedule"],
+                          num_inference_steps=settings["steps"],
                           amm_blocks=amm_blocks, amm_radius=settings["amm_radius"], amm_scale=settings["amm_scale"],
                           guided_channels=args.guided_channels)
     if state.num_processes > 1:

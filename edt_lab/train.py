@@ -30,8 +30,8 @@ from tqdm import tqdm
 from .checkpoints import load_checkpoint, model_config, safe_torch_load
 from .data import make_dataset
 from .diffusion import TIMESTEP_SAMPLERS, make_timestep_sampler, make_training_scheduler, q_sample, training_losses
-from .masking import MASKING_STRATEGIES, draw_masks
-from .models import EDT, MODEL_NAMES, create_model
+from .masking import MASKING_STRATEGIES, default_masking, draw_masks
+from .models import MODEL_NAMES, create_model
 from .pipeline import EDTPipeline, image_generators, load_vae, make_scheduler
 
 CHECKPOINT_KEYS = ("model", "ema", "opt", "lr_scheduler", "step", "data", "rng", "timestep_sampler", "log_sums", "args",
@@ -62,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start a new run from these weights (any file or folder `load_checkpoint` reads, of the "
                         "same model) instead of a fresh initialisation; the EMA starts from them too")
     parser.add_argument("--masking", choices=MASKING_STRATEGIES, default=None,
-                        help="masked pass: edt (default for EDT), mdt (input masking) or none (default for DiT)")
+                        help="masked pass: edt (default for EDT), mdt (token removal, default for MDTv2), input-zero "
+                        "(MDT's counts zeroed at the input, EDT or DiT) or none (default for DiT)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--optimizer", choices=("adan", "adamw"), default="adan", help="no weight decay either way")
     parser.add_argument("--lr", type=float, default=None,
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> None:
 
 def fill_released_defaults(args: argparse.Namespace, model) -> argparse.Namespace:
     """The arguments with each unset choice (None) replaced by what the released scripts use for this model."""
-    masking = args.masking or ("edt" if isinstance(model, EDT) else "none")
+    masking = args.masking or default_masking(model)
     lr = args.lr if args.lr is not None else RELEASED_LR.get(args.model, DEFAULT_LR)
     update_every = args.lr_update_every
     if update_every is None:

@@ -19,3 +19,12 @@ def compat_case():
 def manifest():
     """Every released model's state-dict keys and shapes, parameter counts and cost."""
     return json.loads((DATA / "official_state_dict_manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (more only adds waiting on a busy CPU); restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -114,5 +114,5 @@ def test_unreadable_or_missing_files(tmp_path):
     with pytest.raises(ValueError, match="no such file"):
         load_checkpoint(tmp_path / "absent.pt")
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not an EDT or DiT state dict"):
+    with pytest.raises(ValueError, match="not an EDT, DiT or MDTv2 state dict"):
         load_checkpoint(tmp_path / "other.pt")

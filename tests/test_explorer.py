@@ -26,13 +26,7 @@ def tiny_edt(num_classes: int = 10):
     return randomize_weights(model, seed=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tiny models run fastest on one thread (more only adds waiting on a busy CPU); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ def test_released_gflops(name, manifest):
         assert count_params(model)["total"] == manifest[name]["all_params"]
 
 
-@pytest.mark.parametrize("name", ["EDT-T/2", "DiT-T/2"])
+@pytest.mark.parametrize("name", ["EDT-T/2", "DiT-T/2", "MDTv2-T/2"])
 def test_flop_counter_agrees_with_the_analytic_count(name):
     """FlopCounterMode counts 2 FLOPs per multiply-accumulate of the matrix products it sees (one sample)."""
     model = create_model(name).eval()

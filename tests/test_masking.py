@@ -1,10 +1,10 @@
-"""Masks of the masked training pass: EDT's drop rates, one p per batch, independence, MDT's exact counts."""
+"""Masks of the masked training pass: EDT's drop rates, one p per batch, independence, input-zero exact counts."""
 
 import numpy as np
 import pytest
 import torch
 
-from edt_lab.masking import draw_masks, edt_masks, mask_grids, mdt_masks
+from edt_lab.masking import draw_masks, edt_masks, input_zero_masks, mask_grids
 from edt_lab.models import TokenMasks, create_model
 
 TINY = dict(dims=(16, 24, 32, 24, 16), num_heads=(1, 1, 1, 1, 1), stages_depth=(1, 1, 1, 1, 1))
@@ -82,12 +82,12 @@ def test_pos_replace_only_with_a_deep_first_stage():
     assert edt_masks(deep, 8, generator, "cpu", pos_replace_ratio=None).pos_replace is None
 
 
-def test_mdt_masks_drop_an_exact_count_per_sample(edt, dit):
+def test_input_zero_masks_drop_an_exact_count_per_sample(edt, dit):
     generator = torch.Generator().manual_seed(0)
     counts = []
     for model in (edt, dit):
         for _ in range(300):
-            masks = mdt_masks(model, 6, generator, "cpu")
+            masks = input_zero_masks(model, 6, generator, "cpu")
             assert masks.down == () and masks.pos_replace is None
             dropped = (~masks.input).sum(1)  # (B,)
             assert (dropped == dropped[0]).all()  # the same count in every sample of the batch...
@@ -100,7 +100,7 @@ def test_mdt_masks_drop_an_exact_count_per_sample(edt, dit):
 def test_masked_forward_runs_with_drawn_masks(edt, dit):
     x, t, y = torch.randn(2, 1, 32, 32), torch.tensor([10, 500]), torch.tensor([1, 2])
     generator = torch.Generator().manual_seed(0)
-    for strategy, model in (("edt", edt), ("mdt", edt), ("mdt", dit)):
+    for strategy, model in (("edt", edt), ("input-zero", edt), ("input-zero", dit)):
         out = model(x, t, y, masks=draw_masks(strategy, model, 2, generator, "cpu"))
         assert out.shape == (2, 2, 32, 32) and torch.isfinite(out).all()
 
@@ -148,7 +148,7 @@ def test_draw_masks_names(edt, dit):
     assert draw_masks("none", edt, 2, generator, "cpu") is None
     assert draw_masks(None, edt, 2, generator, "cpu") is None
     assert len(draw_masks("edt", edt, 2, generator, "cpu").down) == 2
-    assert draw_masks("mdt", dit, 2, generator, "cpu").input.shape == (2, 256)
+    assert draw_masks("input-zero", dit, 2, generator, "cpu").input.shape == (2, 256)
     with pytest.raises(ValueError, match="unknown masking strategy"):
         draw_masks("random", edt, 2, generator, "cpu")
     with pytest.raises(ValueError, match="needs an EDT model"):
@@ -156,7 +156,7 @@ def test_draw_masks_names(edt, dit):
     with pytest.raises(ValueError, match="ratios"):
         edt_masks(edt, 2, generator, "cpu", ratios=((0.5, 0.4), (0.1, 0.2)))
     with pytest.raises(ValueError, match="ratio"):
-        mdt_masks(edt, 2, generator, "cpu", ratio=(0.3, 1.5))
+        input_zero_masks(edt, 2, generator, "cpu", ratio=(0.3, 1.5))
 
 
 def test_mask_grids(edt):
@@ -168,6 +168,6 @@ def test_mask_grids(edt):
     np.testing.assert_array_equal(grids["down_blocks.0"][1, 2, 5], masks.down[0][1, 2 * 16 + 5].float().numpy())
     assert set(np.unique(grids["down_blocks.1"])) <= {0.0, 1.0}
     assert mask_grids(None, edt) == {}
-    assert set(mask_grids(mdt_masks(edt, 2, torch.Generator(), "cpu"), edt)) == {"input"}
+    assert set(mask_grids(input_zero_masks(edt, 2, torch.Generator(), "cpu"), edt)) == {"input"}
     with pytest.raises(ValueError, match="mask must be"):
         mask_grids(TokenMasks(input=torch.ones(2, 100, dtype=torch.bool)), edt)

@@ -136,9 +136,13 @@ def test_presets_fit_their_models():
         # The image size counts: an EDT-S/2 at 512x512 (64x64 latents) takes the released 512 arrangement.
         assert preset_for(create_model("EDT-S/2", input_size=64), 4.0) == "edt-s-512"
         assert preset_for(create_model("EDT-S/2", input_size=64), 1.0) == "edt-s-512"
+        assert preset_for(create_model("MDTv2-S/2"), 3.8) == "mdtv2-s"
+        with pytest.raises(ValueError, match="no released AMM arrangement for a MDTv2 with 28 blocks"):
+            preset_for(create_model("MDTv2-XL/2"))  # the released code has an AMM arrangement for MDTv2-S only
         for name in MODEL_NAMES:
             model = create_model(name)
-            model.set_amm(AMM_PRESETS[preset_for(model)].blocks)
+            if name != "MDTv2-XL/2":
+                model.set_amm(AMM_PRESETS[preset_for(model)].blocks)
 
 
 def test_relative_position_bias_tables_start_as_released():

@@ -239,10 +239,10 @@ def masking_tab() -> dict:
     """The keep-masks of one masked training pass."""
     with gr.Tab("Masking (training)"):
         gr.Markdown("EDT trains with a second, masked pass: tokens entering each down-sampling module are dropped at "
-                    "random, so the blocks before must spread information across tokens. These are the masks one "
-                    "such pass would draw (over the last image).")
+                    "random, so the blocks before must spread information across tokens; MDTv2 removes tokens from "
+                    "its encoder instead (mdt). These are the masks one such pass would draw (over the last image).")
         with gr.Row():
-            inputs = {"strategy": gr.Radio(["edt", "mdt"], value="edt", label="strategy"),
+            inputs = {"strategy": gr.Radio(["edt", "mdt", "input-zero"], value="edt", label="strategy"),
                       "mask_seed": gr.Number(0, label="mask seed", precision=0, minimum=0),
                       "mask_button": gr.Button("Draw masks")}
         return {**inputs, "mask_plot": gr.Plot(label="keep-masks", show_label=False)}

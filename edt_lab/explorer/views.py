@@ -1,6 +1,7 @@
 """The explorer's views as plain values: PIL images, numpy arrays, matplotlib figures and markdown text."""
 
 import math
+from functools import cache
 
 import numpy as np
 import torch
@@ -11,6 +12,7 @@ from PIL import Image
 from ..amm import default_radius, modulation_function, modulation_matrix
 from ..flops import count_macs, count_params
 from ..masking import draw_masks, mask_grids
+from ..models import create_model
 
 TILE = 128  # digits are 32 x 32: shown larger, with sharp pixels
 
@@ -158,14 +160,27 @@ def stage_params(model, report) -> dict[str, int]:
         if not p.requires_grad:
             continue
         parts = name.split(".")
-        module = ".".join(parts[:2]) if parts[1].isdigit() else parts[0]  # "blocks.3", "final_layer", "t_embedder"
-        stage = stage_of.get(module, "embed")  # the embedders are the only modules not listed by name
+        module = ".".join(parts[:2]) if len(parts) > 1 and parts[1].isdigit() else parts[0]  # "blocks.3", "pos_embed"
+        stage = stage_of.get(module, "embed")  # embedders and MDTv2's learned position tables and mask token
         counts[stage] += p.numel()
     return counts
 
 
+@cache
+def released_costs() -> tuple[tuple[str, float, int], ...]:
+    """(name, GFLOPs, trainable parameters) of the released sizes of EDT, DiT and MDTv2, counted on the meta device."""
+    rows = []
+    for size in ("S", "B", "XL"):
+        for family in ("EDT", "DiT", "MDTv2"):
+            with torch.device("meta"):
+                model = create_model(f"{family}-{size}/2")
+            rows.append((f"{family}-{size}/2", count_macs(model).gflops, count_params(model)["trainable"]))
+    return tuple(rows)
+
+
 def cost_markdown(model) -> str:
-    """The model's parameters and GFLOPs with the per-stage breakdown, as a markdown table."""
+    """The model's parameters and GFLOPs with the per-stage breakdown, then the released sizes of EDT, DiT and MDTv2
+    side by side, as markdown tables."""
     report, params = count_macs(model), count_params(model)
     per_stage = stage_params(model, report)
     lines = [f"**{report.gflops:.4f} GFLOPs** (GFLOPs = multiply-accumulates, one sample; matrix products only, "
@@ -174,6 +189,9 @@ def cost_markdown(model) -> str:
              "| stage | GFLOPs | share | parameters |", "|---|---:|---:|---:|"]
     for stage, macs in report.by_stage().items():
         lines.append(f"| {stage} | {macs / 1e9:.4f} | {macs / report.total:.1%} | {per_stage[stage]:,} |")
+    lines += ["", "**The released sizes side by side** (256×256 ImageNet latents, 16×16 tokens; same convention)", "",
+              "| model | GFLOPs | parameters |", "|---|---:|---:|"]
+    lines += [f"| {name} | {gflops:.3f} | {count:,} |" for name, gflops, count in released_costs()]
     return "\n".join(lines)
 
 

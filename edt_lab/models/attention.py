@@ -1,4 +1,4 @@
-"""Multi-head self-attention with an optional relative position bias (EDT) and the AMM hook.
+"""Multi-head self-attention with an optional relative position bias (EDT, MDTv2) and the AMM hook.
 
 Three ways to compute the same thing:
 - fused: `scaled_dot_product_attention` with the position bias as its additive mask (default, no AMM);
@@ -14,14 +14,26 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-class RelativePositionBias(nn.Module):
-    """BEiT-style learned bias per head for each (query, key) offset on an n x n grid: table ((2n-1)^2, heads)."""
+def kept_pairs(matrix: torch.Tensor, keep_ids: torch.Tensor) -> torch.Tensor:
+    """The rows and columns of the kept tokens: matrix (N, N, ...) and keep_ids (B, L) -> (B, L, L, ...)."""
+    return matrix[keep_ids[:, :, None], keep_ids[:, None, :]]
 
-    def __init__(self, grid_size: int, num_heads: int):
+
+class RelativePositionBias(nn.Module):
+    """BEiT-style learned bias per head for each (query, key) offset on an n x n grid: table ((2n-1)^2, heads).
+
+    beit_layout: BEiT's own layout, which MDT releases: 3 more table rows (BEiT's class-token offsets, unused on a
+    grid) and the index stored in the state dict as `relative_position_index` (N, N); the same values as `index`.
+    """
+
+    def __init__(self, grid_size: int, num_heads: int, beit_layout: bool = False):
         super().__init__()
         self.grid_size = grid_size
-        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * grid_size - 1) ** 2, num_heads))
+        rows = (2 * grid_size - 1) ** 2 + (3 if beit_layout else 0)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)  # as released (cut at +-2)
+        if beit_layout:
+            self.register_buffer("relative_position_index", self.index(None))
         self._eval_cache = None  # (key, bias): reused across sampling steps while the table is unchanged
 
     def index(self, device) -> torch.Tensor:
@@ -33,9 +45,14 @@ class RelativePositionBias(nn.Module):
         d_col = cols[:, None] - cols[None, :] + n - 1
         return d_row * (2 * n - 1) + d_col
 
-    def forward(self) -> torch.Tensor:
-        """The bias (1, heads, N, N); 4-D, since SDPA's fused CPU kernel rejects a 3-D mask for a slow fallback."""
+    def forward(self, keep_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The bias (1, heads, N, N), or (B, heads, L, L) among the kept tokens keep_ids (B, L) of an MDT masked pass.
+
+        4-D, since SDPA's fused CPU kernel rejects a 3-D mask for a slow fallback.
+        """
         table = self.relative_position_bias_table
+        if keep_ids is not None:
+            return table[kept_pairs(self.index(table.device), keep_ids)].permute(0, 3, 1, 2)
         if self.training or torch.is_grad_enabled():
             return self._bias(table)
         # The version counter moves on every in-place write (load_state_dict, optimiser steps), so a stale
@@ -63,7 +80,7 @@ class Attention(nn.Module):
 
     use_fused = True
 
-    def __init__(self, dim: int, num_heads: int, grid_size: int | None = None):
+    def __init__(self, dim: int, num_heads: int, grid_size: int | None = None, beit_layout: bool = False):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
@@ -73,17 +90,20 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
         if grid_size is not None:
-            self.rel_pos_bias = RelativePositionBias(grid_size, num_heads)
+            self.rel_pos_bias = RelativePositionBias(grid_size, num_heads, beit_layout)
         self.amm = None  # set through the model's set_amm; a plain tensor, not state, as released files lack it
         self._amm_cache = None
         self.capture = None  # a dict while capture_attention is active
 
-    def forward(self, x):
+    def forward(self, x, keep_ids=None):
+        """x (B, N, C); keep_ids (B, N): in an MDT masked pass, the grid positions of x's N tokens (bias and AMM)."""
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, heads, N, head_dim)
-        bias = self.rel_pos_bias() if hasattr(self, "rel_pos_bias") else None
+        bias = self.rel_pos_bias(keep_ids) if hasattr(self, "rel_pos_bias") else None
         amm = self._amm_for(x) if (self.amm is not None and not self.training) else None
+        if amm is not None and keep_ids is not None:
+            amm = kept_pairs(amm, keep_ids).unsqueeze(1)  # (B, 1, N, N)
         if self.use_fused and amm is None and self.capture is None:
             bias = bias.to(q.dtype) if bias is not None else None
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)

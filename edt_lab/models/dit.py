@@ -43,7 +43,8 @@ class DiT(ClassConditionalTransformer):
         self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
         self.pos_embed = fixed_pos_embed(hidden_size, self.grid_size)
         self.blocks = nn.ModuleList([
-            TransformerBlock(hidden_size, num_heads, hidden_size, None, mlp_ratio, mlp_norm_eps) for _ in range(depth)
+            TransformerBlock(hidden_size, num_heads, hidden_size, None, mlp_ratio, mlp_norm_eps=mlp_norm_eps)
+            for _ in range(depth)
         ])
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         init_transformer_weights(self)
