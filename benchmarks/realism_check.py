@@ -9,33 +9,12 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from edt_lab.data import diffusion_split, load_digits
+from edt_lab.data import diffusion_split, load_digits, split_digits
 from edt_lab.metrics import digit_metrics
+from edt_lab.realism import DEGRADATIONS, degrade
 
 MEASURES = ("fid", "ae_fid", "mean_ink_w1", "stroke_width_w1", "grey_share_w1", "isolated_pixels_w1")
-
-
-def degrade(images, kind: str, generator):
-    """A degraded copy of digits (N, 1, 32, 32) in [-1, 1]: "blurred", "thickened", "thinned", "noisy" or "speckled"."""
-    ink = (images + 1) / 2
-    if kind == "blurred":  # a 3x3 box blur
-        ink = F.avg_pool2d(F.pad(ink, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-    elif kind == "thickened":  # a 3x3 grey dilation
-        ink = F.max_pool2d(ink, 3, stride=1, padding=1)
-    elif kind == "thinned":  # a 2x2 grey erosion
-        ink = -F.max_pool2d(F.pad(-ink, (0, 1, 0, 1), value=0.0), 2, stride=1)
-    elif kind == "noisy":  # Gaussian noise of std 0.1 on the ink
-        ink = ink + 0.1 * torch.randn(ink.shape, generator=generator)
-    elif kind == "speckled":  # 5 random full-ink dots per digit
-        flat = ink.flatten(1).clone()
-        dots = torch.randint(flat.shape[1], (len(flat), 5), generator=generator)
-        flat.scatter_(1, dots, 1.0)
-        ink = flat.view_as(ink)
-    else:
-        raise ValueError(f"unknown degradation {kind!r}")
-    return ink.clamp(0, 1) * 2 - 1
 
 
 def main():
@@ -46,12 +25,11 @@ def main():
     train, held_out = diffusion_split(labels)
     # The 500 digits the diffusion model trains on but the classifier and autoencoder never saw play the samples;
     # the reference is the default one, the 500 held-out digits.
-    from edt_lab.data import split_digits
     unseen = torch.tensor(sorted(set(split_digits(labels)[1].tolist()) - set(held_out.tolist())))
     images = digits[unseen]
     generator = torch.Generator().manual_seed(0)
     rows = {"real": digit_metrics(images, labels[unseen])}
-    for kind in ("blurred", "thickened", "thinned", "noisy", "speckled"):
+    for kind in DEGRADATIONS:
         rows[kind] = digit_metrics(degrade(images, kind, generator), labels[unseen])
     header = f"{'digits':<10}" + "".join(f"{m:>20}" for m in ("accuracy", *MEASURES))
     print(header)

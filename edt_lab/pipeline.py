@@ -37,7 +37,7 @@ LOADER_MODULES = {
         "from edt_lab.pipeline import EDTPipeline  # noqa: F401\n"),
     "transformer/edt_lab_models.py": (
         '"""The transformer classes a pipeline folder may hold, for diffusers\' loader."""\n\n'
-        "from edt_lab.models import DiT, EDT  # noqa: F401\n"),
+        "from edt_lab.models import DiT, EDT, MDTv2  # noqa: F401\n"),
 }
 
 

@@ -30,6 +30,7 @@ DEFAULT_AUTOENCODER_DIR = asset_dir("digit_autoencoder")
 INK_THRESHOLD = 0.5  # ink in [0, 1] above this is stroke (stroke width)
 VISIBLE_THRESHOLD = 0.25  # ink above this is visible (grey share, isolated pixels)
 STATISTICS = ("mean_ink", "stroke_width", "grey_share", "isolated_pixels")
+DEGRADATIONS = ("blurred", "thickened", "thinned", "noisy", "speckled")
 
 
 #################################################################################
@@ -165,6 +166,31 @@ def digit_statistics(images) -> dict[str, np.ndarray]:
         "grey_share": (grey.sum((1, 2)) / visible.sum((1, 2)).clamp(min=1)).numpy(),
         "isolated_pixels": (visible * (neighbours == 0)).sum((1, 2)).numpy(),
     }
+
+
+#################################################################################
+#                  Degraded real digits, to check the measures                 #
+#################################################################################
+
+def degrade(images, kind: str, generator: torch.Generator):
+    """A degraded copy of digits (N, 1, 32, 32) in [-1, 1]; kind is one of DEGRADATIONS."""
+    ink = (images + 1) / 2
+    if kind == "blurred":  # a 3x3 box blur
+        ink = F.avg_pool2d(F.pad(ink, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    elif kind == "thickened":  # a 3x3 grey dilation
+        ink = F.max_pool2d(ink, 3, stride=1, padding=1)
+    elif kind == "thinned":  # a 2x2 grey erosion
+        ink = -F.max_pool2d(F.pad(-ink, (0, 1, 0, 1), value=0.0), 2, stride=1)
+    elif kind == "noisy":  # Gaussian noise of std 0.1 on the ink
+        ink = ink + 0.1 * torch.randn(ink.shape, generator=generator)
+    elif kind == "speckled":  # 5 random full-ink dots per digit
+        flat = ink.flatten(1).clone()
+        dots = torch.randint(flat.shape[1], (len(flat), 5), generator=generator)
+        flat.scatter_(1, dots, 1.0)
+        ink = flat.view_as(ink)
+    else:
+        raise ValueError(f"unknown degradation {kind!r}: expected one of {', '.join(DEGRADATIONS)}")
+    return ink.clamp(0, 1) * 2 - 1
 
 
 #################################################################################

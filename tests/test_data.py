@@ -3,12 +3,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 from diffusers import AutoencoderKL
 from PIL import Image
+from safetensors.torch import load_file
 
-from edt_lab.data import (DIGIT_NAMES, LATENT_SCALE, FeatureFolder, ImageFolder, extract_features, load_digits,
-                          make_dataset, split_digits)
+from edt_lab.data import (DIGIT_NAMES, LATENT_SCALE, Digits, FeatureFolder, ImageFolder, diffusion_split,
+                          extract_features, load_digits, make_dataset, split_digits)
 
 
 def test_digits_shape_range_and_labels():
@@ -38,6 +38,15 @@ def _write_images(root):
     Image.new("L", (20, 30), 255).save(root / "cat" / "b.jpg")
     Image.new("RGB", (100, 100), (0, 0, 255)).save(root / "dog" / "c.bmp")
     (root / "dog" / "notes.txt").write_text("not an image")
+
+
+def test_diffusion_split_holds_out_50_of_each_class_inside_the_classifiers_100():
+    _, labels = load_digits()
+    train, held_out = diffusion_split(labels)
+    assert len(train) == 4500 and torch.bincount(labels[held_out]).tolist() == [50] * 10
+    assert set(held_out.tolist()) <= set(split_digits(labels)[1].tolist())  # never seen by the classifier either
+    digits = Digits()
+    assert torch.equal(digits.tensors[1], labels[train])  # --data mnist trains on exactly the 4,500
 
 
 def test_image_folder(tmp_path):
@@ -129,7 +138,7 @@ def test_feature_folder_missing(tmp_path):
 
 def test_make_dataset(tmp_path, tiny_vae):
     digits = make_dataset("mnist")
-    assert len(digits) == 5000 and digits.classes == DIGIT_NAMES
+    assert len(digits) == 4500 and digits.classes == DIGIT_NAMES  # the 500 held-out digits are not trained on
     image, label = digits[0]
     assert image.shape == (1, 32, 32) and label.item() == 0
 

@@ -1,0 +1,93 @@
+"""The realism measures: image statistics on known images, the autoencoder, and that every measure sees the
+degradations people see (blurred, thickened, thinned, noisy, speckled real digits) where the classifier does not."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edt_lab.cli import main
+from edt_lab.data import diffusion_split, load_digits, split_digits
+from edt_lab.metrics import digit_metrics
+from edt_lab.realism import DEGRADATIONS, degrade, digit_statistics, encode_digits, load_digit_autoencoder
+
+
+def blank(n=1):
+    return -torch.ones(n, 1, 32, 32)
+
+
+def test_statistics_of_known_images():
+    images = blank(3)
+    images[0, 0, 10:13, 5:25] = 1.0  # a 3 x 20 bar: area 60, perimeter 46
+    images[1, 0, 5, 5] = images[1, 0, 20, 7] = images[1, 0, 9, 30] = 0.0  # three isolated grey dots (ink 0.5)
+    images[2, 0, 10:14, 10:14] = 1.0  # a 4 x 4 square, its ring grey
+    images[2, 0, 9, 9:15] = images[2, 0, 14, 9:15] = images[2, 0, 9:15, 9] = images[2, 0, 9:15, 14] = 0.0
+    stats = digit_statistics(images)
+    assert stats["stroke_width"][0] == pytest.approx(2 * 60 / 46)
+    assert stats["mean_ink"][0] == pytest.approx(60 / 1024)
+    assert stats["isolated_pixels"].tolist() == [0, 3, 0]
+    assert stats["grey_share"][1] == 1.0 and stats["grey_share"][0] == 0.0
+    assert stats["grey_share"][2] == pytest.approx(20 / 36)
+    assert stats["stroke_width"][1] == 0.0  # no pixel above the stroke threshold
+
+
+def test_autoencoder_reconstructs_held_out_digits():
+    digits, labels = load_digits()
+    held_out = digits[split_digits(labels)[1][:200]]
+    autoencoder = load_digit_autoencoder()
+    codes = encode_digits(autoencoder, held_out)
+    assert codes.shape == (200, 32)
+    with torch.no_grad():
+        error = ((autoencoder.decode(codes.float()) - held_out) ** 2).mean().item()
+    assert error < 0.04  # the model card gives its held-out MSE
+    with pytest.raises(ValueError, match="train-autoencoder"):
+        load_digit_autoencoder("/nonexistent/folder")
+
+
+@pytest.fixture(scope="module")
+def degraded_metrics():
+    """digit_metrics of 500 real digits (seen by neither judge) and of each degraded copy of them."""
+    digits, labels = load_digits()
+    held_out = diffusion_split(labels)[1]
+    unseen = torch.tensor(sorted(set(split_digits(labels)[1].tolist()) - set(held_out.tolist())))
+    generator = torch.Generator().manual_seed(0)
+    rows = {"real": digit_metrics(digits[unseen], labels[unseen])}
+    for kind in DEGRADATIONS:
+        rows[kind] = digit_metrics(degrade(digits[unseen], kind, generator), labels[unseen])
+    return rows
+
+
+def test_real_digits_score_near_their_real_vs_real_values(degraded_metrics):
+    real = degraded_metrics["real"]
+    for measure in ("fid", "ae_fid", "mean_ink_w1", "stroke_width_w1", "grey_share_w1"):
+        assert real[measure] < 2 * real[f"{measure}_real_floor"], measure
+    assert real["isolated_pixels"] <= real["isolated_pixels_real"] + 0.01
+
+
+def test_the_measures_rank_degraded_digits_worse_than_real_ones(degraded_metrics):
+    real = degraded_metrics["real"]
+    assert real["ae_fid"] > 0.5 * real["ae_fid_real_floor"] > 1  # new digits, not the reference itself
+    # The appearance space sees every change of the strokes themselves.
+    for kind in ("blurred", "thickened", "thinned", "noisy"):
+        assert degraded_metrics[kind]["ae_fid"] > 1.2 * real["ae_fid"], kind
+    # Each degradation moves its own statistic far beyond the real value.
+    assert degraded_metrics["blurred"]["grey_share_w1"] > 10 * real["grey_share_w1"]
+    assert degraded_metrics["thickened"]["stroke_width_w1"] > 10 * real["stroke_width_w1"]
+    assert degraded_metrics["thinned"]["stroke_width_w1"] > 5 * real["stroke_width_w1"]
+    for kind in ("speckled", "noisy"):
+        assert degraded_metrics[kind]["isolated_pixels"] > 3 + real["isolated_pixels"]
+    # What the classifier's features miss: speckle leaves its FID near the real one.
+    assert degraded_metrics["speckled"]["fid"] < 2 * real["fid_real_floor"]
+
+
+def test_eval_prints_the_realism_measures(tmp_path, capsys):
+    digits, labels = load_digits()
+    held_out = diffusion_split(labels)[1][::5]
+    images = ((digits[held_out] + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    np.savez(tmp_path / "s.npz", images, labels[held_out].numpy())
+    assert main(["eval", str(tmp_path / "s.npz"), "--json", str(tmp_path / "r.json")]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((tmp_path / "r.json").read_text())
+    for name in ("ae_fid", "ae_fid_real_floor", "stroke_width", "stroke_width_real", "isolated_pixels_w1_real_floor"):
+        assert name in printed and name in results
