@@ -82,38 +82,49 @@ def accuracy(model, images, labels, batch_size: int = 500) -> float:
     return (predictions == labels).float().mean().item()
 
 
-def train_digit_classifier(out_dir, epochs: int = 12, batch_size: int = 64, lr: float = 2e-3, seed: int = 0):
-    """Fit DigitClassifier on the bundled digits less the held-out ones, save it to out_dir; return the results."""
+def fit_on_digits(model, batch_loss, held_out_score, epochs: int, batch_size: int, lr: float, seed: int):
+    """Fit `model` on the bundled digits less the held-out ones (AdamW, one-cycle learning rate).
+
+    batch_loss(model, images, labels, generator) gives a batch's loss; held_out_score(model, images, labels) gives
+    (name, value) on the held-out digits, printed after each epoch. Returns the last value, the seconds taken and
+    the numbers of training and held-out digits.
+    """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
-    torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     images, labels = load_digits()
     train, held_out = split_digits(labels)
-    model = DigitClassifier()
     steps_per_epoch = math.ceil(len(train) / batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * steps_per_epoch)
-
     start = time.time()
     for epoch in range(epochs):
         model.train()
         order = train[torch.randperm(len(train), generator=generator)]
         for i in range(0, len(order), batch_size):
             batch = order[i:i + batch_size]
-            loss = F.cross_entropy(model(augment(images[batch], generator)), labels[batch])
+            loss = batch_loss(model, images[batch], labels[batch], generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-        val_accuracy = accuracy(model, images[held_out], labels[held_out])
-        print(f"epoch {epoch + 1}/{epochs}: loss {loss.item():.4f}, held-out accuracy {val_accuracy:.4f}")
-    seconds = time.time() - start
+        with torch.no_grad():
+            name, value = held_out_score(model.eval(), images[held_out], labels[held_out])
+        print(f"epoch {epoch + 1}/{epochs}: loss {loss.item():.4f}, held-out {name} {value:.4f}")
+    return value, time.time() - start, len(train), len(held_out)
 
+
+def train_digit_classifier(out_dir, epochs: int = 12, batch_size: int = 64, lr: float = 2e-3, seed: int = 0):
+    """Fit DigitClassifier on the bundled digits less the held-out ones, save it to out_dir; return the results."""
+    torch.manual_seed(seed)
+    model = DigitClassifier()
+    val_accuracy, seconds, num_train, num_held_out = fit_on_digits(
+        model, lambda m, x, y, g: F.cross_entropy(m(augment(x, g)), y),
+        lambda m, x, y: ("accuracy", accuracy(m, x, y)), epochs, batch_size, lr, seed)
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     results = {"val_accuracy": val_accuracy, "seconds": seconds, "epochs": epochs, "seed": seed,
-               "num_train": len(train), "num_held_out": len(held_out)}
+               "num_train": num_train, "num_held_out": num_held_out}
     (out_dir / "README.md").write_text(_model_card(results, out_dir))
     return results
 

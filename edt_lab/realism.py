@@ -12,8 +12,6 @@ that do see it:
 `edt_lab.metrics.realism_metrics` turns them into distances, each with its real-vs-real value.
 """
 
-import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
 from edt_lab.assets import asset_dir
-from edt_lab.data import load_digits, split_digits
+from edt_lab.classifier import fit_on_digits
 
 DEFAULT_AUTOENCODER_DIR = asset_dir("digit_autoencoder")
 INK_THRESHOLD = 0.5  # ink in [0, 1] above this is stroke (stroke width)
@@ -84,34 +82,17 @@ def encode_digits(autoencoder, images, batch_size: int = 500) -> torch.Tensor:
 
 
 def train_digit_autoencoder(out_dir, epochs: int = 30, batch_size: int = 64, lr: float = 2e-3, seed: int = 0):
-    """Fit DigitAutoencoder (MSE) on the classifier's 4,000 training digits, save it to out_dir; return results."""
-    if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    """Fit DigitAutoencoder (MSE) on the classifier's 4,000 training digits, save it to out_dir; return results.
+
+    The held-out digits include every digit the metrics use as their real reference.
+    """
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    images, labels = load_digits()
-    train, held_out = split_digits(labels)  # the held-out digits include every digit the metrics use as reference
     model = DigitAutoencoder()
-    steps_per_epoch = math.ceil(len(train) / batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * steps_per_epoch)
-    start = time.time()
-    for epoch in range(epochs):
-        model.train()
-        order = train[torch.randperm(len(train), generator=generator)]
-        for i in range(0, len(order), batch_size):
-            batch = images[order[i:i + batch_size]]
-            loss = F.mse_loss(model(batch), batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-        with torch.no_grad():
-            model.eval()
-            held_out_mse = F.mse_loss(model(images[held_out]), images[held_out]).item()
-        print(f"epoch {epoch + 1}/{epochs}: train mse {loss.item():.4f}, held-out mse {held_out_mse:.4f}")
-    results = {"held_out_mse": held_out_mse, "seconds": time.time() - start, "epochs": epochs, "seed": seed,
-               "num_train": len(train), "num_held_out": len(held_out)}
+    held_out_mse, seconds, num_train, num_held_out = fit_on_digits(
+        model, lambda m, x, y, g: F.mse_loss(m(x), x), lambda m, x, y: ("mse", F.mse_loss(m(x), x).item()),
+        epochs, batch_size, lr, seed)
+    results = {"held_out_mse": held_out_mse, "seconds": seconds, "epochs": epochs, "seed": seed,
+               "num_train": num_train, "num_held_out": num_held_out}
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     (out_dir / "README.md").write_text(_model_card(results, out_dir))
