@@ -8,6 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import label_use  # noqa: E402
 import masking_study  # noqa: E402
+import settings_sweep  # noqa: E402
 import throughput  # noqa: E402
 
 
@@ -48,3 +49,22 @@ def test_label_use_compares_true_and_shuffled_labels_on_the_same_noise():
     # A fresh model's label embedding is random but its output layer is zero, so both errors equal the noise power.
     for true, shuffled in rows.values():
         assert true == shuffled and 0.5 < true < 2.0
+
+
+def test_settings_sweep_rule_takes_the_most_real_looking_accurate_setting():
+    def row(accuracy, worst, ae_fid, steps=25):
+        metrics = {"accuracy": accuracy, "per_class_accuracy": [worst] + [1.0] * 9, "ae_fid": ae_fid,
+                   "ae_fid_real_floor": 30.0, "mean_ink_w1": 0.01, "mean_ink_w1_real_floor": 0.005,
+                   "stroke_width_w1": 0.1, "stroke_width_w1_real_floor": 0.1, "grey_share_w1": 0.02,
+                   "grey_share_w1_real_floor": 0.02}
+        return {**metrics, "steps": steps, "appearance_ratio": settings_sweep.appearance_ratio(metrics),
+                "passes_rule": settings_sweep.passes_rule(metrics)}
+
+    assert settings_sweep.appearance_ratio(row(1.0, 1.0, 90.0)) == 3.0  # the worst measure: ae_fid / floor
+    assert settings_sweep.appearance_ratio(row(1.0, 1.0, 30.0)) == 2.0  # then mean ink, 0.01 / 0.005
+    # Accuracies arrive as float32 values: 19 of 20 is 0.949999988, and it meets the 0.95 bar.
+    rows = [row(1.0, 1.0, 150.0), row(0.98, 0.9, 31.0), row(0.995, 0.949999988, 90.0),
+            row(0.995, 0.95, 90.0, steps=50)]
+    assert [r["passes_rule"] for r in rows] == [True, False, True, True]
+    assert settings_sweep.choose(rows) is rows[2]  # the less accurate but more real one is out; fewer steps win ties
+    assert settings_sweep.choose(rows[1:2]) is None
