@@ -1,12 +1,13 @@
 """Inference and training throughput of EDT against DiT, measured in one process.
 
     python benchmarks/throughput.py --models EDT-S/2 DiT-S/2 --batch-size 8 --device cpu --dtype fp32 \
-        [--attention sdpa|math] [--compile] [--repeats 3] [--json FILE]
+        [--attention sdpa|math] [--compile] [--threads N] [--repeats 3] [--json FILE]
 
 Inference: steps/s of one eval forward (one denoising step) at batch B, EDT with AMM as in the released preset.
 Training: iterations/s of the `edt-lab train` step (loss pass(es), backward, Adan step); EDT both with its masked
 pass (two passes, as trained) and without. The models are measured in turn, `--repeats` rounds, and the medians
-reported, so a slow spell of the machine hits every model alike.
+reported, so a slow spell of the machine hits every model alike. bf16 is autocast (edt_lab.precision); --compile
+compiles the models' blocks (`compile_blocks`); the peak GPU memory is counted per model.
 """
 
 import argparse
@@ -14,13 +15,14 @@ import json
 import platform
 import statistics
 import time
-from contextlib import nullcontext
 
 import torch
 
 from edt_lab.amm import AMM_PRESETS, preset_for
 from edt_lab.models import create_model, set_attention_path
-from train_speed import synchronize, time_steps
+from edt_lab.precision import autocast
+from timing import peak_memory_mb, reset_peak_memory, time_calls
+from train_speed import training_step
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -34,33 +36,21 @@ def inputs(model, batch_size: int, device):
     return x.to(device), t.to(device), y.to(device)
 
 
-def build_inference_model(name: str, device, attention: str, compile_model: bool):
+def build_inference_model(name: str, device, attention: str, compile_blocks: bool):
+    """Model `name` in eval mode with the released AMM preset (EDT) and the chosen attention path."""
     model = create_model(name).to(device).eval()
     model.set_amm(AMM_PRESETS[preset_for(model)].blocks if name.startswith("EDT") else [])
     set_attention_path(model, fused=attention == "sdpa")
-    return torch.compile(model) if compile_model else model
+    if compile_blocks:
+        model.compile_blocks()
+    return model
 
 
-def inference_seconds(model, batch_size: int, device, dtype, steps: int) -> float:
-    """Median seconds of one eval forward after two warm-up forwards."""
+def inference_seconds(model, batch_size: int, device, dtype, steps: int) -> list[float]:
+    """Seconds of each of `steps` eval forwards after two warm-up forwards."""
     x, t, y = inputs(model, batch_size, device)
-    autocast = torch.autocast(torch.device(device).type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-    times = []
-    with torch.inference_mode(), autocast:
-        for i in range(steps + 2):
-            synchronize(device)
-            start = time.perf_counter()
-            model(x, t, y)
-            synchronize(device)
-            if i >= 2:
-                times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def peak_memory_mb(device) -> float | None:
-    if torch.device(device).type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return None
+    with torch.inference_mode(), autocast(device, dtype):
+        return time_calls(lambda: model(x, t, y), device, warmup=2, repeats=steps)
 
 
 def main(argv=None) -> dict:
@@ -71,7 +61,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
     parser.add_argument("--attention", default="sdpa", choices=("sdpa", "math"),
                         help="sdpa: the default fused path; math: the plain explicit path everywhere")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the inference model")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the models' blocks")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds over all models")
     parser.add_argument("--steps", type=int, default=5, help="timed forwards per round")
     parser.add_argument("--train-steps", type=int, default=3, help="timed training iterations per round (0: skip)")
@@ -79,6 +70,10 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA device is available")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     dtype = DTYPES[args.dtype]
 
     models = {name: build_inference_model(name, args.device, args.attention, args.compile) for name in args.models}
@@ -86,19 +81,25 @@ def main(argv=None) -> dict:
                    for masking in (("edt", "none") if name.startswith("EDT") else ("none",))]
     inference = {name: [] for name in args.models}
     training = {case: [] for case in train_cases}
+    peak_memory = {name: [] for name in args.models}  # MiB per measurement; None on a CPU
     for _ in range(args.repeats):
         for name, model in models.items():
-            inference[name].append(inference_seconds(model, args.batch_size, args.device, dtype, args.steps))
+            reset_peak_memory(args.device)
+            inference[name].append(statistics.median(inference_seconds(model, args.batch_size, args.device, dtype,
+                                                                       args.steps)))
+            peak_memory[name].append(peak_memory_mb(args.device))
         for case in train_cases if args.train_steps else ():
-            training[case].extend(time_steps(*case, args.batch_size, warmup=1, steps=args.train_steps,
-                                             device=args.device, dtype=dtype))
+            reset_peak_memory(args.device)
+            step = training_step(*case, args.batch_size, device=args.device, dtype=dtype, compile_blocks=args.compile)
+            training[case].extend(time_calls(step, args.device, warmup=1, repeats=args.train_steps))
+            peak_memory[case[0]].append(peak_memory_mb(args.device))
 
     results = []
     for name in args.models:
         row = {"model": name, "batch_size": args.batch_size, "device": args.device, "dtype": args.dtype,
                "attention": args.attention, "compile": args.compile,
                "inference_steps_per_s": 1 / statistics.median(inference[name]),
-               "peak_memory_mb": peak_memory_mb(args.device)}
+               "peak_memory_mb": None if None in peak_memory[name] else max(peak_memory[name])}
         for (case_name, masking), seconds in training.items():
             if case_name == name and seconds:
                 key = "train_iters_per_s" if masking == ("edt" if name.startswith("EDT") else "none") \

@@ -6,6 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+import gpu_check  # noqa: E402
 import label_use  # noqa: E402
 import masking_study  # noqa: E402
 import throughput  # noqa: E402
@@ -48,3 +49,26 @@ def test_label_use_compares_true_and_shuffled_labels_on_the_same_noise():
     # A fresh model's label embedding is random but its output layer is zero, so both errors equal the noise power.
     for true, shuffled in rows.values():
         assert true == shuffled and 0.5 < true < 2.0
+
+
+def test_gpu_check_runs_each_section_in_its_own_process_and_survives_a_hang(tmp_path, monkeypatch, capsys):
+    # A 0.5 s limit stops the fp32 section before it has imported torch: a stand-in for a hang.
+    monkeypatch.setitem(gpu_check.SECTIONS, "fp32", gpu_check.Section(limit_s=0.5))
+    out = tmp_path / "check" / "gpu_check.json"
+    gpu_check.main(["--json", str(out), "--device", "cpu", "--tiny", "--sections", "fp32", "bf16"])
+    report = json.loads(out.read_text())
+    assert report["machine"]["device"] == "cpu" and report["settings"]["batch_size"] == 2
+    assert report["sections"]["fp32"]["status"] == "timeout" and report["sections"]["fp32"]["rows"] == []
+    bf16 = report["sections"]["bf16"]
+    assert bf16["status"] == "ok"
+    rows = {(row["model"], row["kind"], row.get("masking")): row for row in bf16["rows"]}
+    assert set(rows) == {("EDT-T/2", "inference", None), ("DiT-T/2", "inference", None),
+                         ("EDT-T/2", "training", "edt"), ("EDT-T/2", "training", "none"),
+                         ("DiT-T/2", "training", "none")}
+    for (model, kind, _), row in rows.items():
+        assert "error" not in row and row[("steps_per_s" if kind == "inference" else "iters_per_s")] > 0
+        if kind == "inference":  # bf16 differs from exact float32, but only by rounding
+            assert 0 < row["max_abs_diff_vs_fp32"] < 0.05 * row["reference_max_abs"]
+    summary = report["summary"][0]
+    assert summary["section"] == "bf16" and summary["edt_over_dit_inference"] > 0
+    assert "== bf16" in capsys.readouterr().out

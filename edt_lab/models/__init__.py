@@ -3,7 +3,8 @@
 from .attention import Attention, capture_attention, set_attention_path
 from .dit import DiT
 from .edt import EDT, TokenMasks
+from .layers import randomize_weights
 from .registry import MODEL_CONFIGS, MODEL_NAMES, create_model
 
 __all__ = ["EDT", "DiT", "TokenMasks", "Attention", "capture_attention", "set_attention_path", "create_model",
-           "MODEL_CONFIGS", "MODEL_NAMES"]
+           "randomize_weights", "MODEL_CONFIGS", "MODEL_NAMES"]

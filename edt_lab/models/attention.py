@@ -35,8 +35,8 @@ class RelativePositionBias(nn.Module):
     def forward(self) -> torch.Tensor:
         """The bias (1, heads, N, N); 4-D, since SDPA's fused CPU kernel rejects a 3-D mask for a slow fallback."""
         table = self.relative_position_bias_table
-        if self.training or torch.is_grad_enabled():
-            return self._bias(table)
+        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self._bias(table)  # a compiled graph computes it in place: a gather, fused with its use
         # The version counter moves on every in-place write (load_state_dict, optimiser steps), so a stale
         # cache is never used.
         key = (table.data_ptr(), table._version, table.device, table.dtype)

@@ -142,3 +142,15 @@ def init_transformer_weights(model: nn.Module) -> None:
     for module in zero:
         for param in module.parameters():
             nn.init.constant_(param, 0)
+
+
+def randomize_weights(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights everywhere (1/sqrt(fan-in) for matrices), in eval mode: an untrained stand-in whose every
+    part acts, for demos and numerical checks, since adaLN-Zero's zero gates would hide every block."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:  # the fixed sin-cos position tables stay as they are
+                std = 1 / math.sqrt(p[0].numel()) if p.ndim >= 2 else 0.02
+                p.copy_(torch.randn(p.shape, generator=generator) * std)
+    return model.eval()
