@@ -101,6 +101,9 @@ def build_app(store: ModelStore) -> gr.Blocks:
                 steps_slider = gr.Slider(1, controls.MAX_STEPS, value=init["steps"], step=1, label="steps")
                 guidance_slider = gr.Slider(1.0, controls.MAX_GUIDANCE, value=init["guidance"], step=0.1,
                                             label="guidance scale (1 = no guidance)")
+                precision_radio = gr.Radio(list(controls.PRECISIONS), value=controls.PRECISION_DEFAULT,
+                                           label="precision", info="auto: bf16 where the hardware computes it "
+                                                                   "natively (faster), else fp32")
                 with gr.Accordion("AMM: which blocks, radius R and scale k", open=True):
                     with gr.Row():
                         preset_buttons = {key: gr.Button(text, size="sm") for key, text in controls.PRESETS.items()}
@@ -228,10 +231,10 @@ def build_app(store: ModelStore) -> gr.Blocks:
 
         @shows_errors
         def generate(model, class_name, seed, num_images, sampler, steps, guidance_scale, amm_blocks,
-                     released_radius, radius, scale, progress=gr.Progress()):
+                     released_radius, radius, scale, precision, progress=gr.Progress()):
             """Images of one class with AMM in the chosen blocks; also denoising previews and a status line."""
             loaded, request = checked(model, class_name, seed, num_images, sampler, steps, guidance_scale,
-                                      amm_blocks, released_radius, radius, scale)
+                                      amm_blocks, released_radius, radius, scale, precision)
             run = sample(loaded.pipe, request, progress=lambda done, text: progress(done, desc=text))
             runs = {"runs": [(f"AMM in {controls.format_blocks(run.amm_blocks) or 'no block'}", run.attention)],
                     "image": run.images[0]}
@@ -240,10 +243,10 @@ def build_app(store: ModelStore) -> gr.Blocks:
 
         @shows_errors
         def compare_amm(model, class_name, seed, num_images, sampler, steps, guidance_scale, amm_blocks,
-                        released_radius, radius, scale, progress=gr.Progress()):
+                        released_radius, radius, scale, precision, progress=gr.Progress()):
             """The same noise with AMM off and on: both image sets, their difference, previews and a status line."""
             loaded, request = checked(model, class_name, seed, num_images, sampler, steps, guidance_scale,
-                                      amm_blocks, released_radius, radius, scale)
+                                      amm_blocks, released_radius, radius, scale, precision)
             off, on = compare(loaded.pipe, request, progress=lambda done, text: progress(done, desc=text))
             heat, largest = views.difference_map(off.images, on.images)
             runs = {"runs": [("AMM off", off.attention), ("AMM on", on.attention)], "image": on.images[0]}
@@ -253,7 +256,7 @@ def build_app(store: ModelStore) -> gr.Blocks:
                     views.preview_strips(on.previews), summary(loaded, timings), runs)
 
         request_inputs = [model_picker, class_picker, seed_box, count_slider, sampler_radio, steps_slider,
-                          guidance_slider, amm_field, released_box, radius_slider, scale_slider]
+                          guidance_slider, amm_field, released_box, radius_slider, scale_slider, precision_radio]
 
         # -- views of the last run and of the AMM ---------------------------------------------------------------
         @warns()

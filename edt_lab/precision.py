@@ -14,6 +14,7 @@ import torch
 
 PRECISIONS = ("fp32", "bf16", "auto")
 NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+NATIVE_BF16_HARDWARE = f"a CUDA GPU of compute capability 8 or later, or a CPU with {' or '.join(NATIVE_BF16_CPU_FLAGS)}"
 
 
 @lru_cache(maxsize=1)
@@ -49,9 +50,8 @@ def resolve_precision(precision: str, device) -> torch.dtype:
         return torch.bfloat16
     if precision == "auto":
         return torch.float32
-    raise ValueError(f"precision bf16 needs native bf16 hardware (a CUDA GPU of compute capability 8 or later, or "
-                     f"a CPU with {' or '.join(NATIVE_BF16_CPU_FLAGS)}), which this {device.type} lacks: "
-                     f"use fp32 or auto")
+    raise ValueError(f"precision bf16 needs native bf16 hardware ({NATIVE_BF16_HARDWARE}), which this "
+                     f"{device.type} lacks: use fp32 or auto")
 
 
 def autocast(device, dtype: torch.dtype):

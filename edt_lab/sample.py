@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .checkpoints import load_checkpoint
 from .pipeline import DEFAULT_MODEL_DIR, EDTPipeline, image_generators, load_default, load_vae, make_scheduler
+from .precision import PRECISIONS, enable_tf32, resolve_precision
 
 # Used when neither the command line nor the model folder's recommended.json gives a value.
 FALLBACK_SETTINGS = {"sampler": "ddpm", "steps": 250, "cfg": 1.0, "amm": "off", "amm_radius": None, "amm_scale": None}
@@ -135,6 +136,9 @@ def add_arguments(parser):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--guided-channels", type=int, help="channels guided by CFG (3 = released scripts)")
     parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="fp32 (TF32 matrix products on a GPU, as the released scripts), bf16 (autocast; needs "
+                             "native bf16 hardware) or auto (bf16 where the hardware has it)")
     parser.add_argument("--out", required=True, help="FILE.png (labelled grid) or FILE.npz (ADM layout)")
 
 
@@ -171,6 +175,9 @@ def run(args):
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     state = PartialState(cpu=args.device == "cpu")
     device = _device(args.device, state)
+    resolve_precision(args.precision, device)  # a bad choice fails before the model loads
+    if device.type == "cuda":
+        enable_tf32()  # as the released sampling scripts
     pipe, recommended = load_pipeline(args.ckpt, args.vae, device)
     settings = {**FALLBACK_SETTINGS, **recommended,
                 **{key: getattr(args, key) for key in FALLBACK_SETTINGS if getattr(args, key) is not None}}
@@ -188,7 +195,7 @@ def run(args):
         images = generate(pipe, labels[indices], indices, args.seed, args.batch_size,
                           guidance_scale=settings["cfg"], num_inference_steps=settings["steps"],
                           amm_blocks=amm_blocks, amm_radius=settings["amm_radius"], amm_scale=settings["amm_scale"],
-                          guided_channels=args.guided_channels)
+                          guided_channels=args.guided_channels, precision=args.precision)
     if state.num_processes > 1:
         images = _gather(images, out, state)
     if state.is_main_process:

@@ -1,11 +1,12 @@
 """Multi-head self-attention with an optional relative position bias (EDT) and the AMM hook.
 
-Three ways to compute the same thing:
+Two ways to compute the same thing, which agree to float32 rounding:
 - fused: `scaled_dot_product_attention` with the position bias as its additive mask (default, no AMM);
-- explicit: scores, softmax, AMM, @ v written out (AMM blocks in eval mode, attention capture, comparison);
-both agree to float32 rounding. `Attention.use_fused = False` on a module (or `set_attention_path`) selects
-the explicit path everywhere.
-"""
+- explicit: scores, softmax, AMM, @ v written out (AMM blocks in eval mode, attention capture, comparison).
+The AMM has no exact fused form: the modulated weights are not renormalised, so they need the softmax's
+normaliser, which SDPA does not return. Under bf16 autocast both paths compute in q's dtype.
+`Attention.use_fused = False` on a module (or `set_attention_path`) selects the explicit path everywhere;
+`model.compile_blocks()` compiles either path together with the rest of its block."""
 
 from contextlib import contextmanager
 
@@ -32,16 +33,19 @@ class RelativePositionBias(nn.Module):
         d_col = cols[:, None] - cols[None, :] + n - 1
         return d_row * (2 * n - 1) + d_col
 
-    def forward(self) -> torch.Tensor:
-        """The bias (1, heads, N, N); 4-D, since SDPA's fused CPU kernel rejects a 3-D mask for a slow fallback."""
+    def forward(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The bias (1, heads, N, N) in `dtype` (default: the table's); 4-D, since SDPA's fused CPU kernel rejects a
+        3-D mask for a slow fallback."""
         table = self.relative_position_bias_table
+        dtype = dtype or table.dtype
         if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return self._bias(table)  # a compiled graph computes it in place: a gather, fused with its use
+            return self._bias(table).to(dtype)  # a compiled graph computes it in place: a gather, fused with its use
         # The version counter moves on every in-place write (load_state_dict, optimiser steps), so a stale
         # cache is never used.
-        key = (table.data_ptr(), table._version, table.device, table.dtype)
+        version = 0 if table.is_inference() else table._version  # inference tensors cannot change outside it
+        key = (table.data_ptr(), version, table.device, dtype)
         if self._eval_cache is None or self._eval_cache[0] != key:
-            self._eval_cache = (key, self._bias(table))
+            self._eval_cache = (key, self._bias(table).to(dtype))
         return self._eval_cache[1]
 
     def _bias(self, table):
@@ -73,10 +77,11 @@ class Attention(nn.Module):
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, heads, N, head_dim)
-        bias = self.rel_pos_bias() if hasattr(self, "rel_pos_bias") else None
-        amm = self._amm_for(x) if (self.amm is not None and not self.training) else None
+        # The bias and the AMM in the dtype of q (bf16 under autocast): mixing float32 into the scores would send
+        # every score through a slower mixed-dtype float32 path.
+        bias = self.rel_pos_bias(q.dtype) if hasattr(self, "rel_pos_bias") else None
+        amm = self._amm_for(q) if (self.amm is not None and not self.training) else None
         if self.use_fused and amm is None and self.capture is None:
-            bias = bias.to(q.dtype) if bias is not None else None
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         else:
             out = self._explicit(q, k, v, bias, amm)
@@ -85,7 +90,7 @@ class Attention(nn.Module):
     def _explicit(self, q, k, v, bias, amm):
         scores = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, N, N)
         if bias is not None:
-            scores = scores + bias
+            scores += bias  # in place: a fresh (B, heads, N, N) buffer costs more than the addition on a CPU
         probs = scores.softmax(dim=-1)
         modulated = probs * amm if amm is not None else None  # not renormalised, as released
         if self.capture is not None:

@@ -66,7 +66,8 @@ class ClassConditionalTransformer(ModelMixin, ConfigMixin):
         3 reproduces the released scripts (a DiT legacy for 4-channel latents).
         """
         half = x[: len(x) // 2]
-        out = self.forward(torch.cat([half, half], dim=0), t, y)
+        # float32: under bf16 autocast the difference of the two predictions would keep only bf16's 8 bits
+        out = self.forward(torch.cat([half, half], dim=0), t, y).float()
         channels = self.config.in_channels if guided_channels is None else guided_channels
         if not 1 <= channels <= self.config.in_channels:
             raise ValueError(f"guided_channels must lie in [1, {self.config.in_channels}], got {channels}")

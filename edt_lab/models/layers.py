@@ -7,8 +7,14 @@ import torch.nn as nn
 
 
 def modulate(x, shift, scale):
-    """adaLN: x (B, N, C) scaled and shifted per sample by (B, C) vectors."""
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+    """adaLN: x (B, N, C) scaled and shifted per sample by (B, C) vectors, x * (1 + scale) + shift, in one pass
+    over x (addcmul) rather than two."""
+    return torch.addcmul(shift.unsqueeze(1), x, 1 + scale.unsqueeze(1))
+
+
+def gated_residual(x, gate, update):
+    """x + gate * update for x, update (B, N, C) and a per-sample gate (B, C), in one pass (addcmul)."""
+    return torch.addcmul(x, gate.unsqueeze(1), update)
 
 
 def adaln_modulation(cond_dim: int, out_dim: int) -> nn.Sequential:
@@ -45,7 +51,9 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x):
-        return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
+        # contiguous: a transposed view would carry a channels-first layout through every residual add, and each
+        # LayerNorm and Linear would then copy it
+        return self.proj(x).flatten(2).transpose(1, 2).contiguous()  # (B, N, D)
 
 
 class TimestepEmbedder(nn.Module):
