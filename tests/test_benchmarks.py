@@ -72,3 +72,14 @@ def test_gpu_check_runs_each_section_in_its_own_process_and_survives_a_hang(tmp_
     summary = report["summary"][0]
     assert summary["section"] == "bf16" and summary["edt_over_dit_inference"] > 0
     assert "== bf16" in capsys.readouterr().out
+
+
+def test_app_latency_times_generate_at_the_app_defaults(tmp_path):
+    import app_latency
+
+    out = tmp_path / "latency.json"
+    app_latency.main(["--calls", "2", "--threads", "1", "--json", str(out), "--", "--demo"])
+    report = json.loads(out.read_text())
+    assert report["startup_s"] > 0 and report["generate_first_s"] > 0 and len(report["generate_s"]) == 1
+    assert report["generate_median_s"] == report["generate_s"][0] and "4 images" in report["status"]
+    assert report["app_args"] == ["--device", "cpu", "--threads", "1", "--demo"]
