@@ -1,5 +1,5 @@
 """GPU check: EDT-S/2 against DiT-S/2 (and MDTv2-S/2 once registered) in fp32, TF32, bf16 and bf16 with compiled
-blocks, inference and training, bounded in time, the JSON rewritten after every measurement.
+blocks (SDPA, then flex attention), inference and training, bounded in time, the JSON rewritten as it goes.
 
     python benchmarks/gpu_check.py --json OUT.json [--device cuda|cpu] [--tiny] [--sections fp32 bf16 ...]
                                    [--budget-s 225] [--batch-size 256]
@@ -10,8 +10,9 @@ Rows stream to the parent as they are measured, so a section cut short keeps wha
 
 - inference: steps/s of one eval forward of --batch-size images, unguided (with guidance one such forward makes
   half as many images); EDT with AMM at the released preset for no guidance (blocks 7 and 10). Each inference row
-  also gives the path's largest output difference from float32 with exact matrix products (TF32 off) on the same
-  inputs, against the largest output value, so a fast path that computes something else shows.
+  also gives the path's largest output difference from float32 with exact matrix products (TF32 off) and the
+  explicit attention path on the same inputs and random weights, against the largest output value, so a fast
+  path that computes something else shows.
 - training: it/s of the `edt-lab train` iteration (loss pass(es), backward, Adan step) on random latents; EDT with
   its masked pass (two passes, as trained) and without, DiT plain, MDTv2 with MDT's input masking.
 - peak_memory_mb: the GPU's peak allocated memory during that row alone.
@@ -39,21 +40,23 @@ TAIL_LINES = 15
 
 @dataclass(frozen=True)
 class Section:
-    """One process: a precision, TF32 on or off, compiled blocks or eager, and its time limit."""
+    """One process: a precision, TF32 on or off, compiled blocks or eager, the attention path, and its time limit."""
 
     limit_s: float
     precision: str = "fp32"
     tf32: bool = False
     compile_blocks: bool = False
+    attention: str = "sdpa"  # or "flex": bias and AMM inside flex_attention (fused when compiled)
 
 
-# In priority order: the paper's fp32 setting, then bf16, TF32 and the compiled path (which spends most of its
-# time compiling, so it goes last and takes what the budget has left).
+# In priority order: the paper's fp32 setting, then bf16, TF32 and the compiled paths (which spend most of their
+# time compiling, so they go last and take what the budget has left).
 SECTIONS = {
     "fp32": Section(limit_s=40),
     "bf16": Section(limit_s=35, precision="bf16"),
     "tf32": Section(limit_s=35, tf32=True),
-    "bf16-compiled": Section(limit_s=110, precision="bf16", compile_blocks=True),
+    "bf16-compiled": Section(limit_s=100, precision="bf16", compile_blocks=True),
+    "bf16-compiled-flex": Section(limit_s=100, precision="bf16", compile_blocks=True, attention="flex"),
 }
 
 
@@ -104,15 +107,16 @@ def inference_row(name: str, section: Section, device, batch_size: int, warmup: 
     from throughput import DTYPES, build_inference_model, inputs
     from timing import peak_memory_mb, reset_peak_memory, time_calls
 
-    from edt_lab.models import randomize_weights
+    from edt_lab.models import randomize_weights, set_attention_path
 
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    model = randomize_weights(build_inference_model(name, device, "sdpa", compile_blocks=False))
+    model = randomize_weights(build_inference_model(name, device, "math", compile_blocks=False))
     x, t, y = inputs(model, batch_size, device)
     with torch.inference_mode():
         reference = model(x, t, y).float()
     if section.tf32:
         enable_tf32()
+    set_attention_path(model, fused=True, flex=section.attention == "flex")
     if section.compile_blocks:
         model.compile_blocks()
     reset_peak_memory(device)
@@ -139,7 +143,7 @@ def training_row(name: str, masking: str, section: Section, device, batch_size: 
         enable_tf32()
     reset_peak_memory(device)
     step = training_step(name, masking, batch_size, device=device, dtype=DTYPES[section.precision],
-                         compile_blocks=section.compile_blocks)
+                         compile_blocks=section.compile_blocks, attention=section.attention)
     seconds = time_calls(step, device, warmup, repeats)
     return {"iters_per_s": 1 / statistics.median(seconds), "peak_memory_mb": peak_memory_mb(device)}
 

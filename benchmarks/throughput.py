@@ -25,6 +25,7 @@ from timing import peak_memory_mb, reset_peak_memory, time_calls
 from train_speed import training_step
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+ATTENTION_PATHS = ("sdpa", "math", "flex")
 
 
 def inputs(model, batch_size: int, device):
@@ -40,7 +41,7 @@ def build_inference_model(name: str, device, attention: str, compile_blocks: boo
     """Model `name` in eval mode with the released AMM preset (EDT) and the chosen attention path."""
     model = create_model(name).to(device).eval()
     model.set_amm(AMM_PRESETS[preset_for(model)].blocks if name.startswith("EDT") else [])
-    set_attention_path(model, fused=attention == "sdpa")
+    set_attention_path(model, fused=attention != "math", flex=attention == "flex")
     if compile_blocks:
         model.compile_blocks()
     return model
@@ -59,8 +60,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
-    parser.add_argument("--attention", default="sdpa", choices=("sdpa", "math"),
-                        help="sdpa: the default fused path; math: the plain explicit path everywhere")
+    parser.add_argument("--attention", default="sdpa", choices=ATTENTION_PATHS,
+                        help="sdpa: the default fused path; math: the plain explicit path everywhere; flex: "
+                             "flex_attention, fused with --compile on a GPU")
     parser.add_argument("--compile", action="store_true", help="torch.compile the models' blocks")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds over all models")
@@ -90,7 +92,8 @@ def main(argv=None) -> dict:
             peak_memory[name].append(peak_memory_mb(args.device))
         for case in train_cases if args.train_steps else ():
             reset_peak_memory(args.device)
-            step = training_step(*case, args.batch_size, device=args.device, dtype=dtype, compile_blocks=args.compile)
+            step = training_step(*case, args.batch_size, device=args.device, dtype=dtype, compile_blocks=args.compile,
+                                 attention=args.attention)
             training[case].extend(time_calls(step, args.device, warmup=1, repeats=args.train_steps))
             peak_memory[case[0]].append(peak_memory_mb(args.device))
 

@@ -17,7 +17,7 @@ import torch
 from pytorch_optimizer import Adan
 
 from edt_lab.diffusion import make_timestep_sampler, make_training_scheduler
-from edt_lab.models import create_model
+from edt_lab.models import create_model, set_attention_path
 from edt_lab.precision import autocast
 from edt_lab.train import RNG_STREAMS, derived_seed, pass_losses
 from timing import time_calls
@@ -27,11 +27,13 @@ QUOTED_RELEASED = {("EDT-S/2", "edt"): 0.49, ("EDT-S/2", "none"): 0.98, ("DiT-S/
 
 
 def training_step(name: str, masking: str, batch_size: int, seed: int = 0, device="cpu", dtype=torch.float32,
-                  compile_blocks: bool = False):
+                  compile_blocks: bool = False, attention: str = "sdpa"):
     """One `edt-lab train` iteration of a fresh model `name` on fixed random latents, as a callable; bf16 is
-    autocast, compile_blocks compiles the model's blocks first (`compile_blocks`)."""
+    autocast, compile_blocks compiles the model's blocks first (`compile_blocks`), attention is "sdpa", "math"
+    or "flex" (`set_attention_path`)."""
     torch.manual_seed(seed)
     model = create_model(name).to(device).train()
+    set_attention_path(model, fused=attention != "math", flex=attention == "flex")
     if compile_blocks:
         model.compile_blocks()
     optimizer = Adan(model.parameters(), lr=1e-3, weight_decay=0.0)

@@ -1,18 +1,22 @@
 """Multi-head self-attention with an optional relative position bias (EDT) and the AMM hook.
 
-Two ways to compute the same thing, which agree to float32 rounding:
+Three ways to compute the same thing, which agree to float32 rounding:
 - fused: `scaled_dot_product_attention` with the position bias as its additive mask (default, no AMM);
-- explicit: scores, softmax, AMM, @ v written out (AMM blocks in eval mode, attention capture, comparison).
-The AMM has no exact fused form: the modulated weights are not renormalised, so they need the softmax's
-normaliser, which SDPA does not return. Under bf16 autocast both paths compute in q's dtype.
-`Attention.use_fused = False` on a module (or `set_attention_path`) selects the explicit path everywhere;
-`model.compile_blocks()` compiles either path together with the rest of its block."""
+- explicit: scores, softmax, AMM, @ v written out (AMM blocks in eval mode, attention capture, comparison);
+- flex: `flex_attention` with the bias (and the AMM's logarithm) as a score modification, fused into one kernel
+  under torch.compile (the GPU fast path; without compiling it runs an unfused reference). The AMM's weights are
+  not renormalised, so the modulated output is rescaled by exp(lse(s + log M) - lse(s)), the sum of the
+  modulated weights per query, which a second pass for lse(s) gives: exact, where SDPA has no exact form.
+`Attention.use_fused = False` on a module (or `set_attention_path`) selects the explicit path everywhere,
+`use_flex = True` the flex path (attention capture always takes the explicit one). Under bf16 autocast every path
+computes in q's dtype. `model.compile_blocks()` compiles the paths together with the rest of their blocks."""
 
 from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import flex_attention
 
 
 class RelativePositionBias(nn.Module):
@@ -57,6 +61,7 @@ class Attention(nn.Module):
     """Self-attention on (B, N, C) tokens; `amm` (N, N), when set, multiplies the softmax in eval mode only."""
 
     use_fused = True
+    use_flex = False
 
     def __init__(self, dim: int, num_heads: int, grid_size: int | None = None):
         super().__init__()
@@ -81,7 +86,9 @@ class Attention(nn.Module):
         # every score through a slower mixed-dtype float32 path.
         bias = self.rel_pos_bias(q.dtype) if hasattr(self, "rel_pos_bias") else None
         amm = self._amm_for(q) if (self.amm is not None and not self.training) else None
-        if self.use_fused and amm is None and self.capture is None:
+        if self.use_flex and self.capture is None:
+            out = self._flex(q, k, v, bias, amm)
+        elif self.use_fused and amm is None and self.capture is None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         else:
             out = self._explicit(q, k, v, bias, amm)
@@ -98,6 +105,23 @@ class Attention(nn.Module):
             self.capture["modulated"] = modulated.detach() if modulated is not None else None
         return (modulated if modulated is not None else probs) @ v
 
+    def _flex(self, q, k, v, bias, amm):
+        """flex_attention of q, k, v (B, heads, N, head_dim): scores + bias, and with the AMM the modulated weights
+        (not renormalised, as released) through log M and a rescaling by the modulated weights' sum per query."""
+        def add_bias(score, b, h, q_index, k_index):
+            return score if bias is None else score + bias[0, h, q_index, k_index]
+
+        if amm is None:
+            return flex_attention(q, k, v, score_mod=add_bias)
+        log_amm = amm.log()  # -inf where the AMM is 0: those keys drop out
+
+        def add_bias_and_log_amm(score, b, h, q_index, k_index):
+            return add_bias(score, b, h, q_index, k_index) + log_amm[q_index, k_index]
+
+        out, lse_modulated = flex_attention(q, k, v, score_mod=add_bias_and_log_amm, return_lse=True)
+        _, lse = flex_attention(q, k, v, score_mod=add_bias, return_lse=True)
+        return (out * (lse_modulated - lse).exp().unsqueeze(-1)).to(q.dtype)  # (B, heads, N, head_dim)
+
     def _amm_for(self, x):
         """The AMM on x's device and dtype, converted once rather than at every sampling step."""
         if self._amm_cache is None or self._amm_cache[0] is not self.amm or self._amm_cache[1].device != x.device \
@@ -106,11 +130,13 @@ class Attention(nn.Module):
         return self._amm_cache[1]
 
 
-def set_attention_path(model: nn.Module, fused: bool) -> None:
-    """Select the fused (`scaled_dot_product_attention`) or the explicit path in every attention of `model`."""
+def set_attention_path(model: nn.Module, fused: bool, flex: bool = False) -> None:
+    """Select the fused (`scaled_dot_product_attention`) or the explicit path in every attention of `model`, or
+    with flex=True the flex path (for torch.compile)."""
     for module in model.modules():
         if isinstance(module, Attention):
             module.use_fused = fused
+            module.use_flex = flex
 
 
 @contextmanager
