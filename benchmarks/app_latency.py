@@ -11,6 +11,7 @@ apart (it warms up the model); the figure is the median of the calls after it.
 
 import argparse
 import json
+import os
 import platform
 import socket
 import statistics
@@ -85,7 +86,7 @@ def main(argv=None) -> dict:
               "app_args": app_args, "startup_s": startup, "generate_first_s": calls[0],
               "generate_s": calls[1:], "generate_median_s": statistics.median(calls[1:]), "status": status,
               "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                          "date": time.strftime("%Y-%m-%d %H:%M")}}
+                          "date": time.strftime("%Y-%m-%d %H:%M"), "load_average_1_5_15_min": os.getloadavg()}}
     print(f"app answers after {startup:.1f} s; /generate: first {calls[0]:.2f} s, then "
           f"{', '.join(f'{s:.2f}' for s in calls[1:])} s (median {report['generate_median_s']:.2f} s); {status}")
     if args.json:

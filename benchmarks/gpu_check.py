@@ -112,7 +112,7 @@ def inference_row(name: str, section: Section, device, batch_size: int, warmup: 
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     model = randomize_weights(build_inference_model(name, device, "math", compile_blocks=False))
     x, t, y = inputs(model, batch_size, device)
-    with torch.inference_mode():
+    with torch.no_grad():
         reference = model(x, t, y).float()
     if section.tf32:
         enable_tf32()
@@ -120,7 +120,7 @@ def inference_row(name: str, section: Section, device, batch_size: int, warmup: 
     if section.compile_blocks:
         model.compile_blocks()
     reset_peak_memory(device)
-    with torch.inference_mode(), autocast(device, DTYPES[section.precision]):
+    with torch.no_grad(), autocast(device, DTYPES[section.precision]):  # as the pipeline samples
         output = model(x, t, y).float()  # also the compiling call
         seconds = time_calls(lambda: model(x, t, y), device, warmup, repeats)
     return {"steps_per_s": 1 / statistics.median(seconds), "peak_memory_mb": peak_memory_mb(device),

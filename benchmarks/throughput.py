@@ -1,7 +1,7 @@
 """Inference and training throughput of EDT against DiT, measured in one process.
 
     python benchmarks/throughput.py --models EDT-S/2 DiT-S/2 --batch-size 8 --device cpu --dtype fp32 \
-        [--attention sdpa|math] [--compile] [--threads N] [--repeats 3] [--json FILE]
+        [--attention sdpa|math|flex] [--compile] [--threads N] [--repeats 3] [--json FILE] [--profile FILE]
 
 Inference: steps/s of one eval forward (one denoising step) at batch B, EDT with AMM as in the released preset.
 Training: iterations/s of the `edt-lab train` step (loss pass(es), backward, Adan step); EDT both with its masked
@@ -12,9 +12,11 @@ compiles the models' blocks (`compile_blocks`); the peak GPU memory is counted p
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -48,9 +50,10 @@ def build_inference_model(name: str, device, attention: str, compile_blocks: boo
 
 
 def inference_seconds(model, batch_size: int, device, dtype, steps: int) -> list[float]:
-    """Seconds of each of `steps` eval forwards after two warm-up forwards."""
+    """Seconds of each of `steps` eval forwards after two warm-up forwards, as the pipeline samples: without
+    gradients, in one autocast region (torch.inference_mode would stop autocast caching the weights' casts)."""
     x, t, y = inputs(model, batch_size, device)
-    with torch.inference_mode(), autocast(device, dtype):
+    with torch.no_grad(), autocast(device, dtype):
         return time_calls(lambda: model(x, t, y), device, warmup=2, repeats=steps)
 
 
@@ -69,6 +72,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=5, help="timed forwards per round")
     parser.add_argument("--train-steps", type=int, default=3, help="timed training iterations per round (0: skip)")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--profile", default=None,
+                        help="also write torch.profiler's table of one more round of inference forwards to FILE")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA device is available")
@@ -97,6 +102,12 @@ def main(argv=None) -> dict:
             training[case].extend(time_calls(step, args.device, warmup=1, repeats=args.train_steps))
             peak_memory[case[0]].append(peak_memory_mb(args.device))
 
+    if args.profile:
+        with torch.profiler.profile() as profiler:
+            for model in models.values():
+                inference_seconds(model, args.batch_size, args.device, dtype, args.steps)
+        Path(args.profile).write_text(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
+
     results = []
     for name in args.models:
         row = {"model": name, "batch_size": args.batch_size, "device": args.device, "dtype": args.dtype,
@@ -111,6 +122,7 @@ def main(argv=None) -> dict:
         results.append(row)
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "load_average_1_5_15_min": os.getloadavg(),  # what else the machine was doing
                "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
                "date": time.strftime("%Y-%m-%d")}
 
