@@ -13,8 +13,8 @@ Rows stream to the parent as they are measured, so a section cut short keeps wha
   also gives the path's largest output difference from float32 with exact matrix products (TF32 off) and the
   explicit attention path on the same inputs and random weights, against the largest output value, so a fast
   path that computes something else shows.
-- training: it/s of the `edt-lab train` iteration (loss pass(es), backward, Adan step) on random latents; EDT with
-  its masked pass (two passes, as trained) and without, DiT plain, MDTv2 with MDT's input masking.
+- training: it/s of the `edt-lab train` iteration (loss pass(es), backward, Adan step) on random latents; EDT and
+  MDTv2 with their masked pass (two passes, as trained) and without, DiT plain.
 - peak_memory_mb: the GPU's peak allocated memory during that row alone.
 
 --tiny measures EDT-T/2 and DiT-T/2 at batch 2 with one timed call: the CPU smoke run of the same code.
@@ -50,13 +50,14 @@ class Section:
 
 
 # In priority order: the paper's fp32 setting, then bf16, TF32 and the compiled paths (which spend most of their
-# time compiling, so they go last and take what the budget has left).
+# time compiling, so they go last and take what the budget has left). On an H200 a section's process needs about
+# 12 s to import and start CUDA before its first row.
 SECTIONS = {
-    "fp32": Section(limit_s=40),
-    "bf16": Section(limit_s=35, precision="bf16"),
-    "tf32": Section(limit_s=35, tf32=True),
-    "bf16-compiled": Section(limit_s=100, precision="bf16", compile_blocks=True),
-    "bf16-compiled-flex": Section(limit_s=100, precision="bf16", compile_blocks=True, attention="flex"),
+    "fp32": Section(limit_s=50),
+    "bf16": Section(limit_s=45, precision="bf16"),
+    "tf32": Section(limit_s=45, tf32=True),
+    "bf16-compiled-flex": Section(limit_s=70, precision="bf16", compile_blocks=True, attention="flex"),
+    "bf16-compiled": Section(limit_s=70, precision="bf16", compile_blocks=True),
 }
 
 
@@ -90,13 +91,6 @@ def models_to_measure(tiny: bool) -> list[str]:
 
     size = "T" if tiny else "S"
     return [name for name in (f"EDT-{size}/2", f"DiT-{size}/2", f"MDTv2-{size}/2") if name in MODEL_NAMES]
-
-
-def training_cases(name: str) -> tuple[str, ...]:
-    """The masking strategies measured for model `name`: EDT as trained and plain, MDTv2 as trained, DiT plain."""
-    if name.startswith("EDT"):
-        return ("edt", "none")
-    return ("mdt",) if name.startswith("MDT") else ("none",)
 
 
 def inference_row(name: str, section: Section, device, batch_size: int, warmup: int, repeats: int) -> dict:
@@ -151,6 +145,8 @@ def training_row(name: str, masking: str, section: Section, device, batch_size: 
 def measure_section(section: Section, device, batch_size: int, warmup: int, repeats: int, tiny: bool) -> None:
     """Inference, then training rows of every model on the section's path; a failed row carries its error."""
     import torch
+
+    from throughput import training_cases
 
     if section.compile_blocks:
         torch._dynamo.config.recompile_limit = 64  # a compiled block per shape and mode: never fall back to eager

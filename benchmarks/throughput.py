@@ -39,6 +39,14 @@ def inputs(model, batch_size: int, device):
     return x.to(device), t.to(device), y.to(device)
 
 
+def training_cases(name: str) -> tuple[str, ...]:
+    """The masked passes measured for model `name`, as trained first: EDT's masks or MDTv2's token removal, then
+    none; DiT none."""
+    if name.startswith("EDT"):
+        return ("edt", "none")
+    return ("mdt", "none") if name.startswith("MDT") else ("none",)
+
+
 def build_inference_model(name: str, device, attention: str, compile_blocks: bool):
     """Model `name` in eval mode with the released AMM preset (EDT) and the chosen attention path."""
     model = create_model(name).to(device).eval()
@@ -84,8 +92,7 @@ def main(argv=None) -> dict:
     dtype = DTYPES[args.dtype]
 
     models = {name: build_inference_model(name, args.device, args.attention, args.compile) for name in args.models}
-    train_cases = [(name, masking) for name in args.models
-                   for masking in (("edt", "none") if name.startswith("EDT") else ("none",))]
+    train_cases = [(name, masking) for name in args.models for masking in training_cases(name)]
     inference = {name: [] for name in args.models}
     training = {case: [] for case in train_cases}
     peak_memory = {name: [] for name in args.models}  # MiB per measurement; None on a CPU
@@ -116,8 +123,7 @@ def main(argv=None) -> dict:
                "peak_memory_mb": None if None in peak_memory[name] else max(peak_memory[name])}
         for (case_name, masking), seconds in training.items():
             if case_name == name and seconds:
-                key = "train_iters_per_s" if masking == ("edt" if name.startswith("EDT") else "none") \
-                    else "train_iters_per_s_no_mask"
+                key = "train_iters_per_s" if masking == training_cases(name)[0] else "train_iters_per_s_no_mask"
                 row[key] = 1 / statistics.median(seconds)
         results.append(row)
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),

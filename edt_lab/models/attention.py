@@ -107,16 +107,20 @@ class Attention(nn.Module):
 
     def _flex(self, q, k, v, bias, amm):
         """flex_attention of q, k, v (B, heads, N, head_dim): scores + bias, and with the AMM the modulated weights
-        (not renormalised, as released) through log M and a rescaling by the modulated weights' sum per query."""
+        (not renormalised, as released) through log M and a rescaling by the modulated weights' sum per query.
+        bias and amm broadcast to (B, heads, N, N) as views, so per-sample ones index the same way."""
+        shape = (*q.shape[:2], q.shape[2], k.shape[2])
+        bias = bias.expand(shape) if bias is not None else None
+
         def add_bias(score, b, h, q_index, k_index):
-            return score if bias is None else score + bias[0, h, q_index, k_index]
+            return score if bias is None else score + bias[b, h, q_index, k_index]
 
         if amm is None:
             return flex_attention(q, k, v, score_mod=add_bias)
-        log_amm = amm.log()  # -inf where the AMM is 0: those keys drop out
+        log_amm = amm.log().expand(shape)  # -inf where the AMM is 0: those keys drop out
 
         def add_bias_and_log_amm(score, b, h, q_index, k_index):
-            return add_bias(score, b, h, q_index, k_index) + log_amm[q_index, k_index]
+            return add_bias(score, b, h, q_index, k_index) + log_amm[b, h, q_index, k_index]
 
         out, lse_modulated = flex_attention(q, k, v, score_mod=add_bias_and_log_amm, return_lse=True)
         _, lse = flex_attention(q, k, v, score_mod=add_bias, return_lse=True)
