@@ -75,10 +75,10 @@ def environment(device) -> dict:
     from edt_lab.models import MODEL_NAMES
     from edt_lab.precision import native_bf16
 
-    info = {"kind": "machine", "python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
-            "cuda": torch.version.cuda, "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
-            "date": time.strftime("%Y-%m-%d %H:%M"), "device": str(device), "native_bf16": native_bf16(device),
-            "models": list(MODEL_NAMES)}
+    info = {"kind": "machine", "python": platform.python_version(), "platform": platform.platform(),
+            "torch": torch.__version__, "cuda": torch.version.cuda, "cpu_count": os.cpu_count(),
+            "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M"), "device": str(device),
+            "native_bf16": native_bf16(device), "models": list(MODEL_NAMES)}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(gpu=props.name, capability=f"{props.major}.{props.minor}",
@@ -97,11 +97,10 @@ def inference_row(name: str, section: Section, device, batch_size: int, warmup: 
     """Steps/s, peak memory and the difference from exact float32 of one eval forward of model `name`."""
     import torch
 
+    from edt_lab.models import randomize_weights, set_attention_path
     from edt_lab.precision import autocast, enable_tf32
     from throughput import DTYPES, build_inference_model, inputs
     from timing import peak_memory_mb, reset_peak_memory, time_calls
-
-    from edt_lab.models import randomize_weights, set_attention_path
 
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     model = randomize_weights(build_inference_model(name, device, "math", compile_blocks=False))
@@ -258,7 +257,8 @@ def describe(row: dict) -> str:
         return (f"{row['model']} inference {row['steps_per_s']:.2f} steps/s, peak {row['peak_memory_mb']} MiB, "
                 f"max |diff| vs fp32 {row['max_abs_diff_vs_fp32']:.2e} (of {row['reference_max_abs']:.2f})")
     if row.get("kind") == "training":
-        return f"{row['model']} training ({row['masking']}) {row['iters_per_s']:.2f} it/s, peak {row['peak_memory_mb']} MiB"
+        return (f"{row['model']} training ({row['masking']}) {row['iters_per_s']:.2f} it/s, "
+                f"peak {row['peak_memory_mb']} MiB")
     return ", ".join(f"{key} {value}" for key, value in row.items() if key != "kind")
 
 

@@ -14,7 +14,8 @@ import torch
 
 PRECISIONS = ("fp32", "bf16", "auto")
 NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-NATIVE_BF16_HARDWARE = f"a CUDA GPU of compute capability 8 or later, or a CPU with {' or '.join(NATIVE_BF16_CPU_FLAGS)}"
+NATIVE_BF16_HARDWARE = ("a CUDA GPU of compute capability 8 or later, or a CPU with "
+                        + " or ".join(NATIVE_BF16_CPU_FLAGS))
 
 
 @lru_cache(maxsize=1)

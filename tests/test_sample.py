@@ -64,6 +64,14 @@ def test_bf16_precision_samples_what_fp32_samples_up_to_rounding(files, tmp_path
     assert (fp32 != bf16).any() and np.abs(fp32 - bf16).mean() < 2  # of 255 levels
 
 
+def test_compile_flag_compiles_the_blocks(files, tmp_path, monkeypatch):
+    compiled = []
+    monkeypatch.setattr("edt_lab.models.base.ClassConditionalTransformer.compile_blocks",
+                        lambda model, **kwargs: compiled.append(type(model).__name__))
+    assert sample(files, tmp_path / "plain.npz") == 0 and compiled == []
+    assert sample(files, tmp_path / "compiled.npz", "--compile") == 0 and compiled == ["EDT"]
+
+
 def test_png_grid_has_one_labelled_row_per_class(files, tmp_path):
     out = tmp_path / "grid.png"
     assert sample(files, out, "--sampler", "ddim") == 0
