@@ -13,7 +13,6 @@ import json
 import math
 
 import numpy as np
-import torch
 
 from edt_lab.amm import AMM_PRESETS, default_radius, preset_for
 from edt_lab.metrics import digit_metrics

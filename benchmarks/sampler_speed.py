@@ -20,7 +20,7 @@ import torch
 from edt_lab.metrics import digit_metrics
 from edt_lab.pipeline import DEFAULT_MODEL_DIR, EDTPipeline, make_scheduler
 from edt_lab.sample import FALLBACK_SETTINGS, generate, parse_amm, read_recommended
-from train_speed import synchronize
+from timing import synchronize
 
 SAMPLERS = (("ddpm", 250), ("ddim", 50), ("dpm", 25))
 

@@ -1,29 +1,34 @@
 """Inference and training throughput of EDT against DiT and MDTv2, measured in one process.
 
     python benchmarks/throughput.py --models EDT-S/2 MDTv2-S/2 DiT-S/2 --batch-size 8 --device cpu --dtype fp32 \
-        [--attention sdpa|math] [--compile] [--repeats 3] [--json FILE]
+        [--attention sdpa|math|flex] [--compile] [--threads N] [--repeats 3] [--json FILE] [--profile FILE]
 
 Inference: steps/s of one eval forward (one denoising step) at batch B, EDT with AMM as in the released preset.
 Training: iterations/s of the `edt-lab train` step (loss pass(es), backward, Adan step); EDT and MDTv2 both with
 their masked pass (two passes, as trained: EDT's masks, MDT's token removal) and without. The models are measured
 in turn, `--repeats` rounds, and the medians reported, so a slow spell of the machine hits every model alike.
+bf16 is autocast (edt_lab.precision); --compile compiles the models' blocks (`compile_blocks`); the peak GPU
+memory is counted per model.
 """
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
-from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 
 from edt_lab.amm import AMM_PRESETS, preset_for
-from edt_lab.masking import default_masking
 from edt_lab.models import create_model, set_attention_path
-from train_speed import synchronize, time_steps
+from edt_lab.precision import autocast
+from timing import peak_memory_mb, reset_peak_memory, time_calls
+from train_speed import training_step
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+ATTENTION_PATHS = ("sdpa", "math", "flex")
 
 
 def inputs(model, batch_size: int, device):
@@ -35,39 +40,30 @@ def inputs(model, batch_size: int, device):
     return x.to(device), t.to(device), y.to(device)
 
 
-def masking_as_trained(name: str) -> str:
-    """The masked pass the model trains with as released ("none" when it has none)."""
-    with torch.device("meta"):
-        return default_masking(create_model(name))
+def training_cases(name: str) -> tuple[str, ...]:
+    """The masked passes measured for model `name`, as trained first: EDT's masks or MDTv2's token removal, then
+    none; DiT none."""
+    if name.startswith("EDT"):
+        return ("edt", "none")
+    return ("mdt", "none") if name.startswith("MDT") else ("none",)
 
 
-def build_inference_model(name: str, device, attention: str, compile_model: bool):
+def build_inference_model(name: str, device, attention: str, compile_blocks: bool):
+    """Model `name` in eval mode with the released AMM preset (EDT) and the chosen attention path."""
     model = create_model(name).to(device).eval()
     model.set_amm(AMM_PRESETS[preset_for(model)].blocks if name.startswith("EDT") else [])
-    set_attention_path(model, fused=attention == "sdpa")
-    return torch.compile(model) if compile_model else model
+    set_attention_path(model, fused=attention != "math", flex=attention == "flex")
+    if compile_blocks:
+        model.compile_blocks()
+    return model
 
 
-def inference_seconds(model, batch_size: int, device, dtype, steps: int) -> float:
-    """Median seconds of one eval forward after two warm-up forwards."""
+def inference_seconds(model, batch_size: int, device, dtype, steps: int) -> list[float]:
+    """Seconds of each of `steps` eval forwards after two warm-up forwards, as the pipeline samples: without
+    gradients, in one autocast region (torch.inference_mode would stop autocast caching the weights' casts)."""
     x, t, y = inputs(model, batch_size, device)
-    autocast = torch.autocast(torch.device(device).type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-    times = []
-    with torch.inference_mode(), autocast:
-        for i in range(steps + 2):
-            synchronize(device)
-            start = time.perf_counter()
-            model(x, t, y)
-            synchronize(device)
-            if i >= 2:
-                times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def peak_memory_mb(device) -> float | None:
-    if torch.device(device).type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return None
+    with torch.no_grad(), autocast(device, dtype):
+        return time_calls(lambda: model(x, t, y), device, warmup=2, repeats=steps)
 
 
 def main(argv=None) -> dict:
@@ -76,43 +72,64 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
-    parser.add_argument("--attention", default="sdpa", choices=("sdpa", "math"),
-                        help="sdpa: the default fused path; math: the plain explicit path everywhere")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the inference model")
+    parser.add_argument("--attention", default="sdpa", choices=ATTENTION_PATHS,
+                        help="sdpa: the default fused path; math: the plain explicit path everywhere; flex: "
+                             "flex_attention, fused with --compile on a GPU")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the models' blocks")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds over all models")
     parser.add_argument("--steps", type=int, default=5, help="timed forwards per round")
     parser.add_argument("--train-steps", type=int, default=3, help="timed training iterations per round (0: skip)")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--profile", default=None,
+                        help="also write torch.profiler's table of one more round of inference forwards to FILE")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA device is available")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     dtype = DTYPES[args.dtype]
 
     models = {name: build_inference_model(name, args.device, args.attention, args.compile) for name in args.models}
-    train_cases = [(name, masking) for name in args.models
-                   for masking in dict.fromkeys((masking_as_trained(name), "none"))]  # DiT: "none" once
+    train_cases = [(name, masking) for name in args.models for masking in training_cases(name)]
     inference = {name: [] for name in args.models}
     training = {case: [] for case in train_cases}
+    peak_memory = {name: [] for name in args.models}  # MiB per measurement; None on a CPU
     for _ in range(args.repeats):
         for name, model in models.items():
-            inference[name].append(inference_seconds(model, args.batch_size, args.device, dtype, args.steps))
+            reset_peak_memory(args.device)
+            inference[name].append(statistics.median(inference_seconds(model, args.batch_size, args.device, dtype,
+                                                                       args.steps)))
+            peak_memory[name].append(peak_memory_mb(args.device))
         for case in train_cases if args.train_steps else ():
-            training[case].extend(time_steps(*case, args.batch_size, warmup=1, steps=args.train_steps,
-                                             device=args.device, dtype=dtype))
+            reset_peak_memory(args.device)
+            step = training_step(*case, args.batch_size, device=args.device, dtype=dtype, compile_blocks=args.compile,
+                                 attention=args.attention)
+            training[case].extend(time_calls(step, args.device, warmup=1, repeats=args.train_steps))
+            peak_memory[case[0]].append(peak_memory_mb(args.device))
+
+    if args.profile:
+        with torch.profiler.profile() as profiler:
+            for model in models.values():
+                inference_seconds(model, args.batch_size, args.device, dtype, args.steps)
+        Path(args.profile).write_text(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
 
     results = []
     for name in args.models:
         row = {"model": name, "batch_size": args.batch_size, "device": args.device, "dtype": args.dtype,
                "attention": args.attention, "compile": args.compile,
                "inference_steps_per_s": 1 / statistics.median(inference[name]),
-               "peak_memory_mb": peak_memory_mb(args.device)}
+               "peak_memory_mb": None if None in peak_memory[name] else max(peak_memory[name])}
         for (case_name, masking), seconds in training.items():
             if case_name == name and seconds:
-                key = "train_iters_per_s" if masking == masking_as_trained(name) else "train_iters_per_s_no_mask"
+                key = "train_iters_per_s" if masking == training_cases(name)[0] else "train_iters_per_s_no_mask"
                 row[key] = 1 / statistics.median(seconds)
         results.append(row)
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "load_average_1_5_15_min": os.getloadavg(),  # what else the machine was doing
                "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
                "date": time.strftime("%Y-%m-%d")}
 

@@ -14,6 +14,7 @@ from edt_lab.assets import CHECKOUT_ASSETS
 from edt_lab.classifier import load_digit_classifier
 from edt_lab.cli import make_parent_folder
 from edt_lab.data import diffusion_split, load_digits
+from edt_lab.precision import PRECISIONS, autocast, resolve_precision
 from edt_lab.realism import STATISTICS, digit_statistics, encode_digits, load_digit_autoencoder
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
@@ -126,10 +127,14 @@ def to_digit_images(images):
 
 
 @torch.no_grad()
-def _classify(classifier, images, batch_size: int = 128):
-    """Logits (N, 10) and penultimate features (N, F) of digits (N, 1, 32, 32), by an eval-mode classifier."""
-    features = torch.cat([classifier.features(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
-    return classifier.logits(features), features  # in eval mode the logits are the head on the features
+def _classify(classifier, images, batch_size: int = 128, dtype=torch.float32):
+    """Logits (N, 10) and penultimate features (N, F), float32, of digits (N, 1, 32, 32) by an eval-mode classifier;
+    dtype bf16 runs the classifier under autocast."""
+    with autocast(images.device, dtype):
+        features = torch.cat([classifier.features(images[i:i + batch_size])
+                              for i in range(0, len(images), batch_size)])
+        logits = classifier.logits(features)  # in eval mode the logits are the head on the features
+    return logits.float(), features.float()
 
 
 def nearest_distances(queries, references, batch_size: int = 500):
@@ -162,7 +167,8 @@ def realism_metrics(images, floor, rest, autoencoder=None) -> dict:
     return results
 
 
-def digit_metrics(images, labels=None, classifier=None, reference=None, seed: int = 0, autoencoder=None):
+def digit_metrics(images, labels=None, classifier=None, reference=None, seed: int = 0, dtype=torch.float32,
+                  autoencoder=None):
     """Judge generated digits with the digit classifier; returns a dict of plain numbers.
 
     images: (N, 1, 32, 32) in [-1, 1] or uint8 (N, 32, 32, 1); labels: the requested classes (N,) or None.
@@ -171,7 +177,8 @@ def digit_metrics(images, labels=None, classifier=None, reference=None, seed: in
     samples (where the reference allows), against the same reference part, so it is the value a perfect
     generator would get. `nearest_train_l2` is the mean pixel distance of each sample to its nearest digit of
     the diffusion model's 4,500 training digits; `nearest_train_l2_held_out` is the same for the 500 held-out
-    digits, the value of new, uncopied digits.
+    digits, the value of new, uncopied digits. dtype bf16 runs the classifier under bf16 autocast (the
+    autoencoder of the realism measures always runs in float32).
     """
     images = to_digit_images(images)
     classifier = load_digit_classifier() if classifier is None else classifier.eval()
@@ -181,7 +188,7 @@ def digit_metrics(images, labels=None, classifier=None, reference=None, seed: in
     if len(images) < 2 or len(reference) < 4:
         raise ValueError(f"need at least 2 samples and 4 reference digits, got {len(images)} and {len(reference)}")
 
-    logits, features = _classify(classifier, images)
+    logits, features = _classify(classifier, images, dtype=dtype)
     results = {"num_samples": len(images), "accuracy": None, "per_class_accuracy": None}
     if labels is not None:
         labels = torch.as_tensor(np.asarray(labels)).long().flatten()
@@ -196,7 +203,7 @@ def digit_metrics(images, labels=None, classifier=None, reference=None, seed: in
     # Split the reference: `floor` real digits (as many as the samples where possible) and the rest, which
     # both the samples and the floor digits are compared against, so the two values of every measure have the
     # same bias.
-    _, reference_features = _classify(classifier, reference)
+    _, reference_features = _classify(classifier, reference, dtype=dtype)
     order = torch.randperm(len(reference), generator=torch.Generator().manual_seed(seed))
     num_floor = min(len(images), len(reference) // 2)
     floor, rest = order[:num_floor], order[num_floor:]
@@ -230,14 +237,16 @@ def load_inception(path=None):
 
 
 @torch.no_grad()
-def inception_outputs(model, images, return_features: bool, batch_size: int = 64, device="cpu"):
-    """Pool features (N, 2048) or class probabilities (N, 1008) of uint8 images (N, H, W, 1 or 3)."""
+def inception_outputs(model, images, return_features: bool, batch_size: int = 64, device="cpu", dtype=torch.float32):
+    """Pool features (N, 2048) or class probabilities (N, 1008) of uint8 images (N, H, W, 1 or 3); dtype bf16 runs
+    the network under bf16 autocast."""
     outputs = []
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(images[i:i + batch_size]).to(device).permute(0, 3, 1, 2).float()  # (B, C, H, W), 0..255
         x = x.expand(-1, 3, -1, -1)  # grey -> RGB; a no-op for RGB
         # ADM's evaluator and StyleGAN2-ADA's IS both drop the output bias before the softmax.
-        output = model(x, return_features=True) if return_features else model(x, no_output_bias=True)
+        with autocast(device, dtype):
+            output = model(x, return_features=True) if return_features else model(x, no_output_bias=True)
         outputs.append(output.double().cpu())
     return torch.cat(outputs).numpy()
 
@@ -266,14 +275,16 @@ def read_npz(path, images_required: bool = True):
     return arrays
 
 
-def evaluate_npz(samples_npz, ref_npz=None, inception=None, batch_size: int = 64, device="cpu"):
+def evaluate_npz(samples_npz, ref_npz=None, inception=None, batch_size: int = 64, device="cpu", precision="fp32"):
     """Score the samples of an ADM-style .npz; returns a dict of plain numbers and notes.
 
     32x32 one-channel digits without Inception weights are judged by the digit classifier (`digit_metrics`,
     reference: the images of ref_npz or the bundled digits). Otherwise Inception-v3 (`inception`: a path or a
     loaded TorchScript module) gives FID against ref_npz (its `mu`/`sigma` when present, as in ADM's reference
     batches, else its images), IS, and precision/recall against the reference images.
+    precision: "fp32", "bf16" or "auto" for the networks' forwards (edt_lab.precision); the statistics stay float64.
     """
+    dtype = resolve_precision(precision, device)
     samples = read_npz(samples_npz)
     reference = read_npz(ref_npz, images_required=False) if ref_npz is not None else None
     images, labels = samples["arr_0"], samples.get("arr_1")
@@ -282,17 +293,18 @@ def evaluate_npz(samples_npz, ref_npz=None, inception=None, batch_size: int = 64
         if reference is not None and "arr_0" not in reference:
             raise ValueError(f"{ref_npz} holds only Inception statistics: pass --inception to compare against them, "
                              "or give an .npz of real digits")
-        return digit_metrics(images, labels, reference=None if reference is None else reference["arr_0"])
+        return digit_metrics(images, labels, reference=None if reference is None else reference["arr_0"],
+                             dtype=dtype)
 
     if reference is None:
         raise ValueError("Inception metrics need --ref REF.npz (an ADM reference batch or an .npz of real images)")
     model = inception if isinstance(inception, torch.nn.Module) else load_inception(inception)
     model = model.to(device)
-    features = inception_outputs(model, images, True, batch_size, device)
-    probs = inception_outputs(model, images, False, batch_size, device)
+    features = inception_outputs(model, images, True, batch_size, device, dtype)
+    probs = inception_outputs(model, images, False, batch_size, device, dtype)
     reference_features = None
     if "arr_0" in reference:
-        reference_features = inception_outputs(model, reference["arr_0"], True, batch_size, device)
+        reference_features = inception_outputs(model, reference["arr_0"], True, batch_size, device, dtype)
     if "mu" in reference and "sigma" in reference:
         reference_stats = reference["mu"], reference["sigma"]
     else:
@@ -338,6 +350,8 @@ def add_arguments(parser):
                         help=f"TorchScript {INCEPTION_FILE} (default for non-digit samples: {DEFAULT_INCEPTION_PATH})")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="of the networks' forwards: fp32, bf16 (autocast; needs native bf16 hardware) or auto")
     parser.add_argument("--json", default=None, help="also write the results to this .json file")
 
 
@@ -345,7 +359,7 @@ def run(args):
     if args.json:
         make_parent_folder(args.json, "--json")
     results = evaluate_npz(args.samples, args.ref, inception=args.inception, batch_size=args.batch_size,
-                           device=args.device)
+                           device=args.device, precision=args.precision)
     print(format_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

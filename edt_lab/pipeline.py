@@ -25,6 +25,7 @@ from .data import LATENT_SCALE
 from .diffusion import make_training_scheduler
 from .models import capture_attention
 from .models.base import CFG_SCHEDULES
+from .precision import autocast, resolve_precision
 
 SAMPLERS = ("ddpm", "ddim", "dpm")
 OUTPUT_TYPES = ("pil", "np", "pt")
@@ -195,9 +196,11 @@ class EDTPipeline(DiffusionPipeline):
             "learned", "learned_range")
 
     def _to_images(self, x, output_type: str):
-        """Model-space samples (B, C, h, w) -> images in [0, 1] as PIL list, (B, H, W, C) array or (B, C, H, W)."""
+        """Model-space samples (B, C, h, w) -> images in [0, 1] as PIL list, (B, H, W, C) array or (B, C, H, W);
+        the VAE decodes in its own dtype whatever the transformer's precision."""
         if self.vae is not None:
-            x = self.vae.decode(x.to(self.vae.dtype) / LATENT_SCALE).sample
+            with torch.autocast(x.device.type, enabled=False):
+                x = self.vae.decode(x.to(self.vae.dtype) / LATENT_SCALE).sample
         images = (x.float() / 2 + 0.5).clamp(0, 1).cpu()  # [-1, 1] -> [0, 1]
         if output_type == "pt":
             return images
@@ -243,6 +246,7 @@ class EDTPipeline(DiffusionPipeline):
         return_previews: bool = False,
         attention_blocks=None,
         attention_step: int | None = None,
+        precision: str = "fp32",
     ) -> EDTPipelineOutput:
         """Generate one image per class label.
 
@@ -261,11 +265,15 @@ class EDTPipeline(DiffusionPipeline):
         return_previews: also return the predicted clean images x0 after every step (decoded for latent models).
         attention_blocks: blocks whose attention (head mean, first image, conditional half) is returned, plain
             softmax and AMM-modulated, recorded at step index attention_step (default: the middle step).
+        precision: "fp32", "bf16" (the transformer's forwards under bf16 autocast: its weights, the sampler and the
+            VAE stay float32; needs hardware with native bf16, see `edt_lab.precision`) or "auto" (bf16 where the
+            hardware has it, else fp32).
         """
         labels = self.class_ids(class_labels)
         batch_size = len(labels)
         self._check_call(num_inference_steps, guidance_scale, output_type, generator, batch_size, cfg_schedule)
         model, device = self.transformer, self._execution_device
+        dtype = resolve_precision(precision, device)
         channels, size = model.config.in_channels, model.config.input_size
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -286,7 +294,9 @@ class EDTPipeline(DiffusionPipeline):
         x = x * self.scheduler.init_noise_sigma
         previews, attention = [], None
 
-        with self._sampling_state(amm_blocks, amm_radius, amm_scale, guidance_scale):
+        # One autocast region for the whole loop, so each weight is cast to bf16 once per call rather than per step
+        # (autocast caches the casts of weights that require grad, outside torch.inference_mode).
+        with self._sampling_state(amm_blocks, amm_radius, amm_scale, guidance_scale), autocast(device, dtype):
             for i, t in enumerate(self.progress_bar(timesteps)):
                 capture = i == attention_step and attention_blocks
                 with capture_attention(model, attention_blocks) if capture else nullcontext() as captured:
@@ -297,6 +307,7 @@ class EDTPipeline(DiffusionPipeline):
                                                      guided_channels, cfg_schedule)[:batch_size]
                     else:
                         out = model(x_in, t_batch, y)
+                out = out.float()  # the sampler works in float32 at any precision
                 if capture:
                     attention = {block: {name: None if maps is None else maps[0].float().mean(0).cpu().numpy()
                                          for name, maps in captured[block].items()} for block in attention_blocks}

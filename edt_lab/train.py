@@ -33,6 +33,7 @@ from .diffusion import TIMESTEP_SAMPLERS, make_timestep_sampler, make_training_s
 from .masking import MASKING_STRATEGIES, default_masking, draw_masks
 from .models import MODEL_NAMES, create_model
 from .pipeline import EDTPipeline, image_generators, load_vae, make_scheduler
+from .precision import NATIVE_BF16_HARDWARE, enable_tf32, native_bf16
 
 CHECKPOINT_KEYS = ("model", "ema", "opt", "lr_scheduler", "step", "data", "rng", "timestep_sampler", "log_sums", "args",
                    "config")
@@ -80,7 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-every", type=int, default=100, help="write a log.jsonl line every N steps")
     parser.add_argument("--sample-every", type=int, default=0, help="write an EMA preview every N steps (0: never)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--mixed-precision", choices=("no", "bf16"), default="no", help="bf16 needs a GPU")
+    parser.add_argument("--mixed-precision", choices=("no", "bf16"), default="no",
+                        help="bf16 autocast; needs native bf16 hardware (a GPU of compute capability 8 or later, "
+                             "or a CPU with avx512_bf16 or amx_bf16)")
     parser.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
     parser.add_argument("--vae", default=None, help="diffusers AutoencoderKL folder of features data: decodes the "
                         "previews and is kept with the run for export")
@@ -115,8 +118,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--lr must be positive and --lr-final non-negative, got {args.lr} and {args.lr_final}")
     if not 0.0 <= args.ema_decay <= 1.0:
         raise ValueError(f"--ema-decay must lie in [0, 1], got {args.ema_decay}")
-    if args.mixed_precision == "bf16" and not torch.cuda.is_available():
-        raise ValueError("--mixed-precision bf16 needs a GPU; use --mixed-precision no on a CPU")
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # where accelerate will train
+    if args.mixed_precision == "bf16" and not native_bf16(device):
+        raise ValueError(f"--mixed-precision bf16 needs native bf16 hardware ({NATIVE_BF16_HARDWARE}), which "
+                         f"this {device} lacks: use --mixed-precision no")
 
 
 #################################################################################
@@ -354,6 +359,8 @@ def train(args: argparse.Namespace) -> Path:
 
     accelerator = Accelerator(mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.grad_accum)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    if device.type == "cuda":
+        enable_tf32()  # as the released training scripts
     if args.batch_size % (world * args.grad_accum):
         raise ValueError(f"--batch-size {args.batch_size} must split evenly over {world} process(es) x "
                          f"--grad-accum {args.grad_accum}")

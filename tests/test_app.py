@@ -1,11 +1,7 @@
 """The running web explorer through its API (gradio_client): defaults, AMM off vs on, bad requests, models folder."""
 
 import runpy
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,14 +14,11 @@ from edt_lab.cli import main
 from edt_lab.explorer.models import demo_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-APP_PY = [sys.executable, "app.py"]
-EDT_LAB_APP = [sys.executable, "-m", "edt_lab.cli", "app"]
+APP_PY = (sys.executable, "app.py")
+EDT_LAB_APP = (sys.executable, "-m", "edt_lab.cli", "app")
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from app_latency import app_server as start_app  # noqa: E402
 
 
 @contextmanager
@@ -35,33 +28,9 @@ def app_server(models_dir, command=APP_PY, timeout: float = 90.0):
 
     One torch thread: the tiny demo model is fastest that way, and the test does not fight pytest for the cores.
     """
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    process = subprocess.Popen([*command, "--port", str(port), "--models-dir", str(models_dir), "--device", "cpu",
-                                "--threads", "1", "--demo"], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"{command} exited with {process.returncode}:\n{process.stdout.read()}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{command} was not ready within {timeout:.0f} s")
-            time.sleep(0.25)
+    args = ["--models-dir", str(models_dir), "--device", "cpu", "--threads", "1", "--demo"]
+    with start_app(args, timeout, command) as (url, _):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def make_models_dir(folder: Path) -> Path:

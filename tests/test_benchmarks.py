@@ -6,6 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+import gpu_check  # noqa: E402
 import label_use  # noqa: E402
 import masking_study  # noqa: E402
 import settings_sweep  # noqa: E402
@@ -49,6 +50,40 @@ def test_label_use_compares_true_and_shuffled_labels_on_the_same_noise():
     # A fresh model's label embedding is random but its output layer is zero, so both errors equal the noise power.
     for true, shuffled in rows.values():
         assert true == shuffled and 0.5 < true < 2.0
+
+
+def test_gpu_check_runs_each_section_in_its_own_process_and_survives_a_hang(tmp_path, monkeypatch, capsys):
+    # A 0.5 s limit stops the fp32 section before it has imported torch: a stand-in for a hang.
+    monkeypatch.setitem(gpu_check.SECTIONS, "fp32", gpu_check.Section(limit_s=0.5))
+    out = tmp_path / "check" / "gpu_check.json"
+    gpu_check.main(["--json", str(out), "--device", "cpu", "--tiny", "--sections", "fp32", "bf16"])
+    report = json.loads(out.read_text())
+    assert report["machine"]["device"] == "cpu" and report["settings"]["batch_size"] == 2
+    assert report["sections"]["fp32"]["status"] == "timeout" and report["sections"]["fp32"]["rows"] == []
+    bf16 = report["sections"]["bf16"]
+    assert bf16["status"] == "ok"
+    rows = {(row["model"], row["kind"], row.get("masking")): row for row in bf16["rows"]}
+    assert set(rows) >= {("EDT-T/2", "inference", None), ("DiT-T/2", "inference", None),  # MDTv2-T/2 where it exists
+                         ("EDT-T/2", "training", "edt"), ("EDT-T/2", "training", "none"),
+                         ("DiT-T/2", "training", "none")}
+    for (model, kind, _), row in rows.items():
+        assert "error" not in row and row[("steps_per_s" if kind == "inference" else "iters_per_s")] > 0
+        if kind == "inference":  # bf16 differs from exact float32, but only by rounding
+            assert 0 < row["max_abs_diff_vs_fp32"] < 0.05 * row["reference_max_abs"]
+    summary = report["summary"][0]
+    assert summary["section"] == "bf16" and summary["edt_over_dit_inference"] > 0
+    assert "== bf16" in capsys.readouterr().out
+
+
+def test_app_latency_times_generate_at_the_app_defaults(tmp_path):
+    import app_latency
+
+    out = tmp_path / "latency.json"
+    app_latency.main(["--calls", "2", "--threads", "1", "--json", str(out), "--", "--demo"])
+    report = json.loads(out.read_text())
+    assert report["startup_s"] > 0 and report["generate_first_s"] > 0 and len(report["generate_s"]) == 1
+    assert report["generate_median_s"] == report["generate_s"][0] and "4 images" in report["status"]
+    assert report["app_args"] == ["--device", "cpu", "--threads", "1", "--demo"]
 
 
 def test_settings_sweep_rule_takes_the_most_real_looking_accurate_setting():

@@ -13,7 +13,7 @@ from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 
 from edt_lab.checkpoints import load_checkpoint
 from edt_lab.cli import main
-from edt_lab.diffusers_dit import dit_config, save_diffusers_dit, set_amm_processors
+from edt_lab.diffusers_dit import dit_config, set_amm_processors
 from edt_lab.explorer import ModelStore, compare, controls, views
 from edt_lab.flops import count_macs
 from edt_lab.models import DiT

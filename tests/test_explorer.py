@@ -201,6 +201,7 @@ def test_check_request_accepts_names_and_indices(pipe):
     (dict(amm_blocks="12"), "AMM block 12 is out of range"),
     (dict(released_radius=False, radius=0), "AMM radius R must lie in"),
     (dict(scale=-1), "AMM scale k must lie in"),
+    (dict(precision="fp16"), "unknown precision 'fp16'"),
 ])
 def test_bad_inputs_raise_clear_value_errors(pipe, change, words):
     with pytest.raises(ValueError, match=words):
@@ -234,6 +235,16 @@ def test_compare_gives_same_noise_different_images(pipe):
     assert len(on.previews) == 4 and on.previews[-1].shape == (2, 32, 32, 1)
     assert on.attention[10]["modulated"] is not None and off.attention[10]["modulated"] is None
     assert pipe.transformer.amm_blocks == ()  # the call's AMM does not stay on the shared model
+
+
+def test_precision_reaches_the_pipeline(pipe, monkeypatch):
+    monkeypatch.setattr("edt_lab.precision.native_bf16", lambda device: False)
+    with pytest.raises(ValueError, match="precision bf16 needs native bf16 hardware"):
+        request(pipe, precision="bf16")
+    assert request(pipe, precision="auto").precision == "auto"
+    monkeypatch.setattr("edt_lab.precision.native_bf16", lambda device: True)  # emulated where the CPU lacks it
+    fp32, bf16 = (sample(pipe, request(pipe, precision=p)).images for p in ("fp32", "bf16"))
+    assert np.abs(fp32 - bf16).max() > 0 and np.abs(fp32 - bf16).mean() < 0.02  # rounding, not another image
 
 
 def test_compare_needs_amm_blocks(pipe):
@@ -272,8 +283,12 @@ def test_difference_map_and_images():
 
 def test_preview_strips_pick_evenly_spaced_steps_ending_at_the_last():
     previews = [np.full((2, 32, 32, 1), s / 9) for s in range(10)]
-    strips = views.preview_strips(previews, count=4)
-    assert [caption for _, caption in strips] == [f"predicted clean images after step {s}/10" for s in (1, 4, 7, 10)]
+    [(sheet, caption)] = views.preview_strips(previews, count=4)
+    assert caption == "predicted clean images, one row per step: after steps 1, 4, 7, 10 of 10"
+    rows = np.asarray(sheet)[:, 0, 0]  # the first pixel column: one grey level per row of tiles (white gaps)
+    levels = sorted(set(rows.tolist()) - {255})
+    assert levels == [round(s / 9 * 255) for s in (0, 3, 6)]  # step 10 is white (1.0), like the gaps
+    assert sheet.size[0] == 2 * views.TILE + 2 and sheet.size[1] == 4 * views.TILE + 3 * 2
 
 
 def test_figures(pipe):

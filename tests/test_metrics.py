@@ -147,6 +147,19 @@ def test_eval_command_on_real_digits(tmp_path, held_out, capsys):
     assert results["num_samples"] == 500 and results["accuracy"] > 0.97
 
 
+def test_eval_precision_bf16_classifies_like_fp32(tmp_path, held_out, capsys, monkeypatch):
+    images, labels = held_out
+    np.savez(tmp_path / "samples.npz", to_uint8(images[::5]), labels[::5].numpy())
+    monkeypatch.setattr("edt_lab.precision.native_bf16", lambda device: False)
+    assert main(["eval", str(tmp_path / "samples.npz"), "--precision", "bf16"]) == 2
+    assert "needs native bf16 hardware" in capsys.readouterr().err
+    monkeypatch.setattr("edt_lab.precision.native_bf16", lambda device: True)  # emulated where the CPU lacks it
+    fp32 = evaluate_npz(tmp_path / "samples.npz", precision="fp32")
+    bf16 = evaluate_npz(tmp_path / "samples.npz", precision="bf16")
+    assert abs(bf16["accuracy"] - fp32["accuracy"]) <= 0.01 and bf16["fid"] != fp32["fid"]
+    assert abs(bf16["fid"] - fp32["fid"]) < 0.05 * fp32["fid_real_floor"] + 0.5
+
+
 def test_eval_command_missing_file(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "nope.npz")]) == 2
     error = capsys.readouterr().err

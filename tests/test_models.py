@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from edt_lab.amm import AMM_PRESETS, modulation_matrix, preset_for
-from edt_lab.models import EDT, MODEL_NAMES, capture_attention, create_model, set_attention_path
+from edt_lab.models import EDT, MODEL_NAMES, capture_attention, create_model, randomize_weights, set_attention_path
 
 
 def compat_model(case):
@@ -91,6 +91,39 @@ def test_fused_and_explicit_paths_agree_in_training_and_eval():
         set_attention_path(model, False)
         explicit = model(x, t, y)
         torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name, amm_blocks", [("EDT-T/2", [7, 8, 10]), ("DiT-T/2", [8, 10])])
+def test_flex_path_computes_bias_and_amm_as_the_explicit_path(name, amm_blocks):
+    # In eager mode flex_attention runs its unfused reference: this checks the formulation (score modification,
+    # log AMM and the rescaling by exp(lse(s + log M) - lse(s))), which compiled kernels then carry out.
+    model = randomize_weights(create_model(name))
+    model.set_amm(amm_blocks)
+    x, t, y = torch.randn(2, 1, 32, 32), torch.tensor([3, 700]), torch.tensor([1, 10])
+    with torch.no_grad():
+        set_attention_path(model, fused=False)
+        explicit = model(x, t, y)
+        set_attention_path(model, fused=True, flex=True)
+        flex = model(x, t, y)
+        with capture_attention(model, [amm_blocks[0]]) as captured:  # capturing takes the explicit path
+            model(x, t, y)
+    assert explicit.abs().max() > 1 and captured[amm_blocks[0]]["modulated"] is not None
+    torch.testing.assert_close(flex, explicit, atol=1e-5, rtol=0)
+
+
+def test_compiled_blocks_compute_what_eager_blocks_compute():
+    # The aot_eager backend traces the graphs (bias, AMM and cache code under torch.compile) without generating
+    # kernels, which keeps the test fast; the kernels themselves are torch's.
+    model = randomize_weights(create_model("EDT-T/2"))
+    model.set_amm([8])
+    x, t, y = torch.randn(2, 1, 32, 32), torch.tensor([3, 700]), torch.tensor([1, 10])
+    with torch.no_grad():
+        eager = model(x, t, y)
+        keys = list(model.state_dict())
+        model.compile_blocks(backend="aot_eager")
+        compiled = model(x, t, y)
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=0)
+    assert list(model.state_dict()) == keys and all(block._compiled_call_impl is not None for block in model.blocks)
 
 
 def test_amm_acts_only_in_eval_mode_and_can_be_turned_off():

@@ -281,3 +281,38 @@ def test_load_default_says_where_the_model_belongs(monkeypatch, tmp_path):
     for load in (load_default, edt_lab.load_default):
         with pytest.raises(ValueError, match="the default model is not in assets/edt_t2_digits"):
             load()
+
+
+def test_bf16_precision_autocasts_the_transformer_only(pixel_pipe, monkeypatch):
+    def run(precision):
+        return pixel_pipe([1, 2], guidance_scale=2.0, generator=image_generators(0, range(2)), num_inference_steps=3,
+                          output_type="pt", amm_blocks="preset", precision=precision).images
+
+    matmul_dtypes = []
+    hook = pixel_pipe.transformer.blocks[0].mlp.fc1.register_forward_hook(
+        lambda module, args, out: matmul_dtypes.append(out.dtype))
+    try:
+        monkeypatch.setattr("edt_lab.precision.native_bf16", lambda device: False)
+        fp32 = run("fp32")
+        assert torch.equal(run("auto"), fp32) and set(matmul_dtypes) == {torch.float32}
+        with pytest.raises(ValueError, match="precision bf16 needs native bf16 hardware"):
+            run("bf16")
+        monkeypatch.setattr("edt_lab.precision.native_bf16", lambda device: True)  # emulated where the CPU lacks it
+        matmul_dtypes.clear()
+        bf16 = run("bf16")
+    finally:
+        hook.remove()
+    assert set(matmul_dtypes) == {torch.bfloat16} and bf16.dtype == torch.float32
+    assert 0 < (bf16 - fp32).abs().max() < 0.05  # bf16 rounding, not another computation
+    assert torch.equal(run("fp32"), fp32)  # the weights were not touched
+
+
+def test_guidance_is_computed_in_float32_under_autocast(latent_pipe):
+    model = latent_pipe.transformer
+    half = torch.randn(2, 4, 16, 16)
+    x, t, y = torch.cat([half, half]), torch.full((4,), 500), torch.tensor([1, 2, 10, 10])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        guided = model.forward_with_cfg(x, t, y, 4.0)
+        cond, uncond = model(x, t, y).float().chunk(2)
+    assert guided.dtype == torch.float32
+    torch.testing.assert_close(guided[:2, :4], uncond[:, :4] + 4.0 * (cond[:, :4] - uncond[:, :4]))

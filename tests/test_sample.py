@@ -57,6 +57,22 @@ def test_same_arguments_same_bytes(files, tmp_path):
     assert (a != seed1).mean() > 0.5
 
 
+def test_bf16_precision_samples_what_fp32_samples_up_to_rounding(files, tmp_path, monkeypatch):
+    monkeypatch.setattr("edt_lab.precision.native_bf16", lambda device: True)  # emulated where the CPU lacks it
+    assert sample(files, tmp_path / "fp32.npz", "--cfg", "2") == 0
+    assert sample(files, tmp_path / "bf16.npz", "--cfg", "2", "--precision", "bf16") == 0
+    fp32, bf16 = (np.load(tmp_path / f"{name}.npz")["arr_0"].astype(int) for name in ("fp32", "bf16"))
+    assert (fp32 != bf16).any() and np.abs(fp32 - bf16).mean() < 2  # of 255 levels
+
+
+def test_compile_flag_compiles_the_blocks(files, tmp_path, monkeypatch):
+    compiled = []
+    monkeypatch.setattr("edt_lab.models.base.ClassConditionalTransformer.compile_blocks",
+                        lambda model, **kwargs: compiled.append(type(model).__name__))
+    assert sample(files, tmp_path / "plain.npz") == 0 and compiled == []
+    assert sample(files, tmp_path / "compiled.npz", "--compile") == 0 and compiled == ["EDT"]
+
+
 def test_png_grid_has_one_labelled_row_per_class(files, tmp_path):
     out = tmp_path / "new" / "folder" / "grid.png"  # missing folders are created
     assert sample(files, out, "--sampler", "ddim") == 0
@@ -139,6 +155,8 @@ def test_bad_input_is_one_line_and_exit_2(files, tmp_path, capsys, monkeypatch):
         ([*base, "--out", str(tmp_path / "x.jpg")], "expected a .png or .npz"),
         ([*base, "--classes", "ten", "--out", out], "this model has no class names"),
     ]
+    monkeypatch.setattr("edt_lab.precision.native_bf16", lambda device: False)
+    cases.append(([*base, "--precision", "bf16", "--out", out], "precision bf16 needs native bf16 hardware"))
     monkeypatch.setattr("edt_lab.pipeline.DEFAULT_MODEL_DIR", tmp_path / "nothing_here")
     cases.append((["sample", "--model", "default", "--out", out], "the default model is not in assets/edt_t2_digits"))
     for argv, message in cases:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 from PIL import Image
 
 from edt_lab.checkpoints import load_checkpoint, safe_torch_load
@@ -372,3 +373,30 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     assert main(train_argv(run, steps=1)) == 0
     capsys.readouterr()
     one_line_error(capsys, train_argv(run, steps=2), "already holds checkpoints")
+
+
+def test_bf16_mixed_precision_runs_under_autocast_where_native_and_is_refused_elsewhere(tmp_path, capsys,
+                                                                                        monkeypatch):
+    import edt_lab.train as train_module
+
+    monkeypatch.setattr(train_module, "native_bf16", lambda device: False)
+    one_line_error(capsys, train_argv(tmp_path / "refused", "--mixed-precision", "bf16"), "needs native bf16")
+    assert not (tmp_path / "refused").exists()
+
+    monkeypatch.setattr(train_module, "native_bf16", lambda device: True)  # emulated where the CPU lacks it
+    matmul_dtypes = []
+
+    def recording_model(name):
+        model = registry.create_model(name)
+        model.blocks[0].mlp.fc1.register_forward_hook(lambda module, args, out: matmul_dtypes.append(out.dtype))
+        return model
+
+    monkeypatch.setattr(train_module, "create_model", recording_model)
+    # accelerate keeps one precision per process: start this run, and the tests after it, afresh
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        assert main(train_argv(tmp_path / "run", "--mixed-precision", "bf16", steps=2)) == 0
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert matmul_dtypes and set(matmul_dtypes) == {torch.bfloat16}  # both passes of both steps
+    assert all(np.isfinite(row["loss"]) for row in read_log(tmp_path / "run"))

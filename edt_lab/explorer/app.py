@@ -97,6 +97,7 @@ class Page:
     sampler: gr.Radio
     steps: gr.Slider
     guidance: gr.Slider
+    precision: gr.Radio
     # AMM
     presets: dict
     boxes: list
@@ -130,7 +131,7 @@ class Page:
     def request_inputs(self) -> list:
         """The inputs of /generate and /compare, in their API order."""
         return [self.model, self.class_name, self.seed, self.num_images, self.sampler, self.steps, self.guidance,
-                self.amm_field, self.released_radius, self.radius, self.scale]
+                self.amm_field, self.released_radius, self.radius, self.scale, self.precision]
 
     def attention_inputs(self) -> list:
         """The inputs of `show_attention`: the last run and the query token."""
@@ -155,6 +156,8 @@ def request_panel(values: dict) -> dict:
         "steps": gr.Slider(1, controls.MAX_STEPS, value=init["steps"], step=1, label="steps"),
         "guidance": gr.Slider(1.0, controls.MAX_GUIDANCE, value=init["guidance"], step=0.1,
                               label="guidance scale (1 = no guidance)"),
+        "precision": gr.Radio(list(controls.PRECISIONS), value=controls.PRECISION_DEFAULT, label="precision",
+                              info="auto: bf16 where the hardware computes it natively (faster), else fp32"),
     }
 
 
@@ -337,10 +340,10 @@ def wire_sampling(store: ModelStore, page: Page) -> None:
 
     @shows_errors
     def generate(model, class_name, seed, num_images, sampler, steps, guidance_scale, amm_blocks,
-                 released_radius, radius, scale, progress=gr.Progress()):
+                 released_radius, radius, scale, precision, progress=gr.Progress()):
         """Images of one class with AMM in the chosen blocks; also denoising previews and a status line."""
         loaded, request = checked(model, class_name, seed, num_images, sampler, steps, guidance_scale,
-                                  amm_blocks, released_radius, radius, scale)
+                                  amm_blocks, released_radius, radius, scale, precision)
         run = sample(loaded.pipe, request, progress=lambda done, text: progress(done, desc=text))
         runs = {"runs": [(f"AMM in {controls.format_blocks(run.amm_blocks) or 'no block'}", run.attention)],
                 "image": run.images[0]}
@@ -349,10 +352,10 @@ def wire_sampling(store: ModelStore, page: Page) -> None:
 
     @shows_errors
     def compare_amm(model, class_name, seed, num_images, sampler, steps, guidance_scale, amm_blocks,
-                    released_radius, radius, scale, progress=gr.Progress()):
+                    released_radius, radius, scale, precision, progress=gr.Progress()):
         """The same noise with AMM off and on: both image sets, their difference, previews and a status line."""
         loaded, request = checked(model, class_name, seed, num_images, sampler, steps, guidance_scale,
-                                  amm_blocks, released_radius, radius, scale)
+                                  amm_blocks, released_radius, radius, scale, precision)
         off, on = compare(loaded.pipe, request, progress=lambda done, text: progress(done, desc=text))
         heat, largest = views.difference_map(off.images, on.images)
         runs = {"runs": [("AMM off", off.attention), ("AMM on", on.attention)], "image": on.images[0]}

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from ..amm import AMM_PRESETS, default_radius, preset_for
 from ..pipeline import SAMPLERS
+from ..precision import PRECISIONS, resolve_precision
 from ..sample import FALLBACK_SETTINGS
 
 MAX_IMAGES = 16
@@ -25,11 +26,14 @@ PRESETS = {
 }
 # The app's own settings for a model whose folder recommends none: quick enough for a first look on a CPU.
 APP_SETTINGS = {**FALLBACK_SETTINGS, "sampler": "dpm", "steps": 25, "amm": "preset"}
+# bf16 where the hardware computes it natively: the digits model's bf16 samples score as its fp32 ones
+# (docs/performance.md), and they come faster.
+PRECISION_DEFAULT = "auto"
 
 
 @dataclass
 class Request:
-    """One checked sampling request: class index, noise seed, image count, sampler, steps, guidance and AMM."""
+    """One checked sampling request: class index, noise seed, image count, sampler, steps, guidance, AMM, precision."""
 
     class_index: int
     seed: int
@@ -40,6 +44,7 @@ class Request:
     amm_blocks: list[int]
     radius: float | None  # None: the released radius of each block's own grid
     scale: float
+    precision: str = "fp32"  # of the transformer's forwards: fp32, bf16 or auto (edt_lab.precision)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -153,7 +158,7 @@ def _number(name: str, value, low, high, integer: bool = False):
 
 
 def check_request(pipe, class_name, seed, num_images, sampler, steps, guidance, amm_blocks, released_radius,
-                  radius, scale) -> Request:
+                  radius, scale, precision="fp32") -> Request:
     """A Request from the page's raw values (the class by name or index), or ValueError with what was expected."""
     names = class_choices(pipe)
     if class_name in names:
@@ -167,6 +172,7 @@ def check_request(pipe, class_name, seed, num_images, sampler, steps, guidance, 
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}: expected one of {', '.join(SAMPLERS)}")
     guidance = _number("guidance scale", guidance, 1.0, MAX_GUIDANCE)
+    resolve_precision(precision, pipe.device)  # an unknown name, or bf16 where the hardware lacks it
     return Request(
         class_index=class_index,
         seed=_number("seed", seed, 0, MAX_SEED, integer=True),
@@ -177,4 +183,5 @@ def check_request(pipe, class_name, seed, num_images, sampler, steps, guidance, 
         amm_blocks=parse_blocks(amm_blocks, pipe.transformer, guidance),
         radius=None if released_radius else _number("AMM radius R", radius, *RADIUS_RANGE),
         scale=_number("AMM scale k", scale, *SCALE_RANGE),
+        precision=precision,
     )

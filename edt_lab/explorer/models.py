@@ -9,12 +9,11 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors import safe_open
 
 from ..checkpoints import load_checkpoint
-from ..models import create_model
+from ..models import create_model, randomize_weights
 from ..pipeline import DEFAULT_MODEL_DIR, EDTPipeline, load_default, load_vae, make_scheduler
 from ..sample import read_recommended
 
@@ -108,17 +107,6 @@ def scan_models(models_dir) -> list[ModelEntry]:
 # ----------------------------------------------------------------------------------------------------------
 # Loading models
 # ----------------------------------------------------------------------------------------------------------
-
-def randomize_weights(model, seed: int = 0):
-    """Random weights everywhere (1/sqrt(fan-in) for matrices): the zero-initialised gates would hide the AMM."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:  # the fixed sin-cos position tables stay as they are
-                std = 1 / np.sqrt(p[0].numel()) if p.ndim >= 2 else 0.02
-                p.copy_(torch.randn(p.shape, generator=generator) * std)
-    return model.eval()
-
 
 def demo_pipeline(device="cpu", seed: int = 0) -> EDTPipeline:
     """An untrained EDT-T/2 with random weights for digits: the app works before a trained model exists."""

@@ -61,12 +61,15 @@ def difference_map(off: np.ndarray, on: np.ndarray) -> tuple[Image.Image, float]
 
 
 def preview_strips(previews: list, count: int = 6) -> list[tuple[Image.Image, str]]:
-    """About `count` evenly spaced steps (always the last) of per-step previews, each a montage with a caption."""
+    """About `count` evenly spaced steps (always the last) of per-step previews as one captioned image, a row of
+    the images per step: one file for the page to send rather than one per step."""
     if not previews:
         return []
     total = len(previews)
     steps = sorted({round(s) for s in np.linspace(0, total - 1, min(count, total))})
-    return [(montage(previews[s]), f"predicted clean images after step {s + 1}/{total}") for s in steps]
+    sheet = montage(np.concatenate([previews[s] for s in steps]), columns=len(previews[0]))
+    return [(sheet, f"predicted clean images, one row per step: after steps "
+                    f"{', '.join(str(s + 1) for s in steps)} of {total}")]
 
 
 # ----------------------------------------------------------------------------------------------------------

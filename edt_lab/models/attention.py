@@ -1,17 +1,22 @@
 """Multi-head self-attention with an optional relative position bias (EDT, MDTv2) and the AMM hook.
 
-Three ways to compute the same thing:
+Three ways to compute the same thing, which agree to float32 rounding:
 - fused: `scaled_dot_product_attention` with the position bias as its additive mask (default, no AMM);
 - explicit: scores, softmax, AMM, @ v written out (AMM blocks in eval mode, attention capture, comparison);
-both agree to float32 rounding. `Attention.use_fused = False` on a module (or `set_attention_path`) selects
-the explicit path everywhere.
-"""
+- flex: `flex_attention` with the bias (and the AMM's logarithm) as a score modification, fused into one kernel
+  under torch.compile (the GPU fast path; without compiling it runs an unfused reference). The AMM's weights are
+  not renormalised, so the modulated output is rescaled by exp(lse(s + log M) - lse(s)), the sum of the
+  modulated weights per query, which a second pass for lse(s) gives: exact, where SDPA has no exact form.
+`Attention.use_fused = False` on a module (or `set_attention_path`) selects the explicit path everywhere,
+`use_flex = True` the flex path (attention capture always takes the explicit one). Under bf16 autocast every path
+computes in q's dtype. `model.compile_blocks()` compiles the paths together with the rest of their blocks."""
 
 from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import flex_attention
 
 
 def kept_pairs(matrix: torch.Tensor, keep_ids: torch.Tensor) -> torch.Tensor:
@@ -45,21 +50,24 @@ class RelativePositionBias(nn.Module):
         d_col = cols[:, None] - cols[None, :] + n - 1
         return d_row * (2 * n - 1) + d_col
 
-    def forward(self, keep_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """The bias (1, heads, N, N), or (B, heads, L, L) among the kept tokens keep_ids (B, L) of an MDT masked pass.
+    def forward(self, keep_ids: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The bias (1, heads, N, N), or (B, heads, L, L) among the kept tokens keep_ids (B, L) of an MDT masked pass,
+        in `dtype` (default: the table's).
 
         4-D, since SDPA's fused CPU kernel rejects a 3-D mask for a slow fallback.
         """
         table = self.relative_position_bias_table
+        dtype = dtype or table.dtype
         if keep_ids is not None:
-            return table[kept_pairs(self.index(table.device), keep_ids)].permute(0, 3, 1, 2)
-        if self.training or torch.is_grad_enabled():
-            return self._bias(table)
+            return table[kept_pairs(self.index(table.device), keep_ids)].permute(0, 3, 1, 2).to(dtype)
+        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self._bias(table).to(dtype)  # a compiled graph computes it in place: a gather, fused with its use
         # The version counter moves on every in-place write (load_state_dict, optimiser steps), so a stale
         # cache is never used.
-        key = (table.data_ptr(), table._version, table.device, table.dtype)
+        version = 0 if table.is_inference() else table._version  # inference tensors cannot change outside it
+        key = (table.data_ptr(), version, table.device, dtype)
         if self._eval_cache is None or self._eval_cache[0] != key:
-            self._eval_cache = (key, self._bias(table))
+            self._eval_cache = (key, self._bias(table).to(dtype))
         return self._eval_cache[1]
 
     def _bias(self, table):
@@ -71,7 +79,7 @@ def attention_probs(q, k, scale: float, bias=None):
     """Softmax attention of queries and keys (B, heads, N, head_dim) -> (B, heads, N, N), bias added to the scores."""
     scores = (q * scale) @ k.transpose(-2, -1)
     if bias is not None:
-        scores = scores + bias
+        scores += bias  # in place: a fresh (B, heads, N, N) buffer costs more than the addition on a CPU
     return scores.softmax(dim=-1)
 
 
@@ -79,6 +87,7 @@ class Attention(nn.Module):
     """Self-attention on (B, N, C) tokens; `amm` (N, N), when set, multiplies the softmax in eval mode only."""
 
     use_fused = True
+    use_flex = False
 
     def __init__(self, dim: int, num_heads: int, grid_size: int | None = None, beit_layout: bool = False):
         super().__init__()
@@ -100,12 +109,15 @@ class Attention(nn.Module):
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, heads, N, head_dim)
-        bias = self.rel_pos_bias(keep_ids) if hasattr(self, "rel_pos_bias") else None
-        amm = self._amm_for(x) if (self.amm is not None and not self.training) else None
+        # The bias and the AMM in the dtype of q (bf16 under autocast): mixing float32 into the scores would send
+        # every score through a slower mixed-dtype float32 path.
+        bias = self.rel_pos_bias(keep_ids, q.dtype) if hasattr(self, "rel_pos_bias") else None
+        amm = self._amm_for(q) if (self.amm is not None and not self.training) else None
         if amm is not None and keep_ids is not None:
             amm = kept_pairs(amm, keep_ids).unsqueeze(1)  # (B, 1, N, N)
-        if self.use_fused and amm is None and self.capture is None:
-            bias = bias.to(q.dtype) if bias is not None else None
+        if self.use_flex and self.capture is None:
+            out = self._flex(q, k, v, bias, amm)
+        elif self.use_fused and amm is None and self.capture is None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         else:
             out = self._explicit(q, k, v, bias, amm)
@@ -119,6 +131,27 @@ class Attention(nn.Module):
             self.capture["modulated"] = modulated.detach() if modulated is not None else None
         return (modulated if modulated is not None else probs) @ v
 
+    def _flex(self, q, k, v, bias, amm):
+        """flex_attention of q, k, v (B, heads, N, head_dim): scores + bias, and with the AMM the modulated weights
+        (not renormalised, as released) through log M and a rescaling by the modulated weights' sum per query.
+        bias and amm broadcast to (B, heads, N, N) as views, so per-sample ones index the same way."""
+        shape = (*q.shape[:2], q.shape[2], k.shape[2])
+        bias = bias.expand(shape) if bias is not None else None
+
+        def add_bias(score, b, h, q_index, k_index):
+            return score if bias is None else score + bias[b, h, q_index, k_index]
+
+        if amm is None:
+            return flex_attention(q, k, v, score_mod=add_bias)
+        log_amm = amm.log().expand(shape)  # -inf where the AMM is 0: those keys drop out
+
+        def add_bias_and_log_amm(score, b, h, q_index, k_index):
+            return add_bias(score, b, h, q_index, k_index) + log_amm[b, h, q_index, k_index]
+
+        out, lse_modulated = flex_attention(q, k, v, score_mod=add_bias_and_log_amm, return_lse=True)
+        _, lse = flex_attention(q, k, v, score_mod=add_bias, return_lse=True)
+        return (out * (lse_modulated - lse).exp().unsqueeze(-1)).to(q.dtype)  # (B, heads, N, head_dim)
+
     def _amm_for(self, x):
         """The AMM on x's device and dtype, converted once rather than at every sampling step."""
         if self._amm_cache is None or self._amm_cache[0] is not self.amm or self._amm_cache[1].device != x.device \
@@ -127,11 +160,13 @@ class Attention(nn.Module):
         return self._amm_cache[1]
 
 
-def set_attention_path(model: nn.Module, fused: bool) -> None:
-    """Select the fused (`scaled_dot_product_attention`) or the explicit path in every attention of `model`."""
+def set_attention_path(model: nn.Module, fused: bool, flex: bool = False) -> None:
+    """Select the fused (`scaled_dot_product_attention`) or the explicit path in every attention of `model`, or
+    with flex=True the flex path (for torch.compile)."""
     for module in model.modules():
         if isinstance(module, Attention):
             module.use_fused = fused
+            module.use_flex = flex
 
 
 @contextmanager

@@ -3,7 +3,7 @@
 import torch.nn as nn
 
 from .attention import Attention
-from .layers import Mlp, adaln_modulation, modulate
+from .layers import Mlp, adaln_modulation, gated_residual, modulate
 
 
 class TransformerBlock(nn.Module):
@@ -26,5 +26,5 @@ class TransformerBlock(nn.Module):
     def forward(self, x, c, keep_ids=None):
         """keep_ids (B, N): the grid positions of x's tokens in an MDT masked pass (None: all tokens, in order)."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), keep_ids)
-        return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        x = gated_residual(x, gate_msa, self.attn(modulate(self.norm1(x), shift_msa, scale_msa), keep_ids))
+        return gated_residual(x, gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))

@@ -7,8 +7,14 @@ import torch.nn as nn
 
 
 def modulate(x, shift, scale):
-    """adaLN: x (B, N, C) scaled and shifted per sample by (B, C) vectors."""
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+    """adaLN: x (B, N, C) scaled and shifted per sample by (B, C) vectors, x * (1 + scale) + shift, in one pass
+    over x (addcmul) rather than two."""
+    return torch.addcmul(shift.unsqueeze(1), x, 1 + scale.unsqueeze(1))
+
+
+def gated_residual(x, gate, update):
+    """x + gate * update for x, update (B, N, C) and a per-sample gate (B, C), in one pass (addcmul)."""
+    return torch.addcmul(x, gate.unsqueeze(1), update)
 
 
 def adaln_modulation(cond_dim: int, out_dim: int) -> nn.Sequential:
@@ -45,7 +51,9 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x):
-        return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
+        # contiguous: a transposed view would carry a channels-first layout through every residual add, and each
+        # LayerNorm and Linear would then copy it
+        return self.proj(x).flatten(2).transpose(1, 2).contiguous()  # (B, N, D)
 
 
 class TimestepEmbedder(nn.Module):
@@ -148,3 +156,15 @@ def init_transformer_weights(model: nn.Module) -> None:
     for module in zero:
         for param in module.parameters():
             nn.init.constant_(param, 0)
+
+
+def randomize_weights(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights everywhere (1/sqrt(fan-in) for matrices), in eval mode: an untrained stand-in whose every
+    part acts, for demos and numerical checks, since adaLN-Zero's zero gates would hide every block."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:  # the fixed sin-cos position tables stay as they are
+                std = 1 / math.sqrt(p[0].numel()) if p.ndim >= 2 else 0.02
+                p.copy_(torch.randn(p.shape, generator=generator) * std)
+    return model.eval()

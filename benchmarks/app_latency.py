@@ -1,0 +1,99 @@
+"""Time to first image in the web explorer: start `python app.py`, then time `/generate` at its defaults.
+
+    python benchmarks/app_latency.py [--calls 4] [--threads N] [--json FILE] [-- app.py options]
+
+The app starts as a user starts it (the shipped digits model, its recommended settings); the start-up time is
+until the page answers HTTP. Each `/generate` call goes through `gradio_client` with every input at its default
+(4 images of the first class, the model's sampler, steps, guidance and AMM), so it includes the page's work around
+the sampling: the images, previews and attention maps it returns and their encoding. The first call is reported
+apart (it warms up the model); the figure is the median of the calls after it.
+"""
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def app_server(app_args: list[str], timeout: float = 90.0, command=(sys.executable, "app.py")):
+    """`command` (`python app.py`, or `edt-lab app`) on a free local port with `app_args`; yields (URL, seconds
+    until it answered), always stopped."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    start = time.perf_counter()
+    process = subprocess.Popen([*command, "--port", str(port), *app_args], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"{command} exited with {process.returncode}:\n{process.stdout.read()}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{command} was not ready within {timeout:.0f} s")
+            time.sleep(0.1)
+        yield url, time.perf_counter() - start
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=4, help="/generate calls; the first is the warm-up")
+    parser.add_argument("--threads", type=int, default=None, help="the app's --threads (default: torch's choice)")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("app_args", nargs="*", help="more app.py options, after --")
+    args = parser.parse_args(argv)
+    if args.calls < 2:
+        parser.error("--calls must be at least 2: the first call is the warm-up")
+    from gradio_client import Client
+
+    app_args = ["--device", "cpu", *(["--threads", str(args.threads)] if args.threads else []), *args.app_args]
+    with app_server(app_args) as (url, startup):
+        client = Client(url, verbose=False)
+        calls = []
+        for _ in range(args.calls):
+            start = time.perf_counter()
+            _, _, status = client.predict(api_name="/generate")
+            calls.append(time.perf_counter() - start)
+    report = {"command": " ".join(["python", "benchmarks/app_latency.py", *(sys.argv[1:] if argv is None else argv)]),
+              "app_args": app_args, "startup_s": startup, "generate_first_s": calls[0],
+              "generate_s": calls[1:], "generate_median_s": statistics.median(calls[1:]), "status": status,
+              "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                          "date": time.strftime("%Y-%m-%d %H:%M"), "load_average_1_5_15_min": os.getloadavg()}}
+    print(f"app answers after {startup:.1f} s; /generate: first {calls[0]:.2f} s, then "
+          f"{', '.join(f'{s:.2f}' for s in calls[1:])} s (median {report['generate_median_s']:.2f} s); {status}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()

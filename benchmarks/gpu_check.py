@@ -1,0 +1,340 @@
+"""GPU check: EDT-S/2 against DiT-S/2 (and MDTv2-S/2 once registered) in fp32, TF32, bf16 and bf16 with compiled
+blocks (SDPA, then flex attention), inference and training, bounded in time, the JSON rewritten as it goes.
+
+    python benchmarks/gpu_check.py --json OUT.json [--device cuda|cpu] [--tiny] [--sections fp32 bf16 ...]
+                                   [--budget-s 225] [--batch-size 256]
+
+Each section runs in a process of its own under its own time limit (and what is left of --budget-s): a section
+that fails or hangs is killed, recorded as "failed" or "timeout" with its last output lines, and the next one runs.
+Rows stream to the parent as they are measured, so a section cut short keeps what it finished.
+
+- inference: steps/s of one eval forward of --batch-size images, unguided (with guidance one such forward makes
+  half as many images); EDT with AMM at the released preset for no guidance (blocks 7 and 10). Each inference row
+  also gives the path's largest output difference from float32 with exact matrix products (TF32 off) and the
+  explicit attention path on the same inputs and random weights, against the largest output value, so a fast
+  path that computes something else shows.
+- training: it/s of the `edt-lab train` iteration (loss pass(es), backward, Adan step) on random latents; EDT and
+  MDTv2 with their masked pass (two passes, as trained) and without, DiT plain.
+- peak_memory_mb: the GPU's peak allocated memory during that row alone.
+
+--tiny measures EDT-T/2 and DiT-T/2 at batch 2 with one timed call: the CPU smoke run of the same code.
+"""
+
+import argparse
+import json
+import os
+import platform
+import queue
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+RESULT_PREFIX = "RESULT "
+TAIL_LINES = 15
+
+
+@dataclass(frozen=True)
+class Section:
+    """One process: a precision, TF32 on or off, compiled blocks or eager, the attention path, and its time limit."""
+
+    limit_s: float
+    precision: str = "fp32"
+    tf32: bool = False
+    compile_blocks: bool = False
+    attention: str = "sdpa"  # or "flex": bias and AMM inside flex_attention (fused when compiled)
+
+
+# In priority order: the paper's fp32 setting, then bf16, TF32 and the compiled paths (which spend most of their
+# time compiling, so they go last and take what the budget has left). On an H200 a section's process needs about
+# 12 s to import and start CUDA before its first row.
+SECTIONS = {
+    "fp32": Section(limit_s=50),
+    "bf16": Section(limit_s=45, precision="bf16"),
+    "tf32": Section(limit_s=45, tf32=True),
+    "bf16-compiled-flex": Section(limit_s=70, precision="bf16", compile_blocks=True, attention="flex"),
+    "bf16-compiled": Section(limit_s=70, precision="bf16", compile_blocks=True),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Child: one section's measurements, each printed as a RESULT line
+# ----------------------------------------------------------------------------------------------------------
+
+def emit(row: dict) -> None:
+    print(RESULT_PREFIX + json.dumps(row), flush=True)
+
+
+def environment(device) -> dict:
+    import torch
+
+    from edt_lab.models import MODEL_NAMES
+    from edt_lab.precision import native_bf16
+
+    info = {"kind": "machine", "python": platform.python_version(), "platform": platform.platform(),
+            "torch": torch.__version__, "cuda": torch.version.cuda, "cpu_count": os.cpu_count(),
+            "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M"), "device": str(device),
+            "native_bf16": native_bf16(device), "models": list(MODEL_NAMES)}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(gpu=props.name, capability=f"{props.major}.{props.minor}",
+                    gpu_memory_gb=round(props.total_memory / 2**30, 1))
+    return info
+
+
+def models_to_measure(tiny: bool) -> list[str]:
+    from edt_lab.models import MODEL_NAMES
+
+    size = "T" if tiny else "S"
+    return [name for name in (f"EDT-{size}/2", f"DiT-{size}/2", f"MDTv2-{size}/2") if name in MODEL_NAMES]
+
+
+def inference_row(name: str, section: Section, device, batch_size: int, warmup: int, repeats: int) -> dict:
+    """Steps/s, peak memory and the difference from exact float32 of one eval forward of model `name`."""
+    import torch
+
+    from edt_lab.models import randomize_weights, set_attention_path
+    from edt_lab.precision import autocast, enable_tf32
+    from throughput import DTYPES, build_inference_model, inputs
+    from timing import peak_memory_mb, reset_peak_memory, time_calls
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    model = randomize_weights(build_inference_model(name, device, "math", compile_blocks=False))
+    x, t, y = inputs(model, batch_size, device)
+    with torch.no_grad():
+        reference = model(x, t, y).float()
+    if section.tf32:
+        enable_tf32()
+    set_attention_path(model, fused=True, flex=section.attention == "flex")
+    if section.compile_blocks:
+        model.compile_blocks()
+    reset_peak_memory(device)
+    with torch.no_grad(), autocast(device, DTYPES[section.precision]):  # as the pipeline samples
+        output = model(x, t, y).float()  # also the compiling call
+        seconds = time_calls(lambda: model(x, t, y), device, warmup, repeats)
+    return {"steps_per_s": 1 / statistics.median(seconds), "peak_memory_mb": peak_memory_mb(device),
+            "max_abs_diff_vs_fp32": (output - reference).abs().max().item(),
+            "reference_max_abs": reference.abs().max().item()}
+
+
+def training_row(name: str, masking: str, section: Section, device, batch_size: int, warmup: int,
+                 repeats: int) -> dict:
+    """It/s and peak memory of the `edt-lab train` iteration of a fresh model `name`."""
+    import torch
+
+    from edt_lab.precision import enable_tf32
+    from throughput import DTYPES
+    from timing import peak_memory_mb, reset_peak_memory, time_calls
+    from train_speed import training_step
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    if section.tf32:
+        enable_tf32()
+    reset_peak_memory(device)
+    step = training_step(name, masking, batch_size, device=device, dtype=DTYPES[section.precision],
+                         compile_blocks=section.compile_blocks, attention=section.attention)
+    seconds = time_calls(step, device, warmup, repeats)
+    return {"iters_per_s": 1 / statistics.median(seconds), "peak_memory_mb": peak_memory_mb(device)}
+
+
+def measure_section(section: Section, device, batch_size: int, warmup: int, repeats: int, tiny: bool) -> None:
+    """Inference, then training rows of every model on the section's path; a failed row carries its error."""
+    import torch
+
+    from throughput import training_cases
+
+    if section.compile_blocks:
+        torch._dynamo.config.recompile_limit = 64  # a compiled block per shape and mode: never fall back to eager
+    models = models_to_measure(tiny)
+    cases = [(name, "inference", None) for name in models]
+    cases += [(name, "training", masking) for name in models for masking in training_cases(name)]
+    for name, kind, masking in cases:
+        row = {"model": name, "kind": kind, "batch_size": batch_size}
+        row.update({"guided": False} if kind == "inference" else {"masking": masking})
+        try:
+            if kind == "inference":
+                row.update(inference_row(name, section, device, batch_size, warmup, repeats))
+            else:
+                row.update(training_row(name, masking, section, device, batch_size, warmup, repeats))
+        except Exception as error:  # recorded; the other rows still run
+            row["error"] = f"{type(error).__name__}: {error}"
+        emit(row)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def run_child(args) -> None:
+    import torch
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    try:
+        emit(environment(device))
+    except Exception as error:  # the measurements matter more
+        emit({"kind": "machine", "device": str(device), "error": f"{type(error).__name__}: {error}"})
+    measure_section(SECTIONS[args.section], device, args.batch_size, args.warmup, args.repeats, args.tiny)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Parent: runs the sections in turn, enforces the limits, writes the JSON
+# ----------------------------------------------------------------------------------------------------------
+
+def summarise(sections: dict) -> list[dict]:
+    """Per section: EDT / DiT inference steps/s and EDT masked / DiT training it/s, where both were measured."""
+    summary = []
+    for name, section in sections.items():
+        rows = {(row.get("model", "")[:3], row.get("kind"), row.get("masking")): row for row in section["rows"]}
+        edt, dit = rows.get(("EDT", "inference", None), {}), rows.get(("DiT", "inference", None), {})
+        edt_train, dit_train = rows.get(("EDT", "training", "edt"), {}), rows.get(("DiT", "training", "none"), {})
+        entry = {"section": name}
+        if "steps_per_s" in edt and "steps_per_s" in dit:
+            entry["edt_over_dit_inference"] = edt["steps_per_s"] / dit["steps_per_s"]
+        if "iters_per_s" in edt_train and "iters_per_s" in dit_train:
+            entry["edt_masked_over_dit_training"] = edt_train["iters_per_s"] / dit_train["iters_per_s"]
+        if len(entry) > 1:
+            summary.append(entry)
+    return summary
+
+
+def read_lines(stream, lines: queue.Queue) -> None:
+    for line in stream:
+        lines.put(line.rstrip("\n"))
+    lines.put(None)  # end of output
+
+
+def run_section(name: str, limit_s: float, child_args: list[str], on_row) -> tuple[str, list[str]]:
+    """Run one section's process, passing each result row to on_row, killed at limit_s.
+
+    Returns the status ("ok", "failed (exit N)" or "timeout") and the section's last plain output lines."""
+    command = [sys.executable, "-u", str(Path(__file__).resolve()), "--section", name, *child_args]
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)  # its own process group: a kill takes compile workers too
+    lines = queue.Queue()
+    threading.Thread(target=read_lines, args=(process.stdout, lines), daemon=True).start()
+    tail = []
+    try:
+        while True:
+            remaining = limit_s - (time.perf_counter() - start)
+            if remaining <= 0:
+                status = "timeout"
+                break
+            try:
+                line = lines.get(timeout=min(remaining, 1.0))
+            except queue.Empty:
+                if process.poll() is None:
+                    continue
+                line = None  # it ended, though a compile worker may still hold the pipe open
+            if line is None:
+                code = process.wait()
+                status = "ok" if code == 0 else f"failed (exit {code})"
+                break
+            if line.startswith(RESULT_PREFIX):
+                row = json.loads(line[len(RESULT_PREFIX):])
+                print(f"[{time.perf_counter() - start:5.1f}s] {name}: {describe(row)}", flush=True)
+                on_row(row)
+            else:
+                tail = (tail + [line])[-TAIL_LINES:]
+                print(f"  {name} | {line}", flush=True)
+    finally:  # also when this process is stopped: leave nothing of the section running (compile workers too)
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+    return status, tail
+
+
+def describe(row: dict) -> str:
+    """One progress line for a result row."""
+    if "error" in row:
+        return f"{row.get('model')} {row.get('kind')}: {row['error']}"
+    if row.get("kind") == "inference":
+        return (f"{row['model']} inference {row['steps_per_s']:.2f} steps/s, peak {row['peak_memory_mb']} MiB, "
+                f"max |diff| vs fp32 {row['max_abs_diff_vs_fp32']:.2e} (of {row['reference_max_abs']:.2f})")
+    if row.get("kind") == "training":
+        return (f"{row['model']} training ({row['masking']}) {row['iters_per_s']:.2f} it/s, "
+                f"peak {row['peak_memory_mb']} MiB")
+    return ", ".join(f"{key} {value}" for key, value in row.items() if key != "kind")
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="the report, rewritten after every measurement (required unless --section)")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="auto: cuda when available")
+    parser.add_argument("--tiny", action="store_true", help="EDT-T/2 and DiT-T/2 at batch 2: the CPU smoke run")
+    parser.add_argument("--sections", nargs="+", choices=tuple(SECTIONS), default=list(SECTIONS))
+    parser.add_argument("--budget-s", type=float, default=225.0, help="total time for all sections")
+    parser.add_argument("--limit-s", type=float, default=None, help="override every section's own time limit")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 256, or 2 with --tiny")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed calls per row (default 2, 1 with --tiny)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls per row (default 5, 1 with --tiny)")
+    parser.add_argument("--section", choices=tuple(SECTIONS), help=argparse.SUPPRESS)  # a child process
+    args = parser.parse_args(argv)
+    args.batch_size = args.batch_size or (2 if args.tiny else 256)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 2)
+    args.repeats = args.repeats or (1 if args.tiny else 5)
+    if args.section:
+        run_child(args)
+        return {}
+    if not args.json:
+        parser.error("--json is required")
+
+    child_args = ["--device", args.device, "--batch-size", str(args.batch_size), "--warmup", str(args.warmup),
+                  "--repeats", str(args.repeats)] + (["--tiny"] if args.tiny else [])
+    report = {"command": " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]),
+              "settings": {"device": args.device, "batch_size": args.batch_size, "warmup": args.warmup,
+                           "repeats": args.repeats, "tiny": args.tiny, "budget_s": args.budget_s},
+              "machine": None, "sections": {}, "summary": []}
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save():
+        report["summary"] = summarise(report["sections"])
+        out.write_text(json.dumps(report, indent=2) + "\n")
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` stops us: run the cleanup, keep the JSON
+    start = time.perf_counter()
+    print(f"gpu_check: sections {', '.join(args.sections)} on {args.device}, budget {args.budget_s:.0f} s, "
+          f"writing {out}", flush=True)
+    for name in args.sections:
+        own = SECTIONS[name].limit_s if args.limit_s is None else args.limit_s
+        left = args.budget_s - (time.perf_counter() - start)
+        record = report["sections"][name] = {"status": "skipped (out of time)", "limit_s": round(min(own, left), 1),
+                                             "rows": []}
+        if left < 5:
+            save()
+            continue
+
+        def on_row(row, record=record):
+            if row["kind"] == "machine":
+                report["machine"] = report["machine"] or row
+            else:
+                record["rows"].append(row)
+            save()
+
+        print(f"== {name} (limit {record['limit_s']} s) ==", flush=True)
+        record["status"] = "running"  # what the JSON keeps if this process is stopped meanwhile
+        save()
+        section_start = time.perf_counter()
+        status, tail = run_section(name, record["limit_s"], child_args, on_row)
+        record.update(status=status, seconds=round(time.perf_counter() - section_start, 1))
+        if status != "ok":
+            record["output_tail"] = tail
+        save()
+    report["total_s"] = round(time.perf_counter() - start, 1)
+    save()
+    for entry in report["summary"]:
+        print(entry, flush=True)
+    print(f"gpu_check: done in {report['total_s']} s, wrote {out}", flush=True)
+    return report
+
+
+if __name__ == "__main__":
+    here = Path(__file__).resolve().parent
+    sys.path[:0] = [str(here), str(here.parent)]  # throughput, train_speed, timing; this checkout's edt_lab
+    main()
