@@ -396,5 +396,5 @@ def test_throughput_benchmark_trains_mdtv2_with_its_masked_pass(tmp_path, monkey
     throughput.main(["--models", "MDTv2-T/2", "--batch-size", "2", "--repeats", "1", "--steps", "1",
                      "--train-steps", "1", "--json", str(out)])
     (row,) = json.loads(out.read_text())["results"]
-    assert row["model"] == "MDTv2-T/2" and throughput.masking_as_trained("MDTv2-T/2") == "mdt"
+    assert row["model"] == "MDTv2-T/2" and throughput.training_cases("MDTv2-T/2") == ("mdt", "none")
     assert row["inference_steps_per_s"] > 0 and row["train_iters_per_s"] > 0 and row["train_iters_per_s_no_mask"] > 0
