@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from edt_lab.data import diffusion_split, load_digits, split_digits
+from edt_lab.data import load_digits, unseen_by_judges
 from edt_lab.metrics import digit_metrics
 from edt_lab.realism import DEGRADATIONS, degrade
 
@@ -22,10 +22,8 @@ def main():
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     digits, labels = load_digits()
-    train, held_out = diffusion_split(labels)
-    # The 500 digits the diffusion model trains on but the classifier and autoencoder never saw play the samples;
-    # the reference is the default one, the 500 held-out digits.
-    unseen = torch.tensor(sorted(set(split_digits(labels)[1].tolist()) - set(held_out.tolist())))
+    # The 500 digits neither judge saw play the samples; the reference is the default one, the 500 held-out digits.
+    unseen = unseen_by_judges(labels)
     images = digits[unseen]
     generator = torch.Generator().manual_seed(0)
     rows = {"real": digit_metrics(images, labels[unseen])}

@@ -60,6 +60,13 @@ def diffusion_split(labels):
     return split_digits(labels, DIFFUSION_HELD_OUT_PER_CLASS)
 
 
+def unseen_by_judges(labels) -> torch.Tensor:
+    """Indices (500,) of the digits the diffusion model trains on but the digit classifier and autoencoder never
+    saw (the classifier's held-out 100 per class less the diffusion model's 50): real digits to score as samples."""
+    diffusion_held_out = set(diffusion_split(labels)[1].tolist())
+    return torch.tensor(sorted(i for i in split_digits(labels)[1].tolist() if i not in diffusion_held_out))
+
+
 class Digits(TensorDataset):
     """The bundled digits the diffusion model trains on (4,500; the 500 of `diffusion_split` are held out) as
     (image (1, 32, 32) in [-1, 1], label) pairs."""

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from edt_lab.classifier import DigitClassifier, augment, load_digit_classifier
 from edt_lab.cli import main
-from edt_lab.data import diffusion_split, load_digits, split_digits
+from edt_lab.data import diffusion_split, load_digits, split_digits, unseen_by_judges
 from edt_lab.metrics import (digit_metrics, evaluate_npz, feature_statistics, frechet_distance, inception_score,
                              load_inception, precision_recall, read_npz)
 
@@ -106,7 +106,8 @@ def test_digit_metrics_real_versus_noise(held_out):
     diffusion_train, diffusion_held_out = diffusion_split(digit_labels)
     assert len(diffusion_train) == 4500 and not set(diffusion_train.tolist()) & set(diffusion_held_out.tolist())
     # 500 real digits the classifier never saw but the diffusion model trains on: real-looking, and copies.
-    trained = torch.tensor(sorted(set(split_digits(digit_labels)[1].tolist()) - set(diffusion_held_out.tolist())))
+    trained = unseen_by_judges(digit_labels)
+    assert len(trained) == 500 and not set(trained.tolist()) & set(diffusion_held_out.tolist())
     real = digit_metrics(digits[trained], digit_labels[trained])
     assert real["accuracy"] > 0.97 and len(real["per_class_accuracy"]) == 10
     assert real["fid"] < 2 * real["fid_real_floor"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from edt_lab.cli import main
-from edt_lab.data import diffusion_split, load_digits, split_digits
+from edt_lab.data import diffusion_split, load_digits, split_digits, unseen_by_judges
 from edt_lab.metrics import digit_metrics
 from edt_lab.realism import DEGRADATIONS, degrade, digit_statistics, encode_digits, load_digit_autoencoder
 
@@ -49,8 +49,7 @@ def test_autoencoder_reconstructs_held_out_digits():
 def degraded_metrics():
     """digit_metrics of 500 real digits (seen by neither judge) and of each degraded copy of them."""
     digits, labels = load_digits()
-    held_out = diffusion_split(labels)[1]
-    unseen = torch.tensor(sorted(set(split_digits(labels)[1].tolist()) - set(held_out.tolist())))
+    unseen = unseen_by_judges(labels)
     generator = torch.Generator().manual_seed(0)
     rows = {"real": digit_metrics(digits[unseen], labels[unseen])}
     for kind in DEGRADATIONS:
