@@ -4,18 +4,20 @@
                                    [--guidance 1 3] [--parts arrangements radius scale] [--json FILE]
 
 Every configuration draws the same images (same classes, same per-image seeds), so differences come from the
-AMM alone. Each row: the digit classifier's accuracy, its worst class, the feature-space FID (lower is better;
-the real-vs-real floor is printed once) and the mean |difference| to the AMM-off images at the same guidance.
+AMM alone. Each row: the digit classifier's accuracy, its worst class, the feature-space FID (the real-vs-real
+floor is printed once), the appearance measures (autoencoder FID, Wasserstein distances of stroke width and grey
+share to real digits), the mean |difference| to the AMM-off images at the same guidance and, for accuracy and the
+appearance measures, the paired bootstrap interval of the difference to AMM off (`--resamples` resamples of the
+images within each class): an interval that excludes 0 resolves the difference.
 """
 
 import argparse
 import json
-import math
 
 import numpy as np
 
 from edt_lab.amm import AMM_PRESETS, default_radius, preset_for
-from edt_lab.metrics import digit_metrics
+from edt_lab.metrics import bootstrap_digit_measures, digit_metrics, judge_digits
 from edt_lab.pipeline import DEFAULT_MODEL_DIR, EDTPipeline, make_scheduler
 from edt_lab.sample import generate
 
@@ -33,6 +35,13 @@ def arrangements(model, guidance: float) -> dict:
     return choices
 
 
+def with_interval(interval: dict, digits: int) -> str:
+    """"value [low, high]" of the difference to AMM off, or the bare value for AMM off itself."""
+    if interval["diff_low"] == interval["diff_high"] == 0:
+        return f"{interval['value']:.{digits}f}"
+    return f"{interval['value']:.{digits}f} [{interval['diff_low']:+.{digits}f},{interval['diff_high']:+.{digits}f}]"
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipeline", default=str(DEFAULT_MODEL_DIR))
@@ -44,6 +53,7 @@ def main(argv=None) -> list[dict]:
                         choices=["arrangements", "radius", "scale"])
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resamples", type=int, default=300)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
@@ -56,8 +66,9 @@ def main(argv=None) -> list[dict]:
     grid = model.block_info()[-1]["grid"]
 
     rows = []
-    print(f"{len(labels)} images, {args.sampler}-{args.steps}; FID in the digit classifier's feature space")
-    print(f"{'guidance':>8}  {'configuration':<34}{'accuracy':>9}{'worst':>7}{'FID':>8}{'|diff|':>8}")
+    print(f"{len(labels)} images, {args.sampler}-{args.steps}; FID in the digit classifier's feature space; "
+          f"[95 % interval of the difference to AMM off]")
+    print(f"{'guidance':>8}  {'configuration':<28}{'accuracy':>22}{'ae_fid':>22}{'width w1':>24}{'FID':>7}{'|diff|':>8}")
     for guidance in args.guidance:
         preset_blocks = list(AMM_PRESETS[preset_for(model, guidance)].blocks)
         configs = []
@@ -65,22 +76,30 @@ def main(argv=None) -> list[dict]:
             configs += [(name, dict(amm_blocks=blocks)) for name, blocks in arrangements(model, guidance).items()]
         if "radius" in args.parts:
             configs += [(f"preset, R = {r:.2f}", dict(amm_blocks=preset_blocks, amm_radius=r))
-                        for r in (4.0, 8.0, 12.0, default_radius(grid), (grid - 1) * math.sqrt(2))]
+                        for r in (4.0, 8.0, default_radius(grid))]
         if "scale" in args.parts:
             configs += [(f"preset, k = {k}", dict(amm_blocks=preset_blocks, amm_scale=k)) for k in (0.3, 0.4, 0.6, 0.8)]
-        off = None
+        off = off_judgement = None
         for name, amm in [("off", dict(amm_blocks=[]))] + [c for c in configs if c[0] != "off"]:
             images = generate(pipe, labels, indices, seed=args.seed, batch_size=args.batch_size,
                               guidance_scale=guidance, num_inference_steps=args.steps, **amm)
-            off = images if off is None else off
+            judgement = judge_digits(images, labels)
+            if off is None:
+                off, off_judgement = images, judgement
             metrics = digit_metrics(images, labels)
+            intervals = bootstrap_digit_measures(judgement, off_judgement, resamples=args.resamples, seed=args.seed)
             row = {"guidance": guidance, "configuration": name, **{k: v for k, v in amm.items()},
                    "accuracy": metrics["accuracy"], "worst_class_accuracy": min(metrics["per_class_accuracy"]),
                    "fid": metrics["fid"], "fid_real_floor": metrics["fid_real_floor"],
+                   **{m: metrics[m] for m in ("ae_fid", "ae_fid_real_floor", "stroke_width", "stroke_width_w1",
+                                              "stroke_width_w1_real_floor", "grey_share_w1",
+                                              "grey_share_w1_real_floor", "isolated_pixels")},
+                   "bootstrap": intervals,
                    "mean_abs_diff_to_off": float(np.abs(images.astype(np.float32) - off.astype(np.float32)).mean())}
             rows.append(row)
-            print(f"{guidance:>8}  {name:<34}{row['accuracy']:>9.3f}{row['worst_class_accuracy']:>7.2f}"
-                  f"{row['fid']:>8.2f}{row['mean_abs_diff_to_off']:>8.4f}", flush=True)
+            cells = "".join(f"{with_interval(intervals[m], digits):>22}" for m, digits in
+                            (("accuracy", 3), ("ae_fid", 1), ("stroke_width_w1", 3)))
+            print(f"{guidance:>8}  {name:<28}{cells}{row['fid']:>7.1f}{row['mean_abs_diff_to_off']:>8.2f}", flush=True)
     print(f"real-vs-real FID floor: {rows[0]['fid_real_floor']:.2f}")
     if args.json:
         with open(args.json, "w") as f:

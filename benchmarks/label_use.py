@@ -11,7 +11,7 @@ import argparse
 import torch
 
 from edt_lab.checkpoints import model_from_checkpoint, safe_torch_load
-from masking_study import noise_prediction_mse, random_digits
+from masking_study import noise_prediction_errors, random_digits
 
 
 def label_use(model, num_images: int = 500, timesteps=(300, 500, 700, 900), seed: int = 0) -> dict:
@@ -22,7 +22,7 @@ def label_use(model, num_images: int = 500, timesteps=(300, 500, 700, 900), seed
     for t in timesteps:
         noise = torch.randn(images.shape, generator=generator)
         shuffled = labels[torch.randperm(len(labels), generator=generator)]
-        results[t] = tuple(noise_prediction_mse(model, images, y, t, noise) for y in (labels, shuffled))
+        results[t] = tuple(noise_prediction_errors(model, images, y, t, noise).mean().item() for y in (labels, shuffled))
     return results
 
 

@@ -39,6 +39,17 @@ def choose(rows):
     return min(passing, key=lambda r: (r["appearance_ratio"], r["steps"])) if passing else None
 
 
+def parse_interval(text: str):
+    """"all" -> None (every step guided); "LOW:HIGH" -> [LOW, HIGH]."""
+    if text == "all":
+        return None
+    try:
+        low, high = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW:HIGH timesteps such as 300:999, or all; got {text!r}") from None
+    return [low, high]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pipeline", help="a digits pipeline folder (e.g. assets/edt_t2_digits)")
@@ -46,43 +57,55 @@ def main(argv=None):
     parser.add_argument("--samplers", nargs="+", default=["dpm:25", "ddim:50", "ddpm:250"],
                         help="sampler:steps pairs")
     parser.add_argument("--amm", nargs="+", default=["off", "preset"])
+    parser.add_argument("--intervals", nargs="+", default=["all"], type=parse_interval,
+                        help="guided timesteps LOW:HIGH, or all")
+    parser.add_argument("--include", nargs="+", default=[], help="JSON files of earlier sweeps to choose among too")
     parser.add_argument("--per-class", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=200)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
+    included = []  # read first, so a bad file fails before the sampling
+    for path in args.include:
+        try:
+            included += [{"cfg_interval": None, **row} for row in json.loads(Path(path).read_text())["rows"]]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise SystemExit(f"--include {path}: not a sweep JSON written by this script ({error})") from None
     pipe = EDTPipeline.from_pretrained(args.pipeline)
     pipe.set_progress_bar_config(disable=True)
     labels = np.repeat(np.arange(pipe.transformer.config.num_classes), args.per_class)
     indices = list(range(len(labels)))
     rows = []
-    print(f"{'sampler':>8}{'steps':>6}{'cfg':>5}{'amm':>7}{'acc':>7}{'worst':>6}{'fid':>7}{'ae_fid':>8}{'ink':>7}"
+    print(f"{'sampler':>8}{'steps':>6}{'cfg':>5}{'guided t':>10}{'amm':>7}{'acc':>7}{'worst':>6}{'fid':>7}{'ae_fid':>8}{'ink':>7}"
           f"{'width':>7}{'grey':>7}{'isol':>6}{'ratio':>7}  rule")
     for spec in args.samplers:
         sampler, steps = spec.split(":")
         pipe.scheduler = make_scheduler(sampler)
         for guidance in args.guidance:
-            for amm in args.amm:
-                images = generate(pipe, labels, indices, seed=args.seed, batch_size=args.batch_size,
-                                  guidance_scale=guidance, num_inference_steps=int(steps),
-                                  amm_blocks="preset" if amm == "preset" else [])
-                metrics = digit_metrics(images, labels)
-                row = {"sampler": sampler, "steps": int(steps), "cfg": guidance, "amm": amm,
-                       **{k: v for k, v in metrics.items() if k != "notes"},
-                       "appearance_ratio": appearance_ratio(metrics), "passes_rule": passes_rule(metrics)}
-                rows.append(row)
-                print(f"{sampler:>8}{steps:>6}{guidance:>5}{amm:>7}{row['accuracy']:>7.3f}"
-                      f"{min(row['per_class_accuracy']):>6.2f}{row['fid']:>7.1f}{row['ae_fid']:>8.1f}"
-                      f"{row['mean_ink']:>7.3f}{row['stroke_width']:>7.2f}{row['grey_share']:>7.3f}"
-                      f"{row['isolated_pixels']:>6.2f}{row['appearance_ratio']:>7.2f}  "
-                      f"{'pass' if row['passes_rule'] else '-'}", flush=True)
+            for interval in args.intervals if guidance > 1 else [None]:  # nothing to limit without guidance
+                for amm in args.amm:
+                    images = generate(pipe, labels, indices, seed=args.seed, batch_size=args.batch_size,
+                                      guidance_scale=guidance, num_inference_steps=int(steps),
+                                      amm_blocks="preset" if amm == "preset" else [], guidance_interval=interval)
+                    metrics = digit_metrics(images, labels)
+                    row = {"sampler": sampler, "steps": int(steps), "cfg": guidance, "cfg_interval": interval,
+                           "amm": amm, **{k: v for k, v in metrics.items() if k != "notes"},
+                           "appearance_ratio": appearance_ratio(metrics), "passes_rule": passes_rule(metrics)}
+                    rows.append(row)
+                    guided = "all" if interval is None else f"{interval[0]}:{interval[1]}"
+                    print(f"{sampler:>8}{steps:>6}{guidance:>5}{guided:>10}{amm:>7}{row['accuracy']:>7.3f}"
+                          f"{min(row['per_class_accuracy']):>6.2f}{row['fid']:>7.1f}{row['ae_fid']:>8.1f}"
+                          f"{row['mean_ink']:>7.3f}{row['stroke_width']:>7.2f}{row['grey_share']:>7.3f}"
+                          f"{row['isolated_pixels']:>6.2f}{row['appearance_ratio']:>7.2f}  "
+                          f"{'pass' if row['passes_rule'] else '-'}", flush=True)
+    rows += included
     real = rows[0]
     print(f"real digits: ink {real['mean_ink_real']:.3f}, width {real['stroke_width_real']:.2f}, grey "
           f"{real['grey_share_real']:.3f}, isolated {real['isolated_pixels_real']:.2f}; real-vs-real: fid "
           f"{real['fid_real_floor']:.1f}, ae_fid {real['ae_fid_real_floor']:.1f}")
     chosen = choose(rows)
-    print("chosen:", None if chosen is None else {k: chosen[k] for k in ("sampler", "steps", "cfg", "amm")})
+    print("chosen:", None if chosen is None else {k: chosen[k] for k in ("sampler", "steps", "cfg", "cfg_interval", "amm")})
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"rows": rows, "chosen": chosen}, indent=2) + "\n")

@@ -167,6 +167,14 @@ def realism_metrics(images, floor, rest, autoencoder=None) -> dict:
     return results
 
 
+def reference_split(num_samples: int, num_reference: int, seed: int = 0):
+    """Indices of the real `floor` digits (as many as the samples where possible) and of the `rest` they and the
+    samples are both compared against, so the two values of every measure have the same bias."""
+    order = torch.randperm(num_reference, generator=torch.Generator().manual_seed(seed))
+    num_floor = min(num_samples, num_reference // 2)
+    return order[:num_floor], order[num_floor:]
+
+
 def digit_metrics(images, labels=None, classifier=None, reference=None, seed: int = 0, dtype=torch.float32,
                   autoencoder=None):
     """Judge generated digits with the digit classifier; returns a dict of plain numbers.
@@ -200,13 +208,8 @@ def digit_metrics(images, labels=None, classifier=None, reference=None, seed: in
         results["per_class_accuracy"] = [correct[labels == c].mean().item() if (labels == c).any() else None
                                          for c in range(10)]
 
-    # Split the reference: `floor` real digits (as many as the samples where possible) and the rest, which
-    # both the samples and the floor digits are compared against, so the two values of every measure have the
-    # same bias.
     _, reference_features = _classify(classifier, reference, dtype=dtype)
-    order = torch.randperm(len(reference), generator=torch.Generator().manual_seed(seed))
-    num_floor = min(len(images), len(reference) // 2)
-    floor, rest = order[:num_floor], order[num_floor:]
+    floor, rest = reference_split(len(images), len(reference), seed)
     rest_stats = feature_statistics(reference_features[rest])
     results["fid"] = frechet_distance(*feature_statistics(features), *rest_stats)
     results["fid_real_floor"] = frechet_distance(*feature_statistics(reference_features[floor]), *rest_stats)
@@ -215,6 +218,79 @@ def digit_metrics(images, labels=None, classifier=None, reference=None, seed: in
     results["nearest_train_l2_held_out"] = nearest_distances(digits[held_out], digits[train]).mean().item()
     results["notes"] = ["fid: in the digit classifier's feature space (not Inception), blind to how digits are drawn; "
                         "ae_fid and the *_w1 statistics measure appearance; compare each with its *_real_floor"]
+    return results
+
+
+#################################################################################
+#                      Bootstrap intervals of the digit measures                #
+#################################################################################
+
+BOOTSTRAP_MEASURES = ("accuracy", "ae_fid", *(f"{name}_w1" for name in STATISTICS))
+
+
+def judge_digits(images, labels, classifier=None, autoencoder=None, seed: int = 0) -> dict:
+    """What the digit measures of `BOOTSTRAP_MEASURES` are built from, per image, so they can be recomputed on
+    resamples without judging the images again: `labels` (N,), `correct` (N,), autoencoder `codes` (N, 32) and
+    each statistic (N,), with the real reference part (`reference_split` of the held-out digits, as in
+    `digit_metrics`) they are compared against. The classifier-feature FID is left out: it is blind to
+    appearance, and its 128-dimensional matrix square root is too slow to resample."""
+    images = to_digit_images(images)
+    labels = torch.as_tensor(np.asarray(labels)).long().flatten()
+    if len(labels) != len(images):
+        raise ValueError(f"expected {len(images)} labels, got {len(labels)}")
+    classifier = load_digit_classifier() if classifier is None else classifier.eval()
+    autoencoder = load_digit_autoencoder() if autoencoder is None else autoencoder
+    digits, digit_labels = load_digits()
+    reference = digits[diffusion_split(digit_labels)[1]]
+    _, rest = reference_split(len(images), len(reference), seed)
+    logits, _ = _classify(classifier, images)
+    return {"labels": labels.numpy(), "correct": (logits.argmax(dim=1) == labels).double().numpy(),
+            "codes": encode_digits(autoencoder, images).numpy(), "statistics": digit_statistics(images),
+            "rest_codes": feature_statistics(encode_digits(autoencoder, reference[rest]).numpy()),
+            "rest_statistics": digit_statistics(reference[rest])}
+
+
+def measures_of(judgement: dict, index) -> dict:
+    """`BOOTSTRAP_MEASURES` of the judged images at `index` (a resample may repeat images)."""
+    results = {"accuracy": float(judgement["correct"][index].mean()),
+               "ae_fid": frechet_distance(*feature_statistics(judgement["codes"][index]), *judgement["rest_codes"])}
+    for name in STATISTICS:
+        results[f"{name}_w1"] = float(wasserstein_distance(judgement["statistics"][name][index],
+                                                           judgement["rest_statistics"][name]))
+    return results
+
+
+def bootstrap_digit_measures(judgement: dict, baseline: dict | None = None, resamples: int = 300, seed: int = 0,
+                             level: float = 0.95) -> dict:
+    """measure -> {"value", "low", "high"}: the measure and its percentile bootstrap interval, resampling images
+    within each class (the designs are balanced). With a `baseline` judged on the same labels and seeds, the same
+    resamples give the paired difference (this minus baseline) as "diff", "diff_low", "diff_high": an interval
+    that excludes 0 resolves the difference."""
+    labels = judgement["labels"]
+    if baseline is not None and not np.array_equal(baseline["labels"], labels):
+        raise ValueError("the baseline must be judged on the same labels, in the same order")
+    groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    generator = np.random.default_rng(seed)
+    draws = {m: [] for m in BOOTSTRAP_MEASURES}
+    diffs = {m: [] for m in BOOTSTRAP_MEASURES}
+    for _ in range(resamples):
+        index = np.concatenate([generator.choice(group, len(group)) for group in groups])
+        values = measures_of(judgement, index)
+        base = measures_of(baseline, index) if baseline is not None else None
+        for m in BOOTSTRAP_MEASURES:
+            draws[m].append(values[m])
+            if base is not None:
+                diffs[m].append(values[m] - base[m])
+    tail = 100 * (1 - level) / 2
+    full = measures_of(judgement, np.arange(len(labels)))
+    full_base = measures_of(baseline, np.arange(len(labels))) if baseline is not None else None
+    results = {}
+    for m in BOOTSTRAP_MEASURES:
+        low, high = np.percentile(draws[m], [tail, 100 - tail])
+        results[m] = {"value": full[m], "low": float(low), "high": float(high)}
+        if baseline is not None:
+            low, high = np.percentile(diffs[m], [tail, 100 - tail])
+            results[m].update(diff=full[m] - full_base[m], diff_low=float(low), diff_high=float(high))
     return results
 
 

@@ -242,6 +242,7 @@ class EDTPipeline(DiffusionPipeline):
         amm_scale: float | None = None,
         guided_channels: int | None = None,
         cfg_schedule: str = "constant",
+        guidance_interval: tuple[int, int] | None = None,
         callback_on_step_end=None,
         return_previews: bool = False,
         attention_blocks=None,
@@ -261,6 +262,11 @@ class EDTPipeline(DiffusionPipeline):
         guided_channels: channels guided by CFG, None = all noise channels, 3 = as the released scripts.
         cfg_schedule: "constant" (guidance_scale at every step) or "power-cos" (MDTv2's released schedule: the scale
             rises from about 1 at the noisiest step to guidance_scale at t = 0; see `edt_lab.models.base`).
+        guidance_interval: (low, high) training timesteps, both included: guide only the steps with t in it and
+            run the conditional model alone at the others (None = guide every step). Guidance at the low-noise
+            steps adds little to which class is drawn but thickens and sharpens strokes, as Kynkaanniemi et al.
+            (2024, "Applying guidance in a limited interval improves sample and distribution quality") found on
+            ImageNet; e.g. (300, 999) leaves the last 30 % of the noise levels unguided.
         callback_on_step_end: f(pipe, step_index, timestep, {"latents": x}) -> dict; a returned "latents" replaces x.
         return_previews: also return the predicted clean images x0 after every step (decoded for latent models).
         attention_blocks: blocks whose attention (head mean, first image, conditional half) is returned, plain
@@ -272,6 +278,11 @@ class EDTPipeline(DiffusionPipeline):
         labels = self.class_ids(class_labels)
         batch_size = len(labels)
         self._check_call(num_inference_steps, guidance_scale, output_type, generator, batch_size, cfg_schedule)
+        if guidance_interval is not None:
+            low, high = guidance_interval
+            if not 0 <= low <= high < self.scheduler.config.num_train_timesteps:
+                raise ValueError(f"guidance_interval must be (low, high) with 0 <= low <= high < "
+                                 f"{self.scheduler.config.num_train_timesteps}, got {tuple(guidance_interval)}")
         model, device = self.transformer, self._execution_device
         dtype = resolve_precision(precision, device)
         channels, size = model.config.in_channels, model.config.input_size
@@ -301,12 +312,13 @@ class EDTPipeline(DiffusionPipeline):
                 capture = i == attention_step and attention_blocks
                 with capture_attention(model, attention_blocks) if capture else nullcontext() as captured:
                     x_in = self.scheduler.scale_model_input(x, t)
-                    t_batch = t.reshape(1).to(device).expand(len(y))
-                    if guided:  # (2B, ...) in, the guided prediction in both halves out
+                    guide_now = guided and (guidance_interval is None or low <= int(t) <= high)
+                    t_batch = t.reshape(1).to(device).expand(len(y) if guide_now else batch_size)
+                    if guide_now:  # (2B, ...) in, the guided prediction in both halves out
                         out = model.forward_with_cfg(torch.cat([x_in, x_in]), t_batch, y, guidance_scale,
                                                      guided_channels, cfg_schedule)[:batch_size]
                     else:
-                        out = model(x_in, t_batch, y)
+                        out = model(x_in, t_batch, y[:batch_size])
                 out = out.float()  # the sampler works in float32 at any precision
                 if capture:
                     attention = {block: {name: None if maps is None else maps[0].float().mean(0).cpu().numpy()

@@ -24,8 +24,8 @@ from .pipeline import DEFAULT_MODEL_DIR, EDTPipeline, image_generators, load_def
 from .precision import PRECISIONS, enable_tf32, resolve_precision
 
 # Used when neither the command line nor the model folder's recommended.json gives a value.
-FALLBACK_SETTINGS = {"sampler": "ddpm", "steps": 250, "cfg": 1.0, "cfg_schedule": "constant", "amm": "off",
-                     "amm_radius": None, "amm_scale": None}
+FALLBACK_SETTINGS = {"sampler": "ddpm", "steps": 250, "cfg": 1.0, "cfg_schedule": "constant", "cfg_interval": None,
+                     "amm": "off", "amm_radius": None, "amm_scale": None}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -151,6 +151,9 @@ def add_arguments(parser):
     parser.add_argument("--cfg", type=float, help="classifier-free guidance scale, 1 = none")
     parser.add_argument("--cfg-schedule", choices=CFG_SCHEDULES, help="constant (default: recommended, else constant) "
                         "or power-cos (MDTv2's released schedule, with --guided-channels 3)")
+    parser.add_argument("--cfg-interval", type=int, nargs=2, metavar=("LOW", "HIGH"),
+                        help="guide only the steps with LOW <= t <= HIGH (training timesteps 0..999), e.g. 300 999 "
+                             "(default: recommended, else every step)")
     parser.add_argument("--amm", help="'preset', 'off' or block indices such as 7,10 (default: recommended, else off)")
     parser.add_argument("--amm-radius", type=float, help="AMM radius in tokens (default: the released one)")
     parser.add_argument("--amm-scale", type=float, help="AMM scale k (default 0.5)")
@@ -204,6 +207,9 @@ def run(args):
         raise ValueError(f"--per-class must be at least 1, got {args.per_class}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.cfg_interval is not None and not 0 <= args.cfg_interval[0] <= args.cfg_interval[1] <= 999:
+        raise ValueError(f"--cfg-interval {args.cfg_interval[0]} {args.cfg_interval[1]}: expected LOW <= HIGH, "
+                         f"both in 0..999")
     state = PartialState(cpu=args.device == "cpu")
     device = _device(args.device, state)
     resolve_precision(args.precision, device)  # a bad choice fails before the model loads
@@ -231,6 +237,7 @@ def run(args):
         indices = [i for batch in own_batches for i in batch]
         images = generate(pipe, labels[indices], indices, args.seed, args.batch_size,
                           guidance_scale=settings["cfg"], cfg_schedule=settings["cfg_schedule"],
+                          guidance_interval=settings["cfg_interval"],
                           num_inference_steps=settings["steps"],
                           amm_blocks=amm_blocks, amm_radius=settings["amm_radius"], amm_scale=settings["amm_scale"],
                           guided_channels=args.guided_channels, precision=args.precision)

@@ -1,8 +1,11 @@
 """The benchmark scripts run and report in the documented layout (tiny models, one round: no timing asserted)."""
 
+import argparse
 import json
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -106,3 +109,6 @@ def test_settings_sweep_rule_takes_the_most_real_looking_accurate_setting():
     assert [r["passes_rule"] for r in rows] == [True, False, True, True]
     assert settings_sweep.choose(rows) is rows[2]  # the less accurate but more real one is out; fewer steps win ties
     assert settings_sweep.choose(rows[1:2]) is None
+    assert settings_sweep.parse_interval("all") is None and settings_sweep.parse_interval("300:999") == [300, 999]
+    with pytest.raises(argparse.ArgumentTypeError, match="LOW:HIGH"):
+        settings_sweep.parse_interval("300")

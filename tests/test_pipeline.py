@@ -210,6 +210,48 @@ def test_guidance_equals_forward_with_cfg_at_a_step(latent_pipe):
     assert (all_channels.previews[0] - out.previews[0]).abs().max() > 1e-4
 
 
+
+def test_guidance_interval_guides_only_the_steps_inside_it(pixel_pipe):
+    """Each step's prediction is guided inside the interval and plain conditional outside it, step by step."""
+    labels, steps = [4, 6], 4
+    timesteps = make_scheduler("ddim")
+    timesteps.set_timesteps(steps)
+    ts = [int(t) for t in timesteps.timesteps]
+    low, high = ts[2], ts[0]  # the first three steps guided, the last one not
+    common = dict(guidance_scale=4.0, num_inference_steps=steps, output_type="pt", return_previews=True)
+
+    def run(**kwargs):
+        return pixel_pipe(labels, generator=image_generators(0, [0, 1]), **common, **kwargs).previews
+
+    guided, interval = run(), run(guidance_interval=(low, high))
+    for i in range(3):
+        torch.testing.assert_close(interval[i], guided[i], atol=0, rtol=0)
+    # The last step: the conditional model alone on the same x, so the preview differs from the guided run's.
+    x = randn_tensor((2, 1, 16, 16), generator=image_generators(0, [0, 1]), dtype=torch.float32)
+    scheduler = make_scheduler("ddim")
+    scheduler.set_timesteps(steps)
+    model, y = pixel_pipe.transformer, torch.tensor(labels)
+    with torch.no_grad():
+        for i, t in enumerate(scheduler.timesteps):
+            if i < 3:
+                eps = model.forward_with_cfg(torch.cat([x, x]), t.expand(4), torch.cat([y, y.new_full((2,), 10)]),
+                                             4.0)[:2, :1]
+            else:
+                eps = model(x, t.expand(2), y)[:, :1]
+                abar = scheduler.alphas_cumprod[t]
+                expected = (((x - (1 - abar).sqrt() * eps) / abar.sqrt()) / 2 + 0.5).clamp(0, 1)
+            x = scheduler.step(eps, t, x).prev_sample
+    torch.testing.assert_close(interval[3], expected, atol=1e-5, rtol=0)
+    assert (interval[3] - guided[3]).abs().max() > 1e-4
+    # No step inside the interval: the same images as no guidance.
+    no_step = pixel_pipe(labels, generator=image_generators(0, [0, 1]), guidance_scale=4.0, num_inference_steps=steps,
+                         output_type="pt", guidance_interval=(ts[0] + 1, 999)).images
+    plain = pixel_pipe(labels, generator=image_generators(0, [0, 1]), num_inference_steps=steps, output_type="pt")
+    torch.testing.assert_close(no_step, plain.images, atol=1e-6, rtol=0)
+    for bad in [(-1, 999), (500, 400), (0, 1000)]:
+        with pytest.raises(ValueError, match="guidance_interval must be"):
+            pixel_pipe(labels, guidance_interval=bad, **common)
+
 def test_previews_and_attention_maps(pixel_pipe):
     out = pixel_pipe([1, 2], generator=image_generators(0, [0, 1]), num_inference_steps=4, output_type="np",
                      amm_blocks=[7, 10], return_previews=True, attention_blocks=[0, 7, 10], guidance_scale=2.0)

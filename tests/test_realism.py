@@ -9,7 +9,7 @@ import torch
 
 from edt_lab.cli import main
 from edt_lab.data import diffusion_split, load_digits, split_digits, unseen_by_judges
-from edt_lab.metrics import digit_metrics
+from edt_lab.metrics import BOOTSTRAP_MEASURES, bootstrap_digit_measures, digit_metrics, judge_digits
 from edt_lab.realism import DEGRADATIONS, degrade, digit_statistics, encode_digits, load_digit_autoencoder
 
 
@@ -90,3 +90,26 @@ def test_eval_prints_the_realism_measures(tmp_path, capsys):
     results = json.loads((tmp_path / "r.json").read_text())
     for name in ("ae_fid", "ae_fid_real_floor", "stroke_width", "stroke_width_real", "isolated_pixels_w1_real_floor"):
         assert name in printed and name in results
+
+
+def test_bootstrap_intervals_resolve_a_degradation_and_not_a_tie():
+    """Paired intervals: thickened digits against the same real digits exclude 0 in the direction of the harm;
+    a judgement against itself is a tie; the measures agree with digit_metrics."""
+    digits, labels = load_digits()
+    chosen = unseen_by_judges(labels)[::2]  # 250 digits, 25 per class
+    real = digits[chosen]
+    thick = degrade(real, "thickened", torch.Generator().manual_seed(0))
+    real_judged, thick_judged = judge_digits(real, labels[chosen]), judge_digits(thick, labels[chosen])
+    metrics = digit_metrics(thick, labels[chosen])
+    intervals = bootstrap_digit_measures(thick_judged, real_judged, resamples=100)
+    assert set(intervals) == set(BOOTSTRAP_MEASURES)
+    for name in ("accuracy", "ae_fid", "stroke_width_w1"):
+        assert intervals[name]["value"] == pytest.approx(metrics[name], rel=1e-6)
+        assert intervals[name]["low"] <= intervals[name]["high"]
+    for name in ("ae_fid", "stroke_width_w1", "mean_ink_w1"):
+        assert 0 < intervals[name]["diff_low"] <= intervals[name]["diff"] <= intervals[name]["diff_high"]
+    tie = bootstrap_digit_measures(real_judged, real_judged, resamples=20)
+    assert all(tie[m]["diff_low"] == tie[m]["diff_high"] == 0 for m in BOOTSTRAP_MEASURES)
+    assert "diff" not in bootstrap_digit_measures(real_judged, resamples=5)["accuracy"]
+    with pytest.raises(ValueError, match="same labels"):
+        bootstrap_digit_measures(real_judged, judge_digits(real[:50], labels[chosen][:50]), resamples=5)

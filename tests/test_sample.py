@@ -100,7 +100,8 @@ def test_two_processes_write_the_same_bytes_as_one(files, tmp_path):
 def test_default_model_uses_its_recommended_settings(files, tmp_path, monkeypatch):
     pipe = EDTPipeline(tiny_edt(in_channels=1, input_size=16), make_scheduler("ddpm"), None, DIGITS)
     pipe.save_pretrained(tmp_path / "default")
-    recommended = {"sampler": "ddim", "steps": 2, "cfg": 2.0, "amm": [8], "amm_radius": 3.0, "amm_scale": 0.6}
+    recommended = {"sampler": "ddim", "steps": 2, "cfg": 2.0, "cfg_interval": [500, 999], "amm": [8],
+                   "amm_radius": 3.0, "amm_scale": 0.6}
     (tmp_path / "default" / "recommended.json").write_text(json.dumps(recommended))
     monkeypatch.setattr("edt_lab.pipeline.DEFAULT_MODEL_DIR", tmp_path / "default")
     monkeypatch.setattr("edt_lab.sample.DEFAULT_MODEL_DIR", tmp_path / "default")
@@ -108,8 +109,12 @@ def test_default_model_uses_its_recommended_settings(files, tmp_path, monkeypatc
     assert main(["sample", "--model", "default", *common, "--out", str(tmp_path / "a.npz")]) == 0
     explicit = ["--sampler", "ddim", "--steps", "2", "--cfg", "2", "--amm", "8", "--amm-radius", "3",
                 "--amm-scale", "0.6"]
-    assert main(["sample", "--ckpt", str(tmp_path / "default"), *common, *explicit,
+    assert main(["sample", "--ckpt", str(tmp_path / "default"), *common, *explicit, "--cfg-interval", "500", "999",
                  "--out", str(tmp_path / "b.npz")]) == 0
+    # Guiding both steps (t = 500 and 0) instead of the first only draws other images.
+    assert main(["sample", "--ckpt", str(tmp_path / "default"), *common, *explicit, "--cfg-interval", "0", "999",
+                 "--out", str(tmp_path / "d.npz")]) == 0
+    assert not np.array_equal(np.load(tmp_path / "b.npz")["arr_0"], np.load(tmp_path / "d.npz")["arr_0"])
     assert main(["sample", "--model", "default", *common, "--steps", "3", "--out", str(tmp_path / "c.npz")]) == 0
     a, b, c = (np.load(tmp_path / f"{name}.npz") for name in "abc")
     assert a["arr_0"].shape == (4, 16, 16, 1) and a["arr_1"].tolist() == [7, 7, 1, 1]
@@ -154,6 +159,7 @@ def test_bad_input_is_one_line_and_exit_2(files, tmp_path, capsys, monkeypatch):
         ([*base, "--num-samples", "4", "--out", str(tmp_path / "x.png")], "an .npz --out"),
         ([*base, "--out", str(tmp_path / "x.jpg")], "expected a .png or .npz"),
         ([*base, "--classes", "ten", "--out", out], "this model has no class names"),
+        ([*base, "--cfg-interval", "900", "100", "--out", out], "--cfg-interval 900 100: expected LOW <= HIGH"),
     ]
     monkeypatch.setattr("edt_lab.precision.native_bf16", lambda device: False)
     cases.append(([*base, "--precision", "bf16", "--out", out], "precision bf16 needs native bf16 hardware"))
