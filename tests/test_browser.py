@@ -29,7 +29,7 @@ def find_chromium(playwright) -> str | None:
     return own if Path(own).is_file() else None
 
 
-def test_compare_button_shows_both_image_sets(tmp_path):
+def test_compare_button_shows_both_image_sets_and_each_tab_its_view_of_the_run(tmp_path):
     with sync_playwright() as playwright:
         chromium = find_chromium(playwright)
         if chromium is None:
@@ -45,6 +45,12 @@ def test_compare_button_shows_both_image_sets(tmp_path):
                     page.locator(f"{gallery} img").first.wait_for(state="visible", timeout=60_000)
                 page.locator("#status").get_by_text("AMM on").wait_for(timeout=30_000)
                 assert page.locator("#off-gallery img").count() >= 4 and page.locator("#on-gallery img").count() >= 4
+                # the run's previews and attention are drawn when their tab is opened
+                page.get_by_role("tab", name="Denoising").click()
+                page.locator("#previews img").first.wait_for(state="visible", timeout=30_000)
+                page.get_by_role("tab", name="AMM and attention").click()
+                page.locator("#attention-plot img").first.wait_for(state="visible", timeout=30_000)
+                page.get_by_role("tab", name="Images").click()
                 page.screenshot(path=tmp_path / "app.png", full_page=True)
                 assert (tmp_path / "app.png").stat().st_size > 10_000
             finally:

@@ -2,6 +2,7 @@
 
 import argparse
 
+import gradio as gr
 import numpy as np
 import pytest
 import torch
@@ -12,10 +13,13 @@ from safetensors.torch import save_file
 
 from edt_lab.amm import modulation_matrix
 from edt_lab.explorer import controls, views
+from edt_lab.explorer.app import (ATTENTION_TAB, DENOISING_TAB, IMAGES_TAB, build_app, model_page, open_tab,
+                                  show_views)
 from edt_lab.explorer.models import (DEFAULT_NAME, DEMO_NOTE, ModelStore, demo_pipeline, imagenet_class_names,
                                      randomize_weights, scan_models)
 from edt_lab.explorer.sampling import compare, sample
 from edt_lab.models import create_model
+from edt_lab.models.attention import capture_attention
 from edt_lab.pipeline import EDTPipeline, make_scheduler
 
 
@@ -237,6 +241,18 @@ def test_compare_gives_same_noise_different_images(pipe):
     assert pipe.transformer.amm_blocks == ()  # the call's AMM does not stay on the shared model
 
 
+def test_views_are_recorded_only_when_asked(pipe, monkeypatch):
+    captures = []
+    monkeypatch.setattr("edt_lab.pipeline.capture_attention",
+                        lambda *args, _real=capture_attention: captures.append(args) or _real(*args))
+    plain = sample(pipe, request(pipe), record_views=False)
+    assert plain.attention == {} and plain.previews == [] and captures == []  # no capture step at all
+    viewed = sample(pipe, request(pipe))
+    assert len(captures) == 1 and sorted(viewed.attention) == list(range(12)) and len(viewed.previews) == 4
+    # the same images, up to rounding: the capture step computes attention explicitly rather than fused
+    np.testing.assert_allclose(plain.images, viewed.images, atol=1e-5)
+
+
 def test_precision_reaches_the_pipeline(pipe, monkeypatch):
     monkeypatch.setattr("edt_lab.precision.native_bf16", lambda device: False)
     with pytest.raises(ValueError, match="precision bf16 needs native bf16 hardware"):
@@ -307,3 +323,40 @@ def test_cost_markdown_names_the_convention():
     text = views.cost_markdown(create_model("EDT-T/2"))
     assert "GFLOPs = multiply-accumulates, one sample" in text
     assert "| stage 4 |" in text and "trainable parameters" in text
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The page's events (called as Gradio calls them, without a server)
+# ----------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def page_events():
+    """The functions behind /generate and /compare over the demo model, and the model's facts for the views."""
+    store = ModelStore(None, "cpu", demo=True)
+    events = {block_fn.api_name: block_fn.fn for block_fn in build_app(store).fns.values()
+              if block_fn.api_name in ("generate", "compare")}
+    return events | {"facts": model_page(store.get(DEFAULT_NAME))["facts"]}
+
+
+def test_runs_record_the_views_only_for_a_page(page_events):
+    generate = page_events["generate"]
+    quick = dict(model=DEFAULT_NAME, class_name="0", seed=0, num_images=2, sampler="dpm", steps=3, guidance_scale=3.0,
+                 amm_blocks="", released_radius=True, radius=15.0, scale=0.5, precision="fp32")
+    tiles, status, api_runs = generate(**quick, view=None)  # an API client: no view to show
+    assert len(tiles) == 2 and "2 images" in status
+    assert api_runs["runs"][0][1] == {} and api_runs["previews"] == []
+    _, _, runs = generate(**quick, view=IMAGES_TAB)  # a page, on another tab: its views can be opened later
+    assert len(runs["runs"][0][1]) == 12 and len(runs["previews"]) == 3
+
+
+def test_only_the_open_tab_draws_its_view(page_events):
+    _, _, runs = page_events["generate"](DEFAULT_NAME, "0", 0, 2, "dpm", 3, 3.0, "", True, 15.0, 0.5, "fp32",
+                                         IMAGES_TAB)
+    query = (runs, page_events["facts"], 11, 8, 8)
+    assert all(isinstance(out, type(gr.skip())) for out in show_views(IMAGES_TAB, *query))
+    previews, attention = show_views(DENOISING_TAB, *query)
+    assert previews[0][1].endswith("of 3") and isinstance(attention, type(gr.skip()))
+    previews, attention = show_views(ATTENTION_TAB, *query)
+    assert isinstance(attention, Figure) and isinstance(previews, type(gr.skip()))
+    view, previews, _ = open_tab(*query, gr.SelectData(None, {"index": 2, "value": DENOISING_TAB}))
+    assert view == DENOISING_TAB and len(previews) == 1  # opening a tab draws the last run's view

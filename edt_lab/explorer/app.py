@@ -21,6 +21,7 @@ from .models import DEFAULT_NAME, DEMO_NOTE, ModelStore, resolve_device
 from .sampling import compare, sample
 
 MAX_GROUPS = 5  # EDT has five stages; a DiT uses the first group only
+IMAGES_TAB, ATTENTION_TAB, DENOISING_TAB = "Images", "AMM and attention", "Denoising"
 INTRO = """# EDT explorer
 EDT (Efficient Diffusion Transformer) samples images with a U-shaped token pyramid. Its **Attention Modulation
 Matrix (AMM)** multiplies the attention of chosen blocks by a distance-based matrix, without any training:
@@ -124,9 +125,11 @@ class Page:
     mask_seed: gr.Number
     mask_button: gr.Button
     mask_plot: gr.Plot
-    # what the views need: the model's token grids, and the last run's attention and first image
+    tabs: gr.Tabs
+    # what the views need: the model's token grids; the last run's attention, previews and first image; the open tab
     facts: gr.State
     runs: gr.State
+    view: gr.State  # None where no page is open (an API client): then nothing is recorded for the views
 
     def request_inputs(self) -> list:
         """The inputs of /generate and /compare, in their API order."""
@@ -136,6 +139,10 @@ class Page:
     def attention_inputs(self) -> list:
         """The inputs of `show_attention`: the last run and the query token."""
         return [self.runs, self.facts, self.block, self.row, self.col]
+
+    def view_outputs(self) -> list:
+        """The views drawn from the last run, in the order `show_views` returns them."""
+        return [self.previews, self.attention_plot]
 
 
 def model_panel(store: ModelStore, first) -> dict:
@@ -196,7 +203,7 @@ def run_buttons() -> dict:
 
 def images_tab() -> dict:
     """AMM off and on side by side, their difference, and Generate's samples."""
-    with gr.Tab("Images"):
+    with gr.Tab(IMAGES_TAB):
         with gr.Row():
             galleries = {"off_gallery": gr.Gallery(label="AMM off", columns=2, height="auto", format="png",
                                                    elem_id="off-gallery"),
@@ -212,7 +219,7 @@ def images_tab() -> dict:
 def attention_tab(values: dict) -> dict:
     """A block and a query token; the AMM row and the attention of that token."""
     last, middle = values["facts"]["image_grid"] - 1, values["facts"]["image_grid"] // 2
-    with gr.Tab("AMM and attention"):
+    with gr.Tab(ATTENTION_TAB):
         with gr.Row():
             query = {"block": gr.Dropdown(values["blocks"], value=values["block"], label="block"),
                      "row": gr.Slider(0, last, value=middle, step=1, label="query token row"),
@@ -222,14 +229,15 @@ def attention_tab(values: dict) -> dict:
         return {**query,
                 "amm_plot": gr.Plot(label="the AMM row of the query token (current R and k)", show_label=False),
                 "attention_plot": gr.Plot(label="attention of the query token (last Generate or Compare)",
-                                          show_label=False)}
+                                          show_label=False, elem_id="attention-plot")}
 
 
 def denoising_tab() -> dict:
     """The predicted clean images after each sampling step."""
-    with gr.Tab("Denoising"):
+    with gr.Tab(DENOISING_TAB):
         return {"previews": gr.Gallery(label="predicted clean images x̂₀ during sampling (last run; pixel models)",
-                                       columns=2, height="auto", object_fit="contain", format="png")}
+                                       columns=2, height="auto", object_fit="contain", format="png",
+                                       elem_id="previews")}
 
 
 def cost_tab(values: dict) -> dict:
@@ -263,6 +271,19 @@ def show_attention(runs, facts, block, row, col):
     n = facts["grids"][int(block)]
     token = views.map_token(row, col, facts["image_grid"], n)
     return views.attention_figure(views.attention_panels(runs["runs"], int(block)), *token, n, int(block))
+
+
+def show_views(view, runs, facts, block, row, col) -> tuple:
+    """The last run's previews or attention figure, whichever tab is open; a closed tab's view is drawn when it is
+    opened (`open_tab`), so a run does not draw and send figures that no one sees."""
+    previews = views.preview_strips(runs["previews"]) if runs and view == DENOISING_TAB else gr.skip()
+    attention = show_attention(runs, facts, block, row, col) if view == ATTENTION_TAB else gr.skip()
+    return previews, attention
+
+
+def open_tab(runs, facts, block, row, col, event: gr.SelectData) -> tuple:
+    """Remember the tab just opened and draw its view of the last run."""
+    return event.value, *show_views(event.value, runs, facts, block, row, col)
 
 
 @warns()
@@ -329,7 +350,7 @@ def wire_amm_blocks(store: ModelStore, page: Page) -> None:
 
 
 def wire_sampling(store: ModelStore, page: Page) -> None:
-    """Generate and Compare (the /generate and /compare API), then the new run's attention."""
+    """Generate and Compare (the /generate and /compare API), then the open tab's view of the new run."""
 
     def checked(model, *values):
         loaded = store.get(model)
@@ -338,38 +359,42 @@ def wire_sampling(store: ModelStore, page: Page) -> None:
     def summary(loaded, timings: str) -> str:
         return f"{timings} · {DEMO_NOTE if loaded.is_demo else loaded.note}"
 
+    # A page records every run's attention and previews (one step's explicit attention, about 1 % of a call on
+    # the digits model), so the attention and denoising tabs show the last run whenever they are opened; an API
+    # client (no page, view None) has no view to show them.
     @shows_errors
     def generate(model, class_name, seed, num_images, sampler, steps, guidance_scale, amm_blocks,
-                 released_radius, radius, scale, precision, progress=gr.Progress()):
-        """Images of one class with AMM in the chosen blocks; also denoising previews and a status line."""
+                 released_radius, radius, scale, precision, view, progress=gr.Progress()):
+        """Images of one class with AMM in the chosen blocks, and a status line."""
         loaded, request = checked(model, class_name, seed, num_images, sampler, steps, guidance_scale,
                                   amm_blocks, released_radius, radius, scale, precision)
-        run = sample(loaded.pipe, request, progress=lambda done, text: progress(done, desc=text))
+        run = sample(loaded.pipe, request, progress=lambda done, text: progress(done, desc=text),
+                     record_views=view is not None)
         runs = {"runs": [(f"AMM in {controls.format_blocks(run.amm_blocks) or 'no block'}", run.attention)],
-                "image": run.images[0]}
-        return (views.image_tiles(run.images), views.preview_strips(run.previews),
-                summary(loaded, f"{len(run.images)} images in {run.seconds:.2f} s"), runs)
+                "previews": run.previews, "image": run.images[0]}
+        return views.image_tiles(run.images), summary(loaded, f"{len(run.images)} images in {run.seconds:.2f} s"), runs
 
     @shows_errors
     def compare_amm(model, class_name, seed, num_images, sampler, steps, guidance_scale, amm_blocks,
-                    released_radius, radius, scale, precision, progress=gr.Progress()):
-        """The same noise with AMM off and on: both image sets, their difference, previews and a status line."""
+                    released_radius, radius, scale, precision, view, progress=gr.Progress()):
+        """The same noise with AMM off and on: both image sets, their difference and a status line."""
         loaded, request = checked(model, class_name, seed, num_images, sampler, steps, guidance_scale,
                                   amm_blocks, released_radius, radius, scale, precision)
-        off, on = compare(loaded.pipe, request, progress=lambda done, text: progress(done, desc=text))
+        off, on = compare(loaded.pipe, request, progress=lambda done, text: progress(done, desc=text),
+                          record_views=view is not None)
         heat, largest = views.difference_map(off.images, on.images)
-        runs = {"runs": [("AMM off", off.attention), ("AMM on", on.attention)], "image": on.images[0]}
+        runs = {"runs": [("AMM off", off.attention), ("AMM on", on.attention)], "previews": on.previews,
+                "image": on.images[0]}
         timings = f"AMM off {off.seconds:.2f} s · AMM on {on.seconds:.2f} s · largest |on − off| = {largest:.3f}"
-        return (views.image_tiles(off.images), views.image_tiles(on.images), heat,
-                views.preview_strips(on.previews), summary(loaded, timings), runs)
+        return (views.image_tiles(off.images), views.image_tiles(on.images), heat, summary(loaded, timings), runs)
 
-    page.generate_button.click(generate, page.request_inputs(), [page.samples, page.previews, page.status, page.runs],
-                               api_name="generate", concurrency_id="model").then(
-        show_attention, page.attention_inputs(), page.attention_plot, api_visibility="private")
-    compare_outputs = [page.off_gallery, page.on_gallery, page.difference, page.previews, page.status, page.runs]
-    page.compare_button.click(compare_amm, page.request_inputs(), compare_outputs, api_name="compare",
-                              concurrency_id="model").then(
-        show_attention, page.attention_inputs(), page.attention_plot, api_visibility="private")
+    inputs, view_inputs = [*page.request_inputs(), page.view], [page.view, *page.attention_inputs()]
+    page.generate_button.click(generate, inputs, [page.samples, page.status, page.runs], api_name="generate",
+                               concurrency_id="model").then(
+        show_views, view_inputs, page.view_outputs(), api_visibility="private")
+    compare_outputs = [page.off_gallery, page.on_gallery, page.difference, page.status, page.runs]
+    page.compare_button.click(compare_amm, inputs, compare_outputs, api_name="compare", concurrency_id="model").then(
+        show_views, view_inputs, page.view_outputs(), api_visibility="private")
 
 
 def wire_views(demo: gr.Blocks, store: ModelStore, page: Page) -> None:
@@ -388,6 +413,8 @@ def wire_views(demo: gr.Blocks, store: ModelStore, page: Page) -> None:
     for control in (*query, page.released_radius, page.radius, page.scale):
         control.change(show_amm, amm_inputs, page.amm_plot, api_visibility="private")
     demo.load(show_amm, amm_inputs, page.amm_plot, api_visibility="private")
+    demo.load(lambda: IMAGES_TAB, None, page.view, api_visibility="private")  # a page is open: record for its views
+    page.tabs.select(open_tab, page.attention_inputs(), [page.view, *page.view_outputs()], api_visibility="private")
     page.mask_button.click(show_masks, [page.model, page.strategy, page.mask_seed, page.runs], page.mask_plot,
                            concurrency_id="model", api_visibility="private")
 
@@ -403,9 +430,9 @@ def build_app(store: ModelStore) -> gr.Blocks:
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
                 parts |= request_panel(values) | amm_panel(values) | run_buttons()
-            with gr.Column(scale=2), gr.Tabs():
+            with gr.Column(scale=2), gr.Tabs() as tabs:
                 parts |= images_tab() | attention_tab(values) | denoising_tab() | cost_tab(values) | masking_tab()
-        page = Page(**parts, facts=gr.State(values["facts"]), runs=gr.State(None))
+        page = Page(**parts, tabs=tabs, facts=gr.State(values["facts"]), runs=gr.State(None), view=gr.State(None))
         wire_model_picker(demo, store, page)
         wire_amm_blocks(store, page)
         wire_sampling(store, page)

@@ -20,12 +20,13 @@ class Run:
     seconds: float
 
 
-def sample(pipe, request: Request, amm_blocks=None, progress=None, progress_range=(0.0, 1.0), label="") -> Run:
+def sample(pipe, request: Request, amm_blocks=None, progress=None, progress_range=(0.0, 1.0), label="",
+           record_views: bool = True) -> Run:
     """Images of `request` with AMM at `amm_blocks` (None: the request's blocks); image i uses the noise of (seed, i).
 
     progress: optional f(fraction, text) called after every step, the fraction mapped into `progress_range`.
-    Attention is recorded for every block at the middle step. Previews are kept for pixel-space models only,
-    as a latent model would decode every step through the VAE.
+    record_views: also record what the page's views show: every block's attention at the middle step, and the
+    per-step previews (pixel-space models only, as a latent model would decode every step through the VAE).
     """
     blocks = request.amm_blocks if amm_blocks is None else list(amm_blocks)
     pipe.scheduler = make_scheduler(request.sampler)
@@ -43,15 +44,16 @@ def sample(pipe, request: Request, amm_blocks=None, progress=None, progress_rang
                generator=image_generators(request.seed, range(request.num_images)),
                num_inference_steps=request.steps, output_type="np", amm_blocks=blocks,
                amm_radius=request.radius, amm_scale=request.scale, callback_on_step_end=on_step,
-               return_previews=pipe.vae is None, attention_blocks=range(pipe.transformer.num_blocks),
+               return_previews=record_views and pipe.vae is None,
+               attention_blocks=range(pipe.transformer.num_blocks) if record_views else None,
                precision=request.precision)
     return Run(out.images, out.previews or [], out.attention or {}, blocks, time.perf_counter() - start)
 
 
-def compare(pipe, request: Request, progress=None) -> tuple[Run, Run]:
+def compare(pipe, request: Request, progress=None, record_views: bool = True) -> tuple[Run, Run]:
     """The same request with AMM off and with AMM at the request's blocks, from the same noise."""
     if not request.amm_blocks:
         raise ValueError("AMM is off in every block: choose blocks (or a preset) to compare AMM off with AMM on")
-    off = sample(pipe, request, [], progress, (0.0, 0.5), "AMM off: ")
-    on = sample(pipe, request, None, progress, (0.5, 1.0), "AMM on: ")
+    off = sample(pipe, request, [], progress, (0.0, 0.5), "AMM off: ", record_views)
+    on = sample(pipe, request, None, progress, (0.5, 1.0), "AMM on: ", record_views)
     return off, on
