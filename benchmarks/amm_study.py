@@ -35,9 +35,9 @@ def arrangements(model, guidance: float) -> dict:
     return choices
 
 
-def with_interval(interval: dict, digits: int) -> str:
+def with_interval(interval: dict, digits: int, is_off: bool) -> str:
     """"value [low, high]" of the difference to AMM off, or the bare value for AMM off itself."""
-    if interval["diff_low"] == interval["diff_high"] == 0:
+    if is_off:
         return f"{interval['value']:.{digits}f}"
     return f"{interval['value']:.{digits}f} [{interval['diff_low']:+.{digits}f},{interval['diff_high']:+.{digits}f}]"
 
@@ -97,7 +97,7 @@ def main(argv=None) -> list[dict]:
                    "bootstrap": intervals,
                    "mean_abs_diff_to_off": float(np.abs(images.astype(np.float32) - off.astype(np.float32)).mean())}
             rows.append(row)
-            cells = "".join(f"{with_interval(intervals[m], digits):>22}" for m, digits in
+            cells = "".join(f"{with_interval(intervals[m], digits, name == 'off'):>22}" for m, digits in
                             (("accuracy", 3), ("ae_fid", 1), ("stroke_width_w1", 3)))
             print(f"{guidance:>8}  {name:<28}{cells}{row['fid']:>7.1f}{row['mean_abs_diff_to_off']:>8.2f}", flush=True)
     print(f"real-vs-real FID floor: {rows[0]['fid_real_floor']:.2f}")

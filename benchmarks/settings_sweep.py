@@ -16,7 +16,7 @@ import numpy as np
 
 from edt_lab.metrics import digit_metrics
 from edt_lab.pipeline import EDTPipeline, make_scheduler
-from edt_lab.sample import generate
+from edt_lab.sample import generate, parse_amm
 
 APPEARANCE = ("ae_fid", "mean_ink_w1", "stroke_width_w1", "grey_share_w1")
 MIN_ACCURACY, MIN_CLASS_ACCURACY = 0.99, 0.95
@@ -56,8 +56,9 @@ def main(argv=None):
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0, 4.0])
     parser.add_argument("--samplers", nargs="+", default=["dpm:25", "ddim:50", "ddpm:250"],
                         help="sampler:steps pairs")
-    parser.add_argument("--amm", nargs="+", default=["off", "preset"])
-    parser.add_argument("--intervals", nargs="+", default=["all"], type=parse_interval,
+    parser.add_argument("--amm", nargs="+", default=["off", "preset"],
+                        help="off, preset (the released arrangement for the guidance) or block indices such as 9,10")
+    parser.add_argument("--intervals", nargs="+", default=[None], type=parse_interval,
                         help="guided timesteps LOW:HIGH, or all")
     parser.add_argument("--include", nargs="+", default=[], help="JSON files of earlier sweeps to choose among too")
     parser.add_argument("--per-class", type=int, default=20)
@@ -66,6 +67,11 @@ def main(argv=None):
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
+    for amm in args.amm:  # a bad choice fails before the sampling
+        try:
+            parse_amm(amm)
+        except ValueError as error:
+            parser.error(str(error))
     included = []  # read first, so a bad file fails before the sampling
     for path in args.include:
         try:
@@ -87,7 +93,7 @@ def main(argv=None):
                 for amm in args.amm:
                     images = generate(pipe, labels, indices, seed=args.seed, batch_size=args.batch_size,
                                       guidance_scale=guidance, num_inference_steps=int(steps),
-                                      amm_blocks="preset" if amm == "preset" else [], guidance_interval=interval)
+                                      amm_blocks=parse_amm(amm), guidance_interval=interval)
                     metrics = digit_metrics(images, labels)
                     row = {"sampler": sampler, "steps": int(steps), "cfg": guidance, "cfg_interval": interval,
                            "amm": amm, **{k: v for k, v in metrics.items() if k != "notes"},

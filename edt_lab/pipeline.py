@@ -279,10 +279,13 @@ class EDTPipeline(DiffusionPipeline):
         batch_size = len(labels)
         self._check_call(num_inference_steps, guidance_scale, output_type, generator, batch_size, cfg_schedule)
         if guidance_interval is not None:
-            low, high = guidance_interval
+            try:
+                low, high = (int(t) for t in guidance_interval)
+            except (TypeError, ValueError):
+                low, high = -1, -1  # not a pair of timesteps: the message below says what is expected
             if not 0 <= low <= high < self.scheduler.config.num_train_timesteps:
                 raise ValueError(f"guidance_interval must be (low, high) with 0 <= low <= high < "
-                                 f"{self.scheduler.config.num_train_timesteps}, got {tuple(guidance_interval)}")
+                                 f"{self.scheduler.config.num_train_timesteps}, got {guidance_interval!r}")
         model, device = self.transformer, self._execution_device
         dtype = resolve_precision(precision, device)
         channels, size = model.config.in_channels, model.config.input_size

@@ -248,7 +248,7 @@ def test_guidance_interval_guides_only_the_steps_inside_it(pixel_pipe):
                          output_type="pt", guidance_interval=(ts[0] + 1, 999)).images
     plain = pixel_pipe(labels, generator=image_generators(0, [0, 1]), num_inference_steps=steps, output_type="pt")
     torch.testing.assert_close(no_step, plain.images, atol=1e-6, rtol=0)
-    for bad in [(-1, 999), (500, 400), (0, 1000)]:
+    for bad in [(-1, 999), (500, 400), (0, 1000), "all", (1, 2, 3)]:
         with pytest.raises(ValueError, match="guidance_interval must be"):
             pixel_pipe(labels, guidance_interval=bad, **common)
 
