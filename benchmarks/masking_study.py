@@ -1,19 +1,23 @@
-"""The masking study on the digits: EDT-T/2 with EDT, input-zero and no masking, and DiT-T/2, on one budget.
+"""The masking study on the digits: EDT-T/2 with EDT, input-zero and no masking, DiT-T/2, and MDTv2-T/2 with MDT's
+own masking, on one budget.
 
-    python benchmarks/masking_study.py [--steps 800] [--runs-dir runs/masking_study] [--per-class 20]
-                                       [--json docs/masking_study.json] [--figure docs/masking_study.png]
+    python benchmarks/masking_study.py [--steps 800] [--batch-size 32] [--lr 1e-3] [--arms ARM ...]
+                                       [--train-only | --eval-only] [--runs-dir runs/masking_study]
+                                       [--per-class 20] [--json docs/masking_study.json] [--figure FILE.png]
 
-Every arm is `edt-lab train` with the recipe the default model started with (batch 32, Adan, lr 1e-3 on its decay,
-loss-second-moment timesteps, seed 0) for `--steps` steps; a finished arm is not trained again, a cut one resumes.
-Each arm's final raw weights (the 0.999 EMA averages over about 1,000 steps, as long as a short budget, so it would
-mostly measure the initial weights) sample `--per-class` digits of every class with the AMM off at DPM-Solver++,
-25 steps, guidance 2 (the default model's settings when the study was run), judged by the digit classifier, and
-get a sample-free score: the noise-prediction MSE on 1,000 digits at ten fixed timesteps (`denoising_mse`). Each
+Every arm is `edt-lab train` with the released objective (min-SNR weighted hybrid loss, loss-second-moment
+timesteps, Adan, lr on a 40,000-step decay, seed 0) for `--steps` steps at `--batch-size`; a finished arm is not
+trained again, a cut one resumes. `--train-only` trains (e.g. one arm per process on a GPU) and `--eval-only`
+scores arms trained before; a checkpoint slimmed to its weights, config, classes and step is enough to score.
+Each arm's final raw weights (the 0.999 EMA averages over about 1,000 steps, as long as a short budget, so it
+would mostly measure the initial weights) sample `--per-class` digits of every class with the AMM off at
+DPM-Solver++, 25 steps, guidance 2, judged by the digit classifier and the realism measures, and get a
+sample-free score: the noise-prediction MSE on 1,000 digits at ten fixed timesteps (`denoising_errors`). Each
 later arm is compared with the first (EDT masking) on the same images and digits: paired 95 % bootstrap intervals
-of the differences in denoising MSE, accuracy and the appearance measures. The
-figure shows the full-pass and masked-pass losses; the masked/full loss ratio a quarter of the way in and at the
-end tells whether they fall together (the paper: MDT's two losses fight, EDT's fall together). Seconds per step
-are the median over log lines, on whatever else the machine was doing.
+of the differences in denoising MSE, accuracy and the appearance measures. The figure shows the full-pass and
+masked-pass losses; the masked/full loss ratio a quarter of the way in and at the end tells whether they fall
+together (the paper: MDT's two losses fight, EDT's fall together). Seconds per step are the median over log
+lines, on whatever else the machine was doing.
 """
 
 import argparse

@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -112,3 +113,11 @@ def test_settings_sweep_rule_takes_the_most_real_looking_accurate_setting():
     assert settings_sweep.parse_interval("all") is None and settings_sweep.parse_interval("300:999") == [300, 999]
     with pytest.raises(argparse.ArgumentTypeError, match="LOW:HIGH"):
         settings_sweep.parse_interval("300")
+
+
+def test_masking_study_paired_interval_resolves_a_shift_and_not_a_tie():
+    rng = np.random.default_rng(0)
+    base = rng.normal(1.0, 0.5, 1000)
+    low, high = masking_study.paired_interval(base + 0.01 + rng.normal(0, 0.001, 1000), base)
+    assert 0.009 < low < 0.01 < high < 0.011  # the spread of the pairs' differences, not of the values
+    assert masking_study.paired_interval(base, base) == (0.0, 0.0)
