@@ -17,6 +17,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -38,30 +39,33 @@ def app_server(app_args: list[str], timeout: float = 90.0, command=(sys.executab
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     start = time.perf_counter()
-    process = subprocess.Popen([*command, "--port", str(port), *app_args], cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"{command} exited with {process.returncode}:\n{process.stdout.read()}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{command} was not ready within {timeout:.0f} s")
-            time.sleep(0.1)
-        yield url, time.perf_counter() - start
-    finally:
-        process.terminate()
+    # The app's output goes to a file, not a pipe: a pipe nobody reads fills up and stalls a long-running app.
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen([*command, "--port", str(port), *app_args], cwd=ROOT, stdout=log,
+                                   stderr=subprocess.STDOUT, text=True)
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            deadline = time.monotonic() + timeout
+            while True:
+                if process.poll() is not None:
+                    log.seek(0)
+                    raise AssertionError(f"{command} exited with {process.returncode}:\n{log.read()}")
+                try:
+                    with urllib.request.urlopen(url, timeout=2) as response:
+                        if response.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{command} was not ready within {timeout:.0f} s")
+                time.sleep(0.1)
+            yield url, time.perf_counter() - start
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def main(argv=None) -> dict:
