@@ -17,8 +17,10 @@ import json
 import numpy as np
 
 from edt_lab.amm import AMM_PRESETS, default_radius, preset_for
+from edt_lab.classifier import load_digit_classifier
 from edt_lab.metrics import bootstrap_digit_measures, digit_metrics, judge_digits
 from edt_lab.pipeline import DEFAULT_MODEL_DIR, EDTPipeline, make_scheduler
+from edt_lab.realism import load_digit_autoencoder
 from edt_lab.sample import generate
 
 
@@ -64,6 +66,8 @@ def main(argv=None) -> list[dict]:
     labels = np.repeat(np.arange(model.config.num_classes), args.per_class)
     indices = list(range(len(labels)))
     grid = model.block_info()[-1]["grid"]
+    # The judges are loaded once and serve every row.
+    judges = dict(classifier=load_digit_classifier(), autoencoder=load_digit_autoencoder())
 
     rows = []
     print(f"{len(labels)} images, {args.sampler}-{args.steps}; FID in the digit classifier's feature space; "
@@ -83,10 +87,10 @@ def main(argv=None) -> list[dict]:
         for name, amm in [("off", dict(amm_blocks=[]))] + [c for c in configs if c[0] != "off"]:
             images = generate(pipe, labels, indices, seed=args.seed, batch_size=args.batch_size,
                               guidance_scale=guidance, num_inference_steps=args.steps, **amm)
-            judgement = judge_digits(images, labels)
+            judgement = judge_digits(images, labels, **judges)
             if off is None:
                 off, off_judgement = images, judgement
-            metrics = digit_metrics(images, labels)
+            metrics = digit_metrics(images, labels, **judges)
             intervals = bootstrap_digit_measures(judgement, off_judgement, resamples=args.resamples, seed=args.seed)
             row = {"guidance": guidance, "configuration": name, **{k: v for k, v in amm.items()},
                    "accuracy": metrics["accuracy"], "worst_class_accuracy": min(metrics["per_class_accuracy"]),

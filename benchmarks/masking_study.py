@@ -33,8 +33,10 @@ from edt_lab.data import load_digits
 from edt_lab.diffusion import make_training_scheduler
 from edt_lab.metrics import bootstrap_digit_measures, digit_metrics, judge_digits
 from edt_lab.pipeline import EDTPipeline, make_scheduler
+from edt_lab.realism import load_digit_autoencoder
 from edt_lab.sample import generate
 from edt_lab.checkpoints import model_from_checkpoint, safe_torch_load
+from edt_lab.classifier import load_digit_classifier
 from edt_lab.train import list_checkpoints
 
 # "input-zero" drops MDT's token counts at the input by zeroing (EDT has no side-interpolator for MDT's removal).
@@ -120,13 +122,14 @@ def evaluate_arm(run_dir: Path, per_class: int, seed: int) -> tuple[dict, dict, 
     labels = np.repeat(np.arange(model.config.num_classes), per_class)
     images = generate(pipe, labels, range(len(labels)), seed=seed, batch_size=100, guidance_scale=2.0,
                       num_inference_steps=25, amm_blocks=[])
-    metrics = digit_metrics(images, labels)
+    judges = dict(classifier=load_digit_classifier(), autoencoder=load_digit_autoencoder())  # one load for both
+    metrics = digit_metrics(images, labels, **judges)
     errors = denoising_errors(model)
     row = {"step": checkpoint["step"], "denoising_mse": float(errors.mean()), "accuracy": metrics["accuracy"],
            "worst_class_accuracy": min(metrics["per_class_accuracy"]), "fid": metrics["fid"],
            "fid_real_floor": metrics["fid_real_floor"],
            **{m: metrics[m] for m in ("ae_fid", "ae_fid_real_floor", "stroke_width_w1", "stroke_width_w1_real_floor")}}
-    return row, judge_digits(images, labels), errors
+    return row, judge_digits(images, labels, **judges), errors
 
 
 def plot(logs: dict, path: str) -> None:

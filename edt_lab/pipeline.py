@@ -5,6 +5,7 @@ Data flow: a model (`edt_lab.checkpoints.load_checkpoint`) + a diffusers schedul
 """
 
 import json
+import math
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,7 +208,8 @@ class EDTPipeline(DiffusionPipeline):
         images = images.permute(0, 2, 3, 1).numpy()
         return self.numpy_to_pil(images) if output_type == "pil" else images
 
-    def _check_call(self, num_inference_steps, guidance_scale, output_type, generator, batch_size, cfg_schedule):
+    def _check_call(self, num_inference_steps, guidance_scale, output_type, generator, batch_size, cfg_schedule,
+                    guidance_interval):
         config = self.transformer.config
         if num_inference_steps < 1:
             raise ValueError(f"the number of sampling steps must be at least 1, got {num_inference_steps}")
@@ -218,6 +220,14 @@ class EDTPipeline(DiffusionPipeline):
             raise ValueError(f"guidance_scale must be at least 1 (1 = no guidance), got {guidance_scale}")
         if cfg_schedule not in CFG_SCHEDULES:
             raise ValueError(f"unknown cfg_schedule {cfg_schedule!r}: expected one of {', '.join(CFG_SCHEDULES)}")
+        if guidance_interval is not None:
+            try:
+                low, high = (int(t) for t in guidance_interval)
+            except (TypeError, ValueError):
+                low, high = -1, -1  # not a pair of timesteps: the message below says what is expected
+            if not 0 <= low <= high < self.scheduler.config.num_train_timesteps:
+                raise ValueError(f"guidance_interval must be (low, high) with 0 <= low <= high < "
+                                 f"{self.scheduler.config.num_train_timesteps}, got {guidance_interval!r}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"unknown output_type {output_type!r}: expected one of {', '.join(OUTPUT_TYPES)}")
         if self.vae is None and config.in_channels == 4:
@@ -277,15 +287,8 @@ class EDTPipeline(DiffusionPipeline):
         """
         labels = self.class_ids(class_labels)
         batch_size = len(labels)
-        self._check_call(num_inference_steps, guidance_scale, output_type, generator, batch_size, cfg_schedule)
-        if guidance_interval is not None:
-            try:
-                low, high = (int(t) for t in guidance_interval)
-            except (TypeError, ValueError):
-                low, high = -1, -1  # not a pair of timesteps: the message below says what is expected
-            if not 0 <= low <= high < self.scheduler.config.num_train_timesteps:
-                raise ValueError(f"guidance_interval must be (low, high) with 0 <= low <= high < "
-                                 f"{self.scheduler.config.num_train_timesteps}, got {guidance_interval!r}")
+        self._check_call(num_inference_steps, guidance_scale, output_type, generator, batch_size, cfg_schedule,
+                         guidance_interval)
         model, device = self.transformer, self._execution_device
         dtype = resolve_precision(precision, device)
         channels, size = model.config.in_channels, model.config.input_size
@@ -302,6 +305,9 @@ class EDTPipeline(DiffusionPipeline):
 
         y = torch.tensor(labels, device=device)
         guided = guidance_scale > 1
+        # Which steps are guided, decided once from the timesteps (no per-step device sync in the loop).
+        low, high = (0, math.inf) if guidance_interval is None else map(int, guidance_interval)
+        guided_steps = [guided and low <= t <= high for t in timesteps.tolist()]
         if guided:
             y = torch.cat([y, torch.full_like(y, model.config.num_classes)])  # second half: the null label
         x = randn_tensor((batch_size, channels, size, size), generator=generator, device=device, dtype=model.dtype)
@@ -311,11 +317,10 @@ class EDTPipeline(DiffusionPipeline):
         # One autocast region for the whole loop, so each weight is cast to bf16 once per call rather than per step
         # (autocast caches the casts of weights that require grad, outside torch.inference_mode).
         with self._sampling_state(amm_blocks, amm_radius, amm_scale, guidance_scale), autocast(device, dtype):
-            for i, t in enumerate(self.progress_bar(timesteps)):
+            for i, (t, guide_now) in enumerate(zip(self.progress_bar(timesteps), guided_steps)):
                 capture = i == attention_step and attention_blocks
                 with capture_attention(model, attention_blocks) if capture else nullcontext() as captured:
                     x_in = self.scheduler.scale_model_input(x, t)
-                    guide_now = guided and (guidance_interval is None or low <= int(t) <= high)
                     t_batch = t.reshape(1).to(device).expand(len(y) if guide_now else batch_size)
                     if guide_now:  # (2B, ...) in, the guided prediction in both halves out
                         out = model.forward_with_cfg(torch.cat([x_in, x_in]), t_batch, y, guidance_scale,
