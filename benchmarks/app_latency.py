@@ -6,13 +6,15 @@ The app starts as a user starts it (the shipped digits model, its recommended se
 until the page answers HTTP. Each `/generate` call goes through `gradio_client` with every input at its default
 (4 images of the first class, the model's sampler, steps, guidance and AMM), so it includes the work around the
 sampling: the request's checks, the images' encoding and their download by the client. The first call is reported
-apart (it warms up the model); the figure is the median of the calls after it.
+apart (it warms up the model); the figure is the median of the calls after it. The sampling time of each call
+(from the app's status line) is recorded beside it, so what the web layer adds is the difference.
 """
 
 import argparse
 import json
 import os
 import platform
+import re
 import socket
 import statistics
 import subprocess
@@ -68,6 +70,14 @@ def app_server(app_args: list[str], timeout: float = 90.0, command=(sys.executab
                 process.wait()
 
 
+def sampling_seconds(status: str) -> float:
+    """The sampling time the app's status line reports: "4 images in 0.93 s · ..." -> 0.93."""
+    match = re.search(r"images in ([0-9.]+) s", status)
+    if match is None:
+        raise ValueError(f"no sampling time in the app's status line {status!r}")
+    return float(match.group(1))
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=4, help="/generate calls; the first is the warm-up")
@@ -82,18 +92,22 @@ def main(argv=None) -> dict:
     app_args = ["--device", "cpu", *(["--threads", str(args.threads)] if args.threads else []), *args.app_args]
     with app_server(app_args) as (url, startup):
         client = Client(url, verbose=False)
-        calls = []
+        calls, sampling = [], []
         for _ in range(args.calls):
             start = time.perf_counter()
             _, status = client.predict(api_name="/generate")
             calls.append(time.perf_counter() - start)
+            sampling.append(sampling_seconds(status))
     report = {"command": " ".join(["python", "benchmarks/app_latency.py", *(sys.argv[1:] if argv is None else argv)]),
               "app_args": app_args, "startup_s": startup, "generate_first_s": calls[0],
               "generate_s": calls[1:], "generate_median_s": statistics.median(calls[1:]), "status": status,
+              "sampling_s": sampling[1:], "outside_sampling_median_s": statistics.median(
+                  call - inside for call, inside in zip(calls[1:], sampling[1:])),
               "machine": {"platform": platform.platform(), "python": platform.python_version(),
                           "date": time.strftime("%Y-%m-%d %H:%M"), "load_average_1_5_15_min": os.getloadavg()}}
     print(f"app answers after {startup:.1f} s; /generate: first {calls[0]:.2f} s, then "
-          f"{', '.join(f'{s:.2f}' for s in calls[1:])} s (median {report['generate_median_s']:.2f} s); {status}")
+          f"{', '.join(f'{s:.2f}' for s in calls[1:])} s (median {report['generate_median_s']:.2f} s, of which "
+          f"{report['outside_sampling_median_s']:.2f} s outside the sampling); {status}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -1,9 +1,11 @@
 """Choose a digits pipeline's recommended sampling settings by a stated rule, from a sweep.
 
 Every setting draws the same 200 images (20 per class, seed 0) and is judged by `edt_lab.metrics.digit_metrics`.
-The rule: among settings with accuracy >= 0.99 and every class >= 0.95, take the one whose worst appearance
-ratio (ae_fid, and the Wasserstein distances of mean ink, stroke width and grey share, each divided by its
-real-vs-real value) is smallest. Isolated pixels are reported beside it (real digits have almost none).
+The rule: among settings with accuracy >= 0.99, every class >= 0.95, and samples no closer to their nearest
+training digits than the held-out digits are (mean nearest-training distance >= 0.98 x the held-out digits'; 2 % is
+about one standard error of a 200-image mean), take the one whose worst appearance ratio (ae_fid, and the
+Wasserstein distances of mean ink, stroke width and grey share, each divided by its real-vs-real value) is
+smallest. Isolated pixels are reported beside it (real digits have almost none).
 
     python benchmarks/settings_sweep.py assets/edt_t2_digits --json docs/bench/settings_sweep.json
 """
@@ -20,6 +22,7 @@ from edt_lab.sample import generate, parse_amm
 
 APPEARANCE = ("ae_fid", "mean_ink_w1", "stroke_width_w1", "grey_share_w1")
 MIN_ACCURACY, MIN_CLASS_ACCURACY = 0.99, 0.95
+MIN_COPY_RATIO = 0.98  # nearest-training distance over the held-out digits'; 1 = as far from the training set
 
 
 def appearance_ratio(metrics) -> float:
@@ -28,9 +31,11 @@ def appearance_ratio(metrics) -> float:
 
 
 def passes_rule(metrics) -> bool:
-    """The rule's conditions: accuracy over all and in every class (accuracies are float32: 19/20 is 0.9499999)."""
+    """The rule's conditions: accuracy over all and in every class (accuracies are float32: 19/20 is 0.9499999),
+    and no nearer the training digits than new digits are."""
     return (metrics["accuracy"] >= MIN_ACCURACY - 1e-6
-            and min(metrics["per_class_accuracy"]) >= MIN_CLASS_ACCURACY - 1e-6)
+            and min(metrics["per_class_accuracy"]) >= MIN_CLASS_ACCURACY - 1e-6
+            and metrics["nearest_train_l2"] >= MIN_COPY_RATIO * metrics["nearest_train_l2_held_out"])
 
 
 def choose(rows):
@@ -58,6 +63,8 @@ def main(argv=None):
                         help="sampler:steps pairs")
     parser.add_argument("--amm", nargs="+", default=["off", "preset"],
                         help="off, preset (the released arrangement for the guidance) or block indices such as 9,10")
+    parser.add_argument("--amm-scales", nargs="+", type=float, default=[None],
+                        help="AMM scale k for the blocks of --amm (default: 0.5, or the preset's)")
     parser.add_argument("--intervals", nargs="+", default=[None], type=parse_interval,
                         help="guided timesteps LOW:HIGH, or all")
     parser.add_argument("--include", nargs="+", default=[], help="JSON files of earlier sweeps to choose among too")
@@ -75,7 +82,7 @@ def main(argv=None):
     included = []  # read first, so a bad file fails before the sampling
     for path in args.include:
         try:
-            included += [{"cfg_interval": None, **row} for row in json.loads(Path(path).read_text())["rows"]]
+            included += [{"cfg_interval": None, "amm_scale": None, **row, "passes_rule": passes_rule(row)} for row in json.loads(Path(path).read_text())["rows"]]
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise SystemExit(f"--include {path}: not a sweep JSON written by this script ({error})") from None
     pipe = EDTPipeline.from_pretrained(args.pipeline)
@@ -83,24 +90,26 @@ def main(argv=None):
     labels = np.repeat(np.arange(pipe.transformer.config.num_classes), args.per_class)
     indices = list(range(len(labels)))
     rows = []
-    print(f"{'sampler':>8}{'steps':>6}{'cfg':>5}{'guided t':>10}{'amm':>7}{'acc':>7}{'worst':>6}{'fid':>7}{'ae_fid':>8}{'ink':>7}"
+    print(f"{'sampler':>8}{'steps':>6}{'cfg':>5}{'guided t':>10}{'amm@k':>9}{'acc':>7}{'worst':>6}{'fid':>7}{'ae_fid':>8}{'ink':>7}"
           f"{'width':>7}{'grey':>7}{'isol':>6}{'ratio':>7}  rule")
     for spec in args.samplers:
         sampler, steps = spec.split(":")
         pipe.scheduler = make_scheduler(sampler)
         for guidance in args.guidance:
             for interval in args.intervals if guidance > 1 else [None]:  # nothing to limit without guidance
-                for amm in args.amm:
+                for amm, amm_scale in [(amm, scale) for amm in args.amm
+                                       for scale in ([None] if amm == "off" else args.amm_scales)]:  # off: no scale
                     images = generate(pipe, labels, indices, seed=args.seed, batch_size=args.batch_size,
                                       guidance_scale=guidance, num_inference_steps=int(steps),
-                                      amm_blocks=parse_amm(amm), guidance_interval=interval)
+                                      amm_blocks=parse_amm(amm), amm_scale=amm_scale, guidance_interval=interval)
                     metrics = digit_metrics(images, labels)
                     row = {"sampler": sampler, "steps": int(steps), "cfg": guidance, "cfg_interval": interval,
-                           "amm": amm, **{k: v for k, v in metrics.items() if k != "notes"},
+                           "amm": amm, "amm_scale": amm_scale, **{k: v for k, v in metrics.items() if k != "notes"},
                            "appearance_ratio": appearance_ratio(metrics), "passes_rule": passes_rule(metrics)}
                     rows.append(row)
                     guided = "all" if interval is None else f"{interval[0]}:{interval[1]}"
-                    print(f"{sampler:>8}{steps:>6}{guidance:>5}{guided:>10}{amm:>7}{row['accuracy']:>7.3f}"
+                    amm_label = amm if amm_scale is None else f"{amm}@{amm_scale:g}"
+                    print(f"{sampler:>8}{steps:>6}{guidance:>5}{guided:>10}{amm_label:>9}{row['accuracy']:>7.3f}"
                           f"{min(row['per_class_accuracy']):>6.2f}{row['fid']:>7.1f}{row['ae_fid']:>8.1f}"
                           f"{row['mean_ink']:>7.3f}{row['stroke_width']:>7.2f}{row['grey_share']:>7.3f}"
                           f"{row['isolated_pixels']:>6.2f}{row['appearance_ratio']:>7.2f}  "
@@ -111,7 +120,7 @@ def main(argv=None):
           f"{real['grey_share_real']:.3f}, isolated {real['isolated_pixels_real']:.2f}; real-vs-real: fid "
           f"{real['fid_real_floor']:.1f}, ae_fid {real['ae_fid_real_floor']:.1f}")
     chosen = choose(rows)
-    print("chosen:", None if chosen is None else {k: chosen[k] for k in ("sampler", "steps", "cfg", "cfg_interval", "amm")})
+    print("chosen:", None if chosen is None else {k: chosen[k] for k in ("sampler", "steps", "cfg", "cfg_interval", "amm", "amm_scale")})
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"rows": rows, "chosen": chosen}, indent=2) + "\n")

@@ -3,7 +3,8 @@
 bf16 runs the matrix products in bfloat16 under `torch.autocast` while the weights, the normalisations, the
 softmax and the sampler stay in float32. It pays only on hardware with bf16 arithmetic: CUDA GPUs of compute
 capability 8 (Ampere) and later, and CPUs with AVX512-BF16 or AMX; elsewhere it is emulated and slower than fp32,
-so asking for it there is an error and "auto" picks fp32.
+so asking for it there is an error and "auto" picks fp32. In CPU inference the models' Linears (and the MLPs'
+GELU) then run as single oneDNN kernels (`edt_lab.models.layers.Linear`).
 """
 
 from contextlib import nullcontext

@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import gpu_check  # noqa: E402
 import label_use  # noqa: E402
 import masking_study  # noqa: E402
+import precision_check  # noqa: E402
 import settings_sweep  # noqa: E402
 import throughput  # noqa: E402
 
@@ -28,7 +29,20 @@ def test_throughput_reports_every_model(tmp_path, capsys):
     for key in ("inference_steps_per_s", "train_iters_per_s", "train_iters_per_s_no_mask"):
         assert edt[key] > 0
     assert dit["inference_steps_per_s"] > 0 and dit["train_iters_per_s"] > 0
-    assert "EDT-T/2 / DiT-T/2: inference" in capsys.readouterr().out
+    assert "EDT-T/2 / DiT-T/2 (fp32): inference" in capsys.readouterr().out
+
+
+def test_throughput_measures_precisions_and_cpu_linear_paths_in_the_same_rounds(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    throughput.main(["--models", "EDT-T/2", "--batch-size", "2", "--repeats", "1", "--steps", "1", "--train-steps", "0",
+                     "--dtype", "fp32", "bf16", "--cpu-linear", "fused", "autocast", "--json", str(out)])
+    rows = json.loads(out.read_text())["results"]
+    # the Linear path is a CPU bf16 choice: fp32 is measured once
+    assert [(r["dtype"], r["cpu_linear"]) for r in rows] == [("fp32", None), ("bf16", "fused"), ("bf16", "autocast")]
+    assert all(r["inference_steps_per_s"] > 0 for r in rows)
+    printed = capsys.readouterr().out
+    assert "EDT-T/2 bf16 fused / fp32: inference" in printed and "EDT-T/2 bf16 autocast / fp32" in printed
+    assert throughput.layers.FUSED_CPU_LINEAR  # left as the library's default
 
 
 def test_masked_to_full_ratio_tells_falling_together_from_falling_behind():
@@ -91,23 +105,30 @@ def test_app_latency_times_generate_at_the_app_defaults(tmp_path):
     assert report["startup_s"] > 0 and report["generate_first_s"] > 0 and len(report["generate_s"]) == 1
     assert report["generate_median_s"] == report["generate_s"][0] and "4 images" in report["status"]
     assert report["app_args"] == ["--device", "cpu", "--threads", "1", "--demo"]
+    assert 0 < report["sampling_s"][0] < report["generate_s"][0]  # the status line's time lies inside the call
+    assert report["outside_sampling_median_s"] == report["generate_s"][0] - report["sampling_s"][0]
+    assert app_latency.sampling_seconds("4 images in 0.93 s · trained EDT-T/2 digits model") == 0.93
+    with pytest.raises(ValueError, match="no sampling time"):
+        app_latency.sampling_seconds("Error")
 
 
 def test_settings_sweep_rule_takes_the_most_real_looking_accurate_setting():
-    def row(accuracy, worst, ae_fid, steps=25):
+    def row(accuracy, worst, ae_fid, steps=25, nearest_train=10.0):
         metrics = {"accuracy": accuracy, "per_class_accuracy": [worst] + [1.0] * 9, "ae_fid": ae_fid,
                    "ae_fid_real_floor": 30.0, "mean_ink_w1": 0.01, "mean_ink_w1_real_floor": 0.005,
                    "stroke_width_w1": 0.1, "stroke_width_w1_real_floor": 0.1, "grey_share_w1": 0.02,
-                   "grey_share_w1_real_floor": 0.02}
+                   "grey_share_w1_real_floor": 0.02, "nearest_train_l2": nearest_train,
+                   "nearest_train_l2_held_out": 10.0}
         return {**metrics, "steps": steps, "appearance_ratio": settings_sweep.appearance_ratio(metrics),
                 "passes_rule": settings_sweep.passes_rule(metrics)}
 
     assert settings_sweep.appearance_ratio(row(1.0, 1.0, 90.0)) == 3.0  # the worst measure: ae_fid / floor
     assert settings_sweep.appearance_ratio(row(1.0, 1.0, 30.0)) == 2.0  # then mean ink, 0.01 / 0.005
     # Accuracies arrive as float32 values: 19 of 20 is 0.949999988, and it meets the 0.95 bar.
-    rows = [row(1.0, 1.0, 150.0), row(0.98, 0.9, 31.0), row(0.995, 0.949999988, 90.0),
-            row(0.995, 0.95, 90.0, steps=50)]
-    assert [r["passes_rule"] for r in rows] == [True, False, True, True]
+    # Samples 3 % nearer the training digits than held-out digits are fail, 1 % nearer pass (the noise).
+    rows = [row(1.0, 1.0, 150.0), row(0.98, 0.9, 31.0), row(0.995, 0.949999988, 90.0, nearest_train=9.9),
+            row(0.995, 0.95, 90.0, steps=50), row(1.0, 1.0, 31.0, nearest_train=9.7)]
+    assert [r["passes_rule"] for r in rows] == [True, False, True, True, False]
     assert settings_sweep.choose(rows) is rows[2]  # the less accurate but more real one is out; fewer steps win ties
     assert settings_sweep.choose(rows[1:2]) is None
     assert settings_sweep.parse_interval("all") is None and settings_sweep.parse_interval("300:999") == [300, 999]
@@ -121,3 +142,46 @@ def test_masking_study_paired_interval_resolves_a_shift_and_not_a_tie():
     low, high = masking_study.paired_interval(base + 0.01 + rng.normal(0, 0.001, 1000), base)
     assert 0.009 < low < 0.01 < high < 0.011  # the spread of the pairs' differences, not of the values
     assert masking_study.paired_interval(base, base) == (0.0, 0.0)
+
+
+def test_precision_check_pairs_bf16_with_fp32_on_the_same_noise(tmp_path):
+    out = tmp_path / "precision.json"
+    precision_check.main(["--seeds", "0", "1", "--per-class", "2", "--resamples", "20", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert [(r["seed"], r["precision"]) for r in report["runs"]] == [(0, "fp32"), (0, "bf16"), (1, "fp32"),
+                                                                     (1, "bf16")]
+    assert report["settings"]["steps"] == 25 and all(r["num_samples"] == 20 for r in report["runs"])
+    # bf16 moves the images a little on the same noise; another seed draws other digits
+    assert 0 < report["runs"][1]["mean_abs_uint8_difference_to_fp32"] < 10
+    assert set(report["differences"]) == {"bf16 - fp32, seed 0", "bf16 - fp32, seed 1", "fp32, seed 1 - seed 0"}
+    for measures in report["differences"].values():
+        for m in ("accuracy", "ae_fid", "mean_ink_w1", "stroke_width_w1", "grey_share_w1"):
+            assert measures[m]["diff_low"] <= measures[m]["diff"] <= measures[m]["diff_high"] or \
+                measures[m]["diff_low"] == measures[m]["diff_high"]
+
+
+def test_settings_sweep_varies_the_amm_scale_of_each_amm_setting(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_generate(pipe, labels, indices, **kwargs):
+        calls.append((kwargs["amm_blocks"], kwargs["amm_scale"]))
+        return np.zeros((len(labels), 32, 32, 1), np.uint8)
+
+    def fake_metrics(images, labels):
+        return {"accuracy": 1.0, "per_class_accuracy": [1.0] * 10, "fid": 1.0, "ae_fid": 40.0 + len(calls),
+                "ae_fid_real_floor": 32.0, "mean_ink": 0.1, "mean_ink_real": 0.1, "mean_ink_w1": 0.003,
+                "mean_ink_w1_real_floor": 0.003, "stroke_width": 2.0, "stroke_width_real": 2.0,
+                "stroke_width_w1": 0.03, "stroke_width_w1_real_floor": 0.03, "grey_share": 0.4,
+                "grey_share_real": 0.4, "grey_share_w1": 0.01, "grey_share_w1_real_floor": 0.01,
+                "isolated_pixels": 0.0, "isolated_pixels_real": 0.0, "fid_real_floor": 1.0,
+                "nearest_train_l2": 10.0, "nearest_train_l2_held_out": 10.0}
+
+    monkeypatch.setattr(settings_sweep, "generate", fake_generate)
+    monkeypatch.setattr(settings_sweep, "digit_metrics", fake_metrics)
+    out = tmp_path / "sweep.json"
+    rows, chosen = settings_sweep.main(["assets/edt_t2_digits", "--guidance", "2.5", "--samplers", "dpm:25",
+                                        "--amm", "off", "8", "--amm-scales", "0.3", "0.5", "--json", str(out)])
+    assert calls == [([], None), ([8], 0.3), ([8], 0.5)]  # no scale without an AMM
+    assert [(r["amm"], r["amm_scale"]) for r in rows] == [("off", None), ("8", 0.3), ("8", 0.5)]
+    assert (chosen["amm"], chosen["amm_scale"]) == ("off", None)  # the smallest ae_fid ratio
+    assert json.loads(out.read_text())["chosen"]["amm_scale"] is None

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from edt_lab.amm import AMM_PRESETS, modulation_matrix, preset_for
-from edt_lab.models import EDT, MODEL_NAMES, capture_attention, create_model, randomize_weights, set_attention_path
+from edt_lab.models import EDT, MODEL_NAMES, capture_attention, create_model, layers, randomize_weights, set_attention_path
+from edt_lab.models.layers import Linear
 
 
 def compat_model(case):
@@ -221,3 +222,68 @@ def test_bad_inputs_raise_value_errors(name):
         model.set_amm([12])
     with pytest.raises(ValueError, match="unknown model"):
         create_model("EDT-Q/2")
+
+
+def ran_fused_kernel(call) -> bool:
+    """Whether call() ran oneDNN's fused linear kernel."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        call()
+    return any(event.name == "mkldnn::_linear_pointwise" for event in profile.events())
+
+
+@pytest.mark.parametrize("activation", [None, "gelu_tanh"])
+def test_cpu_bf16_inference_runs_linear_and_gelu_as_one_fused_kernel(activation):
+    torch.manual_seed(0)
+    linear = Linear(64, 96)
+    x = 4 * torch.randn(2, 16, 64)  # pre-activations of a few units, so every part of the GELU's curve is hit
+    with torch.no_grad():
+        exact = linear(x, activation)
+        # the float32 computation from bf16-rounded operands: what one kernel with one final rounding gives
+        rounded = Linear(64, 96)
+        rounded.load_state_dict({k: v.bfloat16().float() for k, v in linear.state_dict().items()})
+        one_rounding = rounded(x.bfloat16().float(), activation)
+        with torch.autocast("cpu", torch.bfloat16):
+            assert layers.fused_cpu_linear(x)
+            assert ran_fused_kernel(lambda: linear(x, activation))
+            fused = linear(x, activation)
+            plain = torch.nn.functional.linear(x, linear.weight, linear.bias)
+            plain = torch.nn.functional.gelu(plain, approximate="tanh") if activation else plain
+    assert fused.dtype == torch.bfloat16 and fused.shape == (2, 16, 96)
+    # one rounding of the tanh GELU (the erf GELU differs by up to 5e-4, the unfused bf16 path rounds twice)
+    torch.testing.assert_close(fused.float(), one_rounding.bfloat16().float(), atol=1e-4, rtol=2 ** -8)
+    torch.testing.assert_close(fused.float(), exact, atol=0.1, rtol=2e-2)
+    torch.testing.assert_close(fused.float(), plain.float(), atol=0.1, rtol=2e-2)
+
+
+def test_fused_linear_only_in_cpu_bf16_inference_and_recasts_changed_weights():
+    torch.manual_seed(0)
+    linear = Linear(32, 32)
+    x = torch.randn(4, 32)
+    with torch.autocast("cpu", torch.bfloat16):
+        assert not layers.fused_cpu_linear(x)  # gradients on: training keeps autocast's addmm
+        assert not ran_fused_kernel(lambda: linear(x))
+        with torch.no_grad():
+            before = linear(x)
+            linear.weight.mul_(2)  # an in-place update (an optimiser or EMA step, load_state_dict)
+            after = linear(x)
+            torch.testing.assert_close(after.float(), 2 * before.float() - linear.bias.bfloat16().float(),
+                                       atol=5e-2, rtol=2e-2)
+            layers.FUSED_CPU_LINEAR = False
+            try:
+                assert not ran_fused_kernel(lambda: linear(x))
+            finally:
+                layers.FUSED_CPU_LINEAR = True
+    with torch.no_grad():
+        assert not layers.fused_cpu_linear(x) and linear(x).dtype == torch.float32  # fp32: plain nn.Linear
+
+
+def test_bf16_inference_of_a_model_stays_close_to_fp32():
+    torch.manual_seed(0)
+    model = randomize_weights(create_model("EDT-T/2", input_size=16, in_channels=4, num_classes=10)).eval()
+    x, t, y = torch.randn(2, 4, 16, 16), torch.tensor([10, 500]), torch.tensor([1, 3])
+    with torch.no_grad():
+        exact = model(x, t, y)
+        with torch.autocast("cpu", torch.bfloat16):
+            assert ran_fused_kernel(lambda: model(x, t, y))
+            fused = model(x, t, y).float()
+    assert (fused - exact).norm() / exact.norm() < 2e-2

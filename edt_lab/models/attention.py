@@ -18,6 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import flex_attention
 
+from .layers import Linear
+
 
 def kept_pairs(matrix: torch.Tensor, keep_ids: torch.Tensor) -> torch.Tensor:
     """The rows and columns of the kept tokens: matrix (N, N, ...) and keep_ids (B, L) -> (B, L, L, ...)."""
@@ -96,8 +98,8 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, dim * 3)
+        self.proj = Linear(dim, dim)
         if grid_size is not None:
             self.rel_pos_bias = RelativePositionBias(grid_size, num_heads, beit_layout)
         self.amm = None  # set through the model's set_amm; a plain tensor, not state, as released files lack it

@@ -5,6 +5,48 @@ import math
 import torch
 import torch.nn as nn
 
+# CPU bf16 inference runs each Linear as one oneDNN kernel (edt_lab.models.layers.Linear); False: plain autocast.
+FUSED_CPU_LINEAR = True
+_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def fused_cpu_linear(x) -> bool:
+    """True where a Linear on x runs fused: CPU inference (no gradients, not compiling) under bf16 autocast."""
+    return (FUSED_CPU_LINEAR and _ONEDNN_LINEAR and x.device.type == "cpu" and not torch.is_grad_enabled()
+            and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            and not torch.compiler.is_compiling())
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and state-dict keys) that runs CPU bf16 inference as one oneDNN kernel.
+
+    Under CPU bf16 autocast a plain Linear is an addmm that first copies the bias into its output, and an
+    activation after it is one more pass over the tensor: the tanh GELU of the MLPs costs more than their matrix
+    products on these CPUs. The oneDNN kernel adds the bias and applies the activation to the float32
+    accumulator before its one rounding to bf16 (so it is also closer to float32 than the unfused bf16 GELU).
+    Everywhere else (float32, training, GPUs, torch.compile) it is nn.Linear.
+    """
+
+    def forward(self, x, activation: str | None = None):
+        """x (..., in) -> (..., out); activation None or "gelu_tanh" (then applied here, fused or not)."""
+        if fused_cpu_linear(x):
+            attr, algorithm = ("gelu", "tanh") if activation == "gelu_tanh" else ("none", "")
+            bias = None if self.bias is None else self._bf16("bias")
+            return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self._bf16("weight"), bias, attr, [],
+                                                      algorithm)
+        out = super().forward(x)
+        return nn.functional.gelu(out, approximate="tanh") if activation == "gelu_tanh" else out
+
+    def _bf16(self, name: str):
+        """The parameter `name` cast to bf16, kept until the parameter changes (moved, loaded or updated in place:
+        its storage or version differs), as autocast keeps its casts only within one autocast region."""
+        param = getattr(self, name)
+        key = (param.data_ptr(), 0 if param.is_inference() else param._version)  # inference tensors cannot change
+        cached = self.__dict__.setdefault("_bf16_casts", {}).get(name)
+        if cached is None or cached[0] != key:
+            cached = self.__dict__["_bf16_casts"][name] = (key, param.detach().to(torch.bfloat16))
+        return cached[1]
+
 
 def modulate(x, shift, scale):
     """adaLN: x (B, N, C) scaled and shifted per sample by (B, C) vectors, x * (1 + scale) + shift, in one pass
@@ -19,7 +61,7 @@ def gated_residual(x, gate, update):
 
 def adaln_modulation(cond_dim: int, out_dim: int) -> nn.Sequential:
     """SiLU then Linear(cond_dim, out_dim): keys `adaLN_modulation.1.*` as released."""
-    return nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, out_dim))
+    return nn.Sequential(nn.SiLU(), Linear(cond_dim, out_dim))
 
 
 def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
@@ -67,7 +109,7 @@ class TimestepEmbedder(nn.Module):
 
     def __init__(self, dim: int, frequency_shift: int = 0):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(self.frequency_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.mlp = nn.Sequential(Linear(self.frequency_dim, dim), nn.SiLU(), Linear(dim, dim))
         self.frequency_shift = frequency_shift
 
     @staticmethod
@@ -103,12 +145,11 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU(approximate="tanh")
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.fc1 = Linear(dim, hidden_dim)
+        self.fc2 = Linear(hidden_dim, dim)
 
     def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(self.fc1(x, activation="gelu_tanh"))
 
 
 class FinalLayer(nn.Module):
@@ -117,7 +158,7 @@ class FinalLayer(nn.Module):
     def __init__(self, dim: int, patch_size: int, out_channels: int):
         super().__init__()
         self.norm_final = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(dim, patch_size * patch_size * out_channels)
+        self.linear = Linear(dim, patch_size * patch_size * out_channels)
         self.adaLN_modulation = adaln_modulation(dim, 2 * dim)
 
     def forward(self, x, c):
