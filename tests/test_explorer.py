@@ -14,9 +14,9 @@ from safetensors.torch import save_file
 from edt_lab.amm import modulation_matrix
 from edt_lab.explorer import controls, views
 from edt_lab.explorer.app import (ATTENTION_TAB, DENOISING_TAB, IMAGES_TAB, build_app, model_page, open_tab,
-                                  show_views)
-from edt_lab.explorer.models import (DEFAULT_NAME, DEMO_NOTE, ModelStore, demo_pipeline, imagenet_class_names,
-                                     randomize_weights, scan_models)
+                                  show_views, status_line)
+from edt_lab.explorer.models import (DEFAULT_NAME, DEMO_NOTE, LoadedModel, ModelStore, demo_pipeline,
+                                     imagenet_class_names, randomize_weights, scan_models)
 from edt_lab.explorer.sampling import compare, sample
 from edt_lab.models import create_model
 from edt_lab.models.attention import capture_attention
@@ -44,7 +44,7 @@ def request(pipe, **changes):
     values = dict(class_name="3", seed=0, num_images=2, sampler="ddim", steps=4, guidance=1.0, amm_blocks="7, 10",
                   released_radius=True, radius=15.0, scale=0.5)
     values.update(changes)
-    return controls.check_request(pipe, *values.values())
+    return controls.check_request(pipe, **values)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -261,6 +261,27 @@ def test_precision_reaches_the_pipeline(pipe, monkeypatch):
     monkeypatch.setattr("edt_lab.precision.native_bf16", lambda device: True)  # emulated where the CPU lacks it
     fp32, bf16 = (sample(pipe, request(pipe, precision=p)).images for p in ("fp32", "bf16"))
     assert np.abs(fp32 - bf16).max() > 0 and np.abs(fp32 - bf16).mean() < 0.02  # rounding, not another image
+
+
+def test_recommended_guidance_interval_and_schedule_reach_the_pipeline(pipe, monkeypatch):
+    plain = request(pipe)
+    assert (plain.cfg_schedule, plain.guidance_interval) == ("constant", None)
+    shaped = request(pipe, recommended={"cfg": 3.0, "cfg_interval": [300, 999], "cfg_schedule": "power-cos"})
+    assert (shaped.cfg_schedule, shaped.guidance_interval) == ("power-cos", (300, 999))
+    calls = []
+    real_call = type(pipe).__call__
+    monkeypatch.setattr(type(pipe), "__call__", lambda self, *args, **kwargs: calls.append(kwargs)
+                        or real_call(self, *args, **kwargs))
+    late = sample(pipe, request(pipe, guidance=3.0, recommended={"cfg_interval": [600, 999]}), record_views=False)
+    assert calls[-1]["guidance_interval"] == (600, 999) and calls[-1]["cfg_schedule"] == "constant"
+    # guiding only the noisiest steps draws other images than guiding every step, from the same noise
+    every = sample(pipe, request(pipe, guidance=3.0), record_views=False)
+    assert calls[-1]["guidance_interval"] is None and np.abs(late.images - every.images).max() > 1e-3
+    loaded = LoadedModel("default", pipe, "trained EDT-T/2 digits model")
+    assert status_line(loaded, shaped, "2 images in 0.10 s") == ("2 images in 0.10 s (power-cos guidance schedule, "
+                                                                 "guided at t 300-999 only, as the model recommends) "
+                                                                 "· trained EDT-T/2 digits model")
+    assert status_line(loaded, plain, "x") == "x · trained EDT-T/2 digits model"
 
 
 def test_compare_needs_amm_blocks(pipe):

@@ -349,15 +349,21 @@ def wire_amm_blocks(store: ModelStore, page: Page) -> None:
         button.click(functools.partial(field_to_boxes, preset=key), inputs, outputs, api_visibility="private")
 
 
+def status_line(loaded, request, timings: str) -> str:
+    """The timings, the guidance shape when the model's folder recommends one, and which model ran."""
+    shape = [f"{request.cfg_schedule} guidance schedule"] if request.cfg_schedule != "constant" else []
+    if request.guidance_interval is not None:
+        shape.append("guided at t {}-{} only".format(*request.guidance_interval))
+    shape = f" ({', '.join(shape)}, as the model recommends)" if shape else ""
+    return f"{timings}{shape} · {DEMO_NOTE if loaded.is_demo else loaded.note}"
+
+
 def wire_sampling(store: ModelStore, page: Page) -> None:
     """Generate and Compare (the /generate and /compare API), then the open tab's view of the new run."""
 
     def checked(model, *values):
         loaded = store.get(model)
-        return loaded, controls.check_request(loaded.pipe, *values)
-
-    def summary(loaded, timings: str) -> str:
-        return f"{timings} · {DEMO_NOTE if loaded.is_demo else loaded.note}"
+        return loaded, controls.check_request(loaded.pipe, *values, recommended=loaded.recommended)
 
     # A page records every run's attention and previews (one step's explicit attention, about 1 % of a call on
     # the digits model), so the attention and denoising tabs show the last run whenever they are opened; an API
@@ -372,7 +378,8 @@ def wire_sampling(store: ModelStore, page: Page) -> None:
                      record_views=view is not None)
         runs = {"runs": [(f"AMM in {controls.format_blocks(run.amm_blocks) or 'no block'}", run.attention)],
                 "previews": run.previews, "image": run.images[0]}
-        return views.image_tiles(run.images), summary(loaded, f"{len(run.images)} images in {run.seconds:.2f} s"), runs
+        timings = f"{len(run.images)} images in {run.seconds:.2f} s"
+        return views.image_tiles(run.images), status_line(loaded, request, timings), runs
 
     @shows_errors
     def compare_amm(model, class_name, seed, num_images, sampler, steps, guidance_scale, amm_blocks,
@@ -386,7 +393,8 @@ def wire_sampling(store: ModelStore, page: Page) -> None:
         runs = {"runs": [("AMM off", off.attention), ("AMM on", on.attention)], "previews": on.previews,
                 "image": on.images[0]}
         timings = f"AMM off {off.seconds:.2f} s · AMM on {on.seconds:.2f} s · largest |on − off| = {largest:.3f}"
-        return (views.image_tiles(off.images), views.image_tiles(on.images), heat, summary(loaded, timings), runs)
+        return (views.image_tiles(off.images), views.image_tiles(on.images), heat, status_line(loaded, request, timings),
+                runs)
 
     inputs, view_inputs = [*page.request_inputs(), page.view], [page.view, *page.attention_inputs()]
     page.generate_button.click(generate, inputs, [page.samples, page.status, page.runs], api_name="generate",

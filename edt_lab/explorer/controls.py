@@ -45,6 +45,9 @@ class Request:
     radius: float | None  # None: the released radius of each block's own grid
     scale: float
     precision: str = "fp32"  # of the transformer's forwards: fp32, bf16 or auto (edt_lab.precision)
+    # how guidance is applied, as the model's folder recommends (no page control): see EDTPipeline.__call__
+    cfg_schedule: str = "constant"
+    guidance_interval: tuple[int, int] | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -158,8 +161,9 @@ def _number(name: str, value, low, high, integer: bool = False):
 
 
 def check_request(pipe, class_name, seed, num_images, sampler, steps, guidance, amm_blocks, released_radius,
-                  radius, scale, precision="fp32") -> Request:
-    """A Request from the page's raw values (the class by name or index), or ValueError with what was expected."""
+                  radius, scale, precision="fp32", recommended=None) -> Request:
+    """A Request from the page's raw values (the class by name or index), or ValueError with what was expected;
+    `recommended` (the model folder's recommended.json) gives the guidance schedule and interval."""
     names = class_choices(pipe)
     if class_name in names:
         class_index = names.index(class_name)
@@ -184,4 +188,11 @@ def check_request(pipe, class_name, seed, num_images, sampler, steps, guidance, 
         radius=None if released_radius else _number("AMM radius R", radius, *RADIUS_RANGE),
         scale=_number("AMM scale k", scale, *SCALE_RANGE),
         precision=precision,
+        cfg_schedule=(recommended or {}).get("cfg_schedule") or "constant",
+        guidance_interval=_interval((recommended or {}).get("cfg_interval")),
     )
+
+
+def _interval(value) -> tuple[int, int] | None:
+    """A recommended.json `cfg_interval` ([low, high] or null) as the pipeline's guidance_interval."""
+    return None if value is None else (int(value[0]), int(value[1]))

@@ -46,7 +46,8 @@ def sample(pipe, request: Request, amm_blocks=None, progress=None, progress_rang
                amm_radius=request.radius, amm_scale=request.scale, callback_on_step_end=on_step,
                return_previews=record_views and pipe.vae is None,
                attention_blocks=range(pipe.transformer.num_blocks) if record_views else None,
-               precision=request.precision)
+               precision=request.precision, cfg_schedule=request.cfg_schedule,
+               guidance_interval=request.guidance_interval)
     return Run(out.images, out.previews or [], out.attention or {}, blocks, time.perf_counter() - start)
 
 
