@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 
 from edt_lab.amm import modulation_matrix
 from edt_lab.explorer import controls, views
-from edt_lab.explorer.app import (ATTENTION_TAB, DENOISING_TAB, IMAGES_TAB, build_app, model_page, open_tab,
-                                  show_views, status_line)
+from edt_lab.explorer.app import (ATTENTION_TAB, COMPARE_LABEL, DENOISING_TAB, IMAGES_TAB, build_app,
+                                  compare_button_state, model_page, open_tab, show_views, status_line)
 from edt_lab.explorer.models import (DEFAULT_NAME, DEMO_NOTE, LoadedModel, ModelStore, demo_pipeline,
                                      imagenet_class_names, randomize_weights, scan_models)
 from edt_lab.explorer.sampling import compare, sample
@@ -381,3 +381,14 @@ def test_only_the_open_tab_draws_its_view(page_events):
     assert isinstance(attention, Figure) and isinstance(previews, type(gr.skip()))
     view, previews, _ = open_tab(*query, gr.SelectData(None, {"index": 2, "value": DENOISING_TAB}))
     assert view == DENOISING_TAB and len(previews) == 1  # opening a tab draws the last run's view
+
+
+def test_compare_button_waits_for_amm_blocks():
+    store = ModelStore(None, "cpu", demo=True)
+    demo = build_app(store)
+    wired = [block_fn for block_fn in demo.fns.values() if block_fn.fn is compare_button_state]
+    assert len(wired) == 1 and [c.elem_id for c in wired[0].outputs] == ["compare-button"]
+    for text, chosen in (("", False), ("off", False), (" None ", False), ("7, 10", True), ("preset", True)):
+        update = compare_button_state(text)
+        assert update["interactive"] is chosen
+        assert update["value"] == COMPARE_LABEL if chosen else update["value"].endswith("choose AMM blocks first")

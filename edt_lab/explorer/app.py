@@ -22,6 +22,7 @@ from .sampling import compare, sample
 
 MAX_GROUPS = 5  # EDT has five stages; a DiT uses the first group only
 IMAGES_TAB, ATTENTION_TAB, DENOISING_TAB = "Images", "AMM and attention", "Denoising"
+COMPARE_LABEL = "Compare AMM off vs on"
 INTRO = """# EDT explorer
 EDT (Efficient Diffusion Transformer) samples images with a U-shaped token pyramid. Its **Attention Modulation
 Matrix (AMM)** multiplies the attention of chosen blocks by a distance-based matrix, without any training:
@@ -179,7 +180,7 @@ def amm_panel(values: dict) -> dict:
         boxes += [gr.CheckboxGroup([], value=[], visible=False) for _ in range(MAX_GROUPS - len(groups))]
         return {
             "presets": presets, "boxes": boxes,
-            "amm_field": gr.Textbox(controls.format_blocks(init["blocks"]), label="AMM blocks",
+            "amm_field": gr.Textbox(controls.format_blocks(init["blocks"]), label="AMM blocks", elem_id="amm-field",
                                     info="block indices (toggles above: block · token grid · phase); empty = off; "
                                          "press Enter to apply"),
             "released_radius": gr.Checkbox(init["released_radius"],
@@ -197,7 +198,7 @@ def run_buttons() -> dict:
     """Generate, Compare and the status line under them."""
     with gr.Row():
         buttons = {"generate_button": gr.Button("Generate", elem_id="generate-button"),
-                   "compare_button": gr.Button("Compare AMM off vs on", variant="primary", elem_id="compare-button")}
+                   "compare_button": gr.Button(COMPARE_LABEL, variant="primary", elem_id="compare-button")}
     return {**buttons, "status": gr.Markdown(elem_id="status")}
 
 
@@ -326,6 +327,13 @@ def wire_model_picker(demo: gr.Blocks, store: ModelStore, page: Page) -> None:
     demo.load(show_model, page.model, outputs, concurrency_id="model", api_visibility="private")
 
 
+def compare_button_state(amm_blocks: str):
+    """Compare needs AMM blocks to compare with: without any, the button says so and waits."""
+    chosen = str(amm_blocks).strip().lower() not in ("", "off", "none")
+    label = COMPARE_LABEL if chosen else f"{COMPARE_LABEL}: choose AMM blocks first"
+    return gr.update(interactive=chosen, value=label)
+
+
 def wire_amm_blocks(store: ModelStore, page: Page) -> None:
     """The per-stage toggles, the presets and the AMM text field stay in step."""
 
@@ -343,6 +351,8 @@ def wire_amm_blocks(store: ModelStore, page: Page) -> None:
 
     for box in page.boxes:
         box.input(boxes_to_field, page.boxes, page.amm_field, queue=False, api_visibility="private")  # instant
+    page.amm_field.change(compare_button_state, page.amm_field, page.compare_button, queue=False,
+                          api_visibility="private")
     inputs, outputs = [page.model, page.amm_field, page.guidance], [*page.boxes, page.amm_field]
     page.amm_field.submit(field_to_boxes, inputs, outputs, api_visibility="private")
     for key, button in page.presets.items():
