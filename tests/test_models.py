@@ -275,6 +275,10 @@ def test_fused_linear_only_in_cpu_bf16_inference_and_recasts_changed_weights():
                 layers.FUSED_CPU_LINEAR = True
     with torch.no_grad():
         assert not layers.fused_cpu_linear(x) and linear(x).dtype == torch.float32  # fp32: plain nn.Linear
+        with torch.autocast("cpu", torch.bfloat16):
+            assert not layers.fused_cpu_linear(x.double())  # autocast leaves float64 alone, and so does the fusion
+    with pytest.raises(ValueError, match="unknown activation 'relu'"):
+        linear(x, "relu")
 
 
 def test_bf16_inference_of_a_model_stays_close_to_fp32():

@@ -13,6 +13,7 @@ _ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkld
 def fused_cpu_linear(x) -> bool:
     """True where a Linear on x runs fused: CPU inference (no gradients, not compiling) under bf16 autocast."""
     return (FUSED_CPU_LINEAR and _ONEDNN_LINEAR and x.device.type == "cpu" and not torch.is_grad_enabled()
+            and x.dtype in (torch.float32, torch.bfloat16)  # what autocast would cast to bf16
             and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
             and not torch.compiler.is_compiling())
 
@@ -29,6 +30,8 @@ class Linear(nn.Linear):
 
     def forward(self, x, activation: str | None = None):
         """x (..., in) -> (..., out); activation None or "gelu_tanh" (then applied here, fused or not)."""
+        if activation not in (None, "gelu_tanh"):
+            raise ValueError(f"unknown activation {activation!r}: expected None or 'gelu_tanh'")
         if fused_cpu_linear(x):
             attr, algorithm = ("gelu", "tanh") if activation == "gelu_tanh" else ("none", "")
             bias = None if self.bias is None else self._bf16("bias")
