@@ -42,7 +42,8 @@ class Linear(nn.Linear):
 
     def _bf16(self, name: str):
         """The parameter `name` cast to bf16, kept until the parameter changes (moved, loaded or updated in place:
-        its storage or version differs), as autocast keeps its casts only within one autocast region."""
+        its storage or version differs), where autocast keeps its casts only within one autocast region. The copy
+        costs half the float32 parameter's memory, for as long as the module lives."""
         param = getattr(self, name)
         key = (param.data_ptr(), 0 if param.is_inference() else param._version)  # inference tensors cannot change
         cached = self.__dict__.setdefault("_bf16_casts", {}).get(name)
