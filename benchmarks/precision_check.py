@@ -21,18 +21,9 @@ from edt_lab.classifier import load_digit_classifier
 from edt_lab.metrics import bootstrap_digit_measures, digit_metrics, judge_digits
 from edt_lab.pipeline import DEFAULT_MODEL_DIR, load_default, make_scheduler
 from edt_lab.realism import load_digit_autoencoder
-from edt_lab.sample import FALLBACK_SETTINGS, generate, parse_amm, read_recommended
+from edt_lab.sample import FALLBACK_SETTINGS, generate, read_recommended, sampling_kwargs
 
 PRECISIONS = ("fp32", "bf16")
-
-
-def draw(pipe, settings, labels, seed: int, precision: str) -> np.ndarray:
-    """uint8 images (N, H, W, 1) of `labels` at `settings` with the noise of `seed`."""
-    return generate(pipe, labels, list(range(len(labels))), seed, batch_size=len(labels),
-                    guidance_scale=settings["cfg"], cfg_schedule=settings["cfg_schedule"],
-                    guidance_interval=settings["cfg_interval"], num_inference_steps=settings["steps"],
-                    amm_blocks=parse_amm(settings["amm"]), amm_radius=settings["amm_radius"],
-                    amm_scale=settings["amm_scale"], precision=precision)
 
 
 def main(argv=None) -> dict:
@@ -57,7 +48,8 @@ def main(argv=None) -> dict:
         images = {}
         for precision in PRECISIONS:
             start = time.perf_counter()
-            images[precision] = draw(pipe, settings, labels, seed, precision)
+            images[precision] = generate(pipe, labels, list(range(len(labels))), seed, batch_size=len(labels),
+                                         **sampling_kwargs(settings), precision=precision)
             seconds = time.perf_counter() - start
             metrics = digit_metrics(images[precision], labels, classifier=classifier, autoencoder=autoencoder)
             judged[seed, precision] = judge_digits(images[precision], labels, classifier, autoencoder)
@@ -79,7 +71,8 @@ def main(argv=None) -> dict:
     for name, measures in paired.items():
         print(name + ": " + ", ".join(f"{m} {v['diff']:+.4g} [{v['diff_low']:+.4g}, {v['diff_high']:+.4g}]"
                                       for m, v in measures.items()))
-    report = {"command": " ".join(["python", "benchmarks/precision_check.py", *(sys.argv[1:] if argv is None else argv)]),
+    command = ["python", "benchmarks/precision_check.py", *(sys.argv[1:] if argv is None else argv)]
+    report = {"command": " ".join(command),
               "settings": settings, "runs": runs, "differences": paired,
               "date": time.strftime("%Y-%m-%d %H:%M")}
     if args.json:

@@ -82,7 +82,9 @@ def main(argv=None):
     included = []  # read first, so a bad file fails before the sampling
     for path in args.include:
         try:
-            included += [{"cfg_interval": None, "amm_scale": None, **row, "passes_rule": passes_rule(row)} for row in json.loads(Path(path).read_text())["rows"]]
+            earlier = json.loads(Path(path).read_text())["rows"]
+            included += [{"cfg_interval": None, "amm_scale": None, **row, "passes_rule": passes_rule(row)}
+                         for row in earlier]
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise SystemExit(f"--include {path}: not a sweep JSON written by this script ({error})") from None
     pipe = EDTPipeline.from_pretrained(args.pipeline)
@@ -90,8 +92,8 @@ def main(argv=None):
     labels = np.repeat(np.arange(pipe.transformer.config.num_classes), args.per_class)
     indices = list(range(len(labels)))
     rows = []
-    print(f"{'sampler':>8}{'steps':>6}{'cfg':>5}{'guided t':>10}{'amm@k':>9}{'acc':>7}{'worst':>6}{'fid':>7}{'ae_fid':>8}{'ink':>7}"
-          f"{'width':>7}{'grey':>7}{'isol':>6}{'ratio':>7}  rule")
+    print(f"{'sampler':>8}{'steps':>6}{'cfg':>5}{'guided t':>10}{'amm@k':>9}{'acc':>7}{'worst':>6}{'fid':>7}"
+          f"{'ae_fid':>8}{'ink':>7}{'width':>7}{'grey':>7}{'isol':>6}{'ratio':>7}  rule")
     for spec in args.samplers:
         sampler, steps = spec.split(":")
         pipe.scheduler = make_scheduler(sampler)
@@ -120,7 +122,8 @@ def main(argv=None):
           f"{real['grey_share_real']:.3f}, isolated {real['isolated_pixels_real']:.2f}; real-vs-real: fid "
           f"{real['fid_real_floor']:.1f}, ae_fid {real['ae_fid_real_floor']:.1f}")
     chosen = choose(rows)
-    print("chosen:", None if chosen is None else {k: chosen[k] for k in ("sampler", "steps", "cfg", "cfg_interval", "amm", "amm_scale")})
+    setting = ("sampler", "steps", "cfg", "cfg_interval", "amm", "amm_scale")
+    print("chosen:", None if chosen is None else {k: chosen[k] for k in setting})
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"rows": rows, "chosen": chosen}, indent=2) + "\n")

@@ -68,6 +68,14 @@ def parse_amm(value):
             from None
 
 
+def sampling_kwargs(settings: dict) -> dict:
+    """The pipeline call's arguments for `settings` (FALLBACK_SETTINGS' keys: a recommended.json, filled in)."""
+    return {"guidance_scale": settings["cfg"], "cfg_schedule": settings["cfg_schedule"],
+            "guidance_interval": settings["cfg_interval"], "num_inference_steps": settings["steps"],
+            "amm_blocks": parse_amm(settings["amm"]), "amm_radius": settings["amm_radius"],
+            "amm_scale": settings["amm_scale"]}
+
+
 def read_recommended(folder) -> dict:
     """The sampling settings a pipeline folder recommends (its recommended.json), or {}."""
     path = Path(folder) / "recommended.json"
@@ -223,7 +231,7 @@ def run(args):
         pipe.transformer.compile_blocks()
     pipe.set_progress_bar_config(disable=True)
     classes = parse_classes(args.classes, pipe)
-    amm_blocks = parse_amm(settings["amm"])
+    call_kwargs = sampling_kwargs(settings)  # a bad --amm fails here, before the sampling
     make_parent_folder(out, "--out")
 
     if args.num_samples is not None:
@@ -235,11 +243,7 @@ def run(args):
                for start in range(0, len(labels), args.batch_size)]
     with state.split_between_processes(batches) as own_batches:
         indices = [i for batch in own_batches for i in batch]
-        images = generate(pipe, labels[indices], indices, args.seed, args.batch_size,
-                          guidance_scale=settings["cfg"], cfg_schedule=settings["cfg_schedule"],
-                          guidance_interval=settings["cfg_interval"],
-                          num_inference_steps=settings["steps"],
-                          amm_blocks=amm_blocks, amm_radius=settings["amm_radius"], amm_scale=settings["amm_scale"],
+        images = generate(pipe, labels[indices], indices, args.seed, args.batch_size, **call_kwargs,
                           guided_channels=args.guided_channels, precision=args.precision)
     if state.num_processes > 1:
         images = _gather(images, out, state)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from edt_lab.amm import AMM_PRESETS, modulation_matrix, preset_for
-from edt_lab.models import EDT, MODEL_NAMES, capture_attention, create_model, layers, randomize_weights, set_attention_path
+from edt_lab.models import (EDT, MODEL_NAMES, capture_attention, create_model, layers, randomize_weights,
+                            set_attention_path)
 from edt_lab.models.layers import Linear
 
 

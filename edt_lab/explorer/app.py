@@ -403,8 +403,8 @@ def wire_sampling(store: ModelStore, page: Page) -> None:
         runs = {"runs": [("AMM off", off.attention), ("AMM on", on.attention)], "previews": on.previews,
                 "image": on.images[0]}
         timings = f"AMM off {off.seconds:.2f} s · AMM on {on.seconds:.2f} s · largest |on − off| = {largest:.3f}"
-        return (views.image_tiles(off.images), views.image_tiles(on.images), heat, status_line(loaded, request, timings),
-                runs)
+        status = status_line(loaded, request, timings)
+        return views.image_tiles(off.images), views.image_tiles(on.images), heat, status, runs
 
     inputs, view_inputs = [*page.request_inputs(), page.view], [page.view, *page.attention_inputs()]
     page.generate_button.click(generate, inputs, [page.samples, page.status, page.runs], api_name="generate",
