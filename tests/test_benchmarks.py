@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -96,20 +97,51 @@ def test_gpu_check_runs_each_section_in_its_own_process_and_survives_a_hang(tmp_
     assert "== bf16" in capsys.readouterr().out
 
 
-def test_app_latency_times_generate_at_the_app_defaults(tmp_path):
+def test_app_latency_times_generate_at_the_app_defaults(tmp_path, monkeypatch):
     import app_latency
+    import gradio_client
 
+    made = []  # the client's options: the real client, recorded
+
+    def recording_client(*args, **kwargs):
+        made.append(kwargs)
+        return real_client(*args, **kwargs)
+
+    real_client = gradio_client.Client
+    monkeypatch.setattr(gradio_client, "Client", recording_client)
     out = tmp_path / "latency.json"
     app_latency.main(["--calls", "2", "--threads", "1", "--json", str(out), "--", "--demo"])
     report = json.loads(out.read_text())
+    assert made[0]["ssl_verify"] is False and report["client_ssl_verify"] is False
     assert report["startup_s"] > 0 and report["generate_first_s"] > 0 and len(report["generate_s"]) == 1
     assert report["generate_median_s"] == report["generate_s"][0] and "4 images" in report["status"]
     assert report["app_args"] == ["--device", "cpu", "--threads", "1", "--demo"]
     assert 0 < report["sampling_s"][0] < report["generate_s"][0]  # the status line's time lies inside the call
     assert report["outside_sampling_median_s"] == report["generate_s"][0] - report["sampling_s"][0]
+    assert 0 < report["client_cpu_median_s"] < report["generate_s"][0]
     assert app_latency.sampling_seconds("4 images in 0.93 s · trained EDT-T/2 digits model") == 0.93
     with pytest.raises(ValueError, match="no sampling time"):
         app_latency.sampling_seconds("Error")
+
+
+def test_queue_polling_compares_gradio_and_app_intervals(tmp_path):
+    import queue_polling
+    from edt_lab.explorer import controls
+    from edt_lab.explorer.app import QUEUE_POLL_S
+    from edt_lab.explorer.models import DEFAULT_NAME, ModelStore
+
+    out = tmp_path / "polling.json"
+    queue_polling.main(["--rounds", "1", "--demo", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert report["intervals_s"]["app"] == QUEUE_POLL_S
+    assert report["intervals_s"]["gradio"] == {"sleep_when_free": 0.001, "progress_update_sleep_when_free": 0.01}
+    assert {name: len(times) for name, times in report["sampling_s"].items()} == {"gradio": 2, "app": 2}
+    assert report["gradio_over_app_per_round"] == [statistics.median(report["sampling_s"]["gradio"])
+                                                   / statistics.median(report["sampling_s"]["app"])]
+    init = controls.initial_settings(ModelStore(None, "cpu", demo=True).get(DEFAULT_NAME))  # the page's start
+    assert report["request"] == {"steps": init["steps"], "sampler": init["sampler"], "guidance": init["guidance"],
+                                 "amm_blocks": init["blocks"], "num_images": 4}
+    assert set(report["idle_cpu_s_per_s"]) == {"gradio", "app"}
 
 
 def test_settings_sweep_rule_takes_the_most_real_looking_accurate_setting():

@@ -13,8 +13,9 @@ from safetensors.torch import save_file
 
 from edt_lab.amm import modulation_matrix
 from edt_lab.explorer import controls, views
-from edt_lab.explorer.app import (ATTENTION_TAB, COMPARE_LABEL, DENOISING_TAB, IMAGES_TAB, build_app,
-                                  compare_button_state, model_page, open_tab, show_views, status_line)
+from edt_lab.explorer.app import (ATTENTION_TAB, COMPARE_LABEL, DENOISING_TAB, IMAGES_TAB, QUEUE_POLL_S, build_app,
+                                  compare_button_state, model_page, open_tab, queue_requests, show_views,
+                                  status_line)
 from edt_lab.explorer.models import (DEFAULT_NAME, DEMO_NOTE, LoadedModel, ModelStore, demo_pipeline,
                                      imagenet_class_names, randomize_weights, scan_models)
 from edt_lab.explorer.sampling import compare, sample
@@ -381,6 +382,17 @@ def test_only_the_open_tab_draws_its_view(page_events):
     assert isinstance(attention, Figure) and isinstance(previews, type(gr.skip()))
     view, previews, _ = open_tab(*query, gr.SelectData(None, {"index": 2, "value": DENOISING_TAB}))
     assert view == DENOISING_TAB and len(previews) == 1  # opening a tab draws the last run's view
+
+
+def test_queue_polls_calmly():
+    """The served page queues one request at a time and polls at QUEUE_POLL_S, not gradio's 1 ms."""
+    demo = build_app(ModelStore(None, "cpu", demo=True))
+    demo.queue()
+    defaults = {name: getattr(demo._queue, name) for name in QUEUE_POLL_S}  # gradio's own, to compare with
+    queue_requests(demo)
+    for name, seconds in QUEUE_POLL_S.items():
+        assert getattr(demo._queue, name) == seconds > defaults[name]
+    assert demo._queue.default_concurrency_limit == 1 and demo._queue.max_size == 32
 
 
 def test_compare_button_waits_for_amm_blocks():

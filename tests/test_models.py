@@ -1,5 +1,7 @@
 """EDT and DiT against the released models: numbers, key sets, shapes, parameter counts, bad input."""
 
+import copy
+
 import pytest
 import torch
 
@@ -265,6 +267,9 @@ def test_fused_linear_only_in_cpu_bf16_inference_and_recasts_changed_weights():
         assert not ran_fused_kernel(lambda: linear(x))
         with torch.no_grad():
             before = linear(x)
+            assert layers._ONEDNN_COPIES[linear]["weight"][1].is_mkldnn  # kept in oneDNN's own layout
+            copied = copy.deepcopy(linear)  # the opaque copy stays out of deep copies (and pickles)
+            torch.testing.assert_close(copied(x), before, atol=0, rtol=0)
             linear.weight.mul_(2)  # an in-place update (an optimiser or EMA step, load_state_dict)
             after = linear(x)
             torch.testing.assert_close(after.float(), 2 * before.float() - linear.bias.bfloat16().float(),

@@ -475,6 +475,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"serve the {DEMO_NOTE} as the default even when the trained one exists (tests)")
 
 
+# Gradio's queue checks for new requests every 1 ms and for progress every 10 ms, even while a request is running.
+# The sampling thread shares the GIL and, on a small CPU, the cores with that loop, which slows sampling
+# (benchmarks/queue_polling.py, docs/performance.md). Polling every 20 ms delays a request's start by at
+# most that, and progress still updates 20 times a second.
+QUEUE_POLL_S = {"sleep_when_free": 0.02, "progress_update_sleep_when_free": 0.05}
+
+
+def queue_requests(demo: gr.Blocks) -> None:
+    """One request at a time (the model is shared), at most 32 waiting, the queue polling every QUEUE_POLL_S.
+
+    The intervals are attributes of gradio's Queue, not options of queue(); a gradio without them is an error here
+    (and in the tests), rather than a silent return to 1 ms polling."""
+    demo.queue(default_concurrency_limit=1, max_size=32)
+    for name, seconds in QUEUE_POLL_S.items():
+        if not hasattr(demo._queue, name):
+            raise RuntimeError(f"gradio {gr.__version__}'s queue has no {name}: update QUEUE_POLL_S")
+        setattr(demo._queue, name, seconds)
+
+
 def run(args: argparse.Namespace) -> None:
     """Serve the page until interrupted; ValueError for options no server can use."""
     if args.threads is not None and args.threads < 1:
@@ -483,7 +502,7 @@ def run(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     store = ModelStore(args.models_dir, resolve_device(args.device), demo=args.demo)
     demo = build_app(store)
-    demo.queue(default_concurrency_limit=1, max_size=32)
+    queue_requests(demo)
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])  # local fonts only: the page works offline
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, theme=theme)

@@ -1,13 +1,15 @@
 """Layers shared by EDT and DiT: embeddings, the MLP, adaLN modulation and the final layer (DiT's recipe)."""
 
 import math
+import weakref
 
 import torch
 import torch.nn as nn
 
 # CPU bf16 inference runs each Linear as one oneDNN kernel (edt_lab.models.layers.Linear); False: plain autocast.
 FUSED_CPU_LINEAR = True
-_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+_ONEDNN_LINEAR = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+                  and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
 
 
 def fused_cpu_linear(x) -> bool:
@@ -18,6 +20,11 @@ def fused_cpu_linear(x) -> bool:
             and not torch.compiler.is_compiling())
 
 
+# Linear -> {parameter name: (key, bf16 copy)}, outside the modules: a reordered weight is an opaque oneDNN tensor,
+# which copy.deepcopy and pickling cannot copy, and a copied module makes its own copies anyway.
+_ONEDNN_COPIES = weakref.WeakKeyDictionary()
+
+
 class Linear(nn.Linear):
     """nn.Linear (same parameters and state-dict keys) that runs CPU bf16 inference as one oneDNN kernel.
 
@@ -25,7 +32,8 @@ class Linear(nn.Linear):
     activation after it is one more pass over the tensor: the tanh GELU of the MLPs costs more than their matrix
     products on these CPUs. The oneDNN kernel adds the bias and applies the activation to the float32
     accumulator before its one rounding to bf16 (so it is also closer to float32 than the unfused bf16 GELU).
-    Everywhere else (float32, training, GPUs, torch.compile) it is nn.Linear.
+    Its weight is kept in bf16 and in oneDNN's own blocked layout, which a plain weight would be reordered into at
+    every call. Everywhere else (float32, training, GPUs, torch.compile) it is nn.Linear.
     """
 
     def forward(self, x, activation: str | None = None):
@@ -34,22 +42,26 @@ class Linear(nn.Linear):
             raise ValueError(f"unknown activation {activation!r}: expected None or 'gelu_tanh'")
         if fused_cpu_linear(x):
             attr, algorithm = ("gelu", "tanh") if activation == "gelu_tanh" else ("none", "")
-            bias = None if self.bias is None else self._bf16("bias")
-            return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self._bf16("weight"), bias, attr, [],
+            bias = None if self.bias is None else self._onednn("bias")
+            return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self._onednn("weight"), bias, attr, [],
                                                       algorithm)
         out = super().forward(x)
         return nn.functional.gelu(out, approximate="tanh") if activation == "gelu_tanh" else out
 
-    def _bf16(self, name: str):
-        """The parameter `name` cast to bf16, kept until the parameter changes (moved, loaded or updated in place:
-        its storage or version differs), where autocast keeps its casts only within one autocast region. The copy
-        costs half the float32 parameter's memory, for as long as the module lives."""
+    def _onednn(self, name: str):
+        """The parameter `name` cast to bf16 (the weight also reordered into oneDNN's layout), kept until the
+        parameter changes (moved, loaded or updated in place: its storage or version differs), where autocast
+        keeps its casts only within one autocast region. The copy costs half the float32 parameter's memory, for
+        as long as the module lives."""
         param = getattr(self, name)
         key = (param.data_ptr(), 0 if param.is_inference() else param._version)  # inference tensors cannot change
-        cached = self.__dict__.setdefault("_bf16_casts", {}).get(name)
-        if cached is None or cached[0] != key:
-            cached = self.__dict__["_bf16_casts"][name] = (key, param.detach().to(torch.bfloat16))
-        return cached[1]
+        copies = _ONEDNN_COPIES.setdefault(self, {})
+        if name not in copies or copies[name][0] != key:
+            copy = param.detach().to(torch.bfloat16)
+            if name == "weight":
+                copy = torch.ops.mkldnn._reorder_linear_weight(copy)
+            copies[name] = (key, copy)
+        return copies[name][1]
 
 
 def modulate(x, shift, scale):
