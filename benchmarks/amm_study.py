@@ -72,7 +72,8 @@ def main(argv=None) -> list[dict]:
     rows = []
     print(f"{len(labels)} images, {args.sampler}-{args.steps}; FID in the digit classifier's feature space; "
           f"[95 % interval of the difference to AMM off]")
-    print(f"{'guidance':>8}  {'configuration':<28}{'accuracy':>22}{'ae_fid':>22}{'width w1':>24}{'FID':>7}{'|diff|':>8}")
+    print(f"{'guidance':>8}  {'configuration':<28}{'accuracy':>22}{'ae_fid':>22}{'width w1':>24}"
+          f"{'FID':>7}{'|diff|':>8}")
     for guidance in args.guidance:
         preset_blocks = list(AMM_PRESETS[preset_for(model, guidance)].blocks)
         configs = []

@@ -22,7 +22,8 @@ def label_use(model, num_images: int = 500, timesteps=(300, 500, 700, 900), seed
     for t in timesteps:
         noise = torch.randn(images.shape, generator=generator)
         shuffled = labels[torch.randperm(len(labels), generator=generator)]
-        results[t] = tuple(noise_prediction_errors(model, images, y, t, noise).mean().item() for y in (labels, shuffled))
+        results[t] = tuple(noise_prediction_errors(model, images, y, t, noise).mean().item()
+                           for y in (labels, shuffled))
     return results
 
 

@@ -100,8 +100,9 @@ def denoising_errors(model, num_images: int = 1000, timesteps=range(50, 1000, 10
     yet. Every arm sees the same digits and noise, so arms compare digit by digit."""
     generator = torch.Generator().manual_seed(seed)
     images, labels = random_digits(num_images, generator)
-    return torch.stack([noise_prediction_errors(model, images, labels, t, torch.randn(images.shape, generator=generator))
-                        for t in timesteps]).mean(dim=0).numpy()
+    errors = [noise_prediction_errors(model, images, labels, t, torch.randn(images.shape, generator=generator))
+              for t in timesteps]
+    return torch.stack(errors).mean(dim=0).numpy()
 
 
 def paired_interval(values, baseline, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
@@ -208,7 +209,8 @@ def main(argv=None) -> list[dict]:
               f"masked/full {ratios:>12}  {row['seconds_per_step']:.3f} s/step  "
               f"denoising MSE {row['denoising_mse']:.4f} [{low:+.4f},{high:+.4f}]  "
               f"accuracy {row['accuracy']:.3f} [{accuracy['diff_low']:+.3f},{accuracy['diff_high']:+.3f}]  "
-              f"worst {row['worst_class_accuracy']:.2f}  ae_fid {row['ae_fid']:.1f} (floor {row['ae_fid_real_floor']:.1f})  "
+              f"worst {row['worst_class_accuracy']:.2f}  "
+              f"ae_fid {row['ae_fid']:.1f} (floor {row['ae_fid_real_floor']:.1f})  "
               f"FID {row['fid']:.2f} (floor {row['fid_real_floor']:.2f})", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")

@@ -85,7 +85,8 @@ def test_disagreeing_embedder_copies_are_refused(tmp_path):
         model.transformer_blocks[2].norm1.emb.timestep_embedder.linear_2.bias[0] += 0.25
     model.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"block 2's copy of the timestep/class embedder \(timestep_embedder"
-                                         r".linear_2.bias\) differs from block 0's by up to 0.25: .*cannot be converted"):
+                                         r".linear_2.bias\) differs from block 0's by up to 0.25: "
+                                         r".*cannot be converted"):
         load_checkpoint(tmp_path)
 
 

@@ -35,7 +35,8 @@ SUBPROCESS_PREFIX = (
     "sys.exit(main(sys.argv[1:]))\n"
 )
 # The real EDT-T/2 (2 M parameters) in a subprocess, one thread.
-REAL_EDT_PREFIX = "import sys, torch; torch.set_num_threads(1)\nfrom edt_lab.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+REAL_EDT_PREFIX = ("import sys, torch; torch.set_num_threads(1)\nfrom edt_lab.cli import main\n"
+                   "sys.exit(main(sys.argv[1:]))\n")
 
 
 @pytest.fixture(autouse=True)
