@@ -50,9 +50,9 @@ class Linear(nn.Linear):
 
     def _onednn(self, name: str):
         """The parameter `name` cast to bf16 (the weight also reordered into oneDNN's layout), kept until the
-        parameter changes (moved, loaded or updated in place: its storage or version differs), where autocast
-        keeps its casts only within one autocast region. The copy costs half the float32 parameter's memory, for
-        as long as the module lives."""
+        parameter changes (moved, loaded or updated in place: its storage or version differs; a write through
+        `param.data` bypasses the version counter and is not seen), where autocast keeps its casts only within one
+        autocast region. The copy costs half the float32 parameter's memory, for as long as the module lives."""
         param = getattr(self, name)
         key = (param.data_ptr(), 0 if param.is_inference() else param._version)  # inference tensors cannot change
         copies = _ONEDNN_COPIES.setdefault(self, {})
