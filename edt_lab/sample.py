@@ -155,7 +155,7 @@ def add_arguments(parser):
                         help="with --num-samples: each label uniformly at random (default, as the released "
                         "generator) or every class equally often")
     parser.add_argument("--steps", type=int, help="sampling steps (default: recommended, else 250)")
-    parser.add_argument("--sampler", help="ddpm, ddim or dpm (default: recommended, else ddpm)")
+    parser.add_argument("--sampler", help="ddpm, ddim, dpm or dpm-karras (default: recommended, else ddpm)")
     parser.add_argument("--cfg", type=float, help="classifier-free guidance scale, 1 = none")
     parser.add_argument("--cfg-schedule", choices=CFG_SCHEDULES, help="constant (default: recommended, else constant) "
                         "or power-cos (MDTv2's released schedule, with --guided-channels 3)")

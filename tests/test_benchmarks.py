@@ -144,6 +144,18 @@ def test_queue_polling_compares_gradio_and_app_intervals(tmp_path):
     assert set(report["idle_cpu_s_per_s"]) == {"gradio", "app"}
 
 
+def test_shipped_recommended_settings_are_the_rules_choice_in_the_recorded_sweep():
+    import settings_sweep
+
+    root = Path(__file__).resolve().parents[1]
+    rows = json.loads((root / "docs/bench/settings_sweep_v2_karras.json").read_text())["rows"]
+    chosen = settings_sweep.choose([{**row, "passes_rule": settings_sweep.passes_rule(row)} for row in rows])
+    recommended = json.loads((root / "assets/edt_t2_digits/recommended.json").read_text())
+    assert {key: recommended[key] for key in ("sampler", "steps", "cfg", "cfg_interval", "amm", "amm_scale")} == {
+        "sampler": chosen["sampler"], "steps": chosen["steps"], "cfg": chosen["cfg"],
+        "cfg_interval": chosen["cfg_interval"], "amm": chosen["amm"], "amm_scale": chosen["amm_scale"]}
+
+
 def test_settings_sweep_rule_takes_the_most_real_looking_accurate_setting():
     def row(accuracy, worst, ae_fid, steps=25, nearest_train=10.0):
         metrics = {"accuracy": accuracy, "per_class_accuracy": [worst] + [1.0] * 9, "ae_fid": ae_fid,

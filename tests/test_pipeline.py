@@ -70,7 +70,8 @@ def adm_respaced_timesteps(num_timesteps: int, count: int) -> list[int]:
 
 
 def test_make_scheduler_kinds_and_shared_betas():
-    kinds = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
+    kinds = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler,
+             "dpm-karras": DPMSolverMultistepScheduler}
     schedulers = {name: make_scheduler(name) for name in kinds}
     for name, scheduler in schedulers.items():
         assert isinstance(scheduler, kinds[name])
@@ -79,6 +80,13 @@ def test_make_scheduler_kinds_and_shared_betas():
     assert not schedulers["ddpm"].config.clip_sample and not schedulers["ddim"].config.clip_sample
     assert schedulers["dpm"].config.algorithm_type == "dpmsolver++" and schedulers["dpm"].config.solver_order == 2
     assert schedulers["dpm"].config.variance_type is None  # else diffusers keeps only 3 eps channels
+    karras = schedulers["dpm-karras"]
+    assert karras.config.use_karras_sigmas and not schedulers["dpm"].config.use_karras_sigmas
+    assert karras.config.algorithm_type == "dpmsolver++" and karras.config.solver_order == 2
+    for scheduler in (schedulers["dpm"], karras):
+        scheduler.set_timesteps(25)
+    # Karras's noise levels put more of the 25 steps at low noise: more timesteps below 200
+    assert (karras.timesteps < 200).sum() > (schedulers["dpm"].timesteps < 200).sum()
     with pytest.raises(ValueError, match="unknown sampler 'euler'"):
         make_scheduler("euler")
 

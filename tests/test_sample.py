@@ -35,7 +35,7 @@ def sample(files, out, *extra):
                  "--per-class", "2", "--steps", "3", "--device", "cpu", "--out", str(out), *extra])
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm", "dpm-karras"])
 def test_every_sampler_writes_the_adm_layout(files, tmp_path, sampler):
     out = tmp_path / "samples.npz"
     assert sample(files, out, "--sampler", sampler, "--cfg", "1.5", "--amm", "preset") == 0

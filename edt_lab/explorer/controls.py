@@ -26,8 +26,8 @@ PRESETS = {
 }
 # The app's own settings for a model whose folder recommends none: quick enough for a first look on a CPU.
 APP_SETTINGS = {**FALLBACK_SETTINGS, "sampler": "dpm", "steps": 25, "amm": "preset"}
-# bf16 where the hardware computes it natively: the digits model's bf16 samples score as its fp32 ones
-# (docs/performance.md), and they come faster.
+# bf16 where the hardware computes it natively: the digits model's bf16 samples score within what another seed
+# changes of its fp32 ones, a little worse on Karras noise levels (docs/performance.md), and they come faster.
 PRECISION_DEFAULT = "auto"
 
 
