@@ -20,7 +20,7 @@ import torch
 
 from app_latency import free_port, machine_record
 from edt_lab.explorer import controls
-from edt_lab.explorer.app import QUEUE_POLL_S, build_app, queue_requests
+from edt_lab.explorer.app import QUEUE_POLL_S, build_app, queue_requests, set_queue_polling
 from edt_lab.explorer.models import DEFAULT_NAME, ModelStore
 from edt_lab.explorer.sampling import sample
 
@@ -68,13 +68,11 @@ def main(argv=None) -> dict:
     idle = {}
     try:
         for name, intervals in settings.items():
-            for attribute, value in intervals.items():
-                setattr(demo._queue, attribute, value)
+            set_queue_polling(demo, intervals)
             idle[name] = idle_cpu()
         for _ in range(args.rounds):
             for name, intervals in settings.items():
-                for attribute, value in intervals.items():
-                    setattr(demo._queue, attribute, value)
+                set_queue_polling(demo, intervals)
                 seconds[name] += [sample(loaded.pipe, request, record_views=False).seconds for _ in range(2)]
     finally:
         demo.close()

@@ -23,6 +23,7 @@ from edt_lab.sample import generate, parse_amm
 APPEARANCE = ("ae_fid", "mean_ink_w1", "stroke_width_w1", "grey_share_w1")
 MIN_ACCURACY, MIN_CLASS_ACCURACY = 0.99, 0.95
 MIN_COPY_RATIO = 0.98  # nearest-training distance over the held-out digits'; 1 = as far from the training set
+SETTING = ("sampler", "steps", "cfg", "cfg_interval", "amm", "amm_scale")  # a row's setting: recommended.json's keys
 
 
 def appearance_ratio(metrics) -> float:
@@ -122,8 +123,7 @@ def main(argv=None):
           f"{real['grey_share_real']:.3f}, isolated {real['isolated_pixels_real']:.2f}; real-vs-real: fid "
           f"{real['fid_real_floor']:.1f}, ae_fid {real['ae_fid_real_floor']:.1f}")
     chosen = choose(rows)
-    setting = ("sampler", "steps", "cfg", "cfg_interval", "amm", "amm_scale")
-    print("chosen:", None if chosen is None else {k: chosen[k] for k in setting})
+    print("chosen:", None if chosen is None else {k: chosen[k] for k in SETTING})
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"rows": rows, "chosen": chosen}, indent=2) + "\n")

@@ -151,9 +151,8 @@ def test_shipped_recommended_settings_are_the_rules_choice_in_the_recorded_sweep
     rows = json.loads((root / "docs/bench/settings_sweep_v2_karras.json").read_text())["rows"]
     chosen = settings_sweep.choose([{**row, "passes_rule": settings_sweep.passes_rule(row)} for row in rows])
     recommended = json.loads((root / "assets/edt_t2_digits/recommended.json").read_text())
-    assert {key: recommended[key] for key in ("sampler", "steps", "cfg", "cfg_interval", "amm", "amm_scale")} == {
-        "sampler": chosen["sampler"], "steps": chosen["steps"], "cfg": chosen["cfg"],
-        "cfg_interval": chosen["cfg_interval"], "amm": chosen["amm"], "amm_scale": chosen["amm_scale"]}
+    assert {key: recommended[key] for key in settings_sweep.SETTING} == {key: chosen[key] for key in
+                                                                         settings_sweep.SETTING}
 
 
 def test_settings_sweep_rule_takes_the_most_real_looking_accurate_setting():

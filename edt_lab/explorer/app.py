@@ -329,7 +329,7 @@ def wire_model_picker(demo: gr.Blocks, store: ModelStore, page: Page) -> None:
 
 def compare_button_state(amm_blocks: str):
     """Compare needs AMM blocks to compare with: without any, the button says so and waits."""
-    chosen = str(amm_blocks).strip().lower() not in ("", "off", "none")
+    chosen = str(amm_blocks).strip().lower() not in controls.AMM_OFF
     label = COMPARE_LABEL if chosen else f"{COMPARE_LABEL}: choose AMM blocks first"
     return gr.update(interactive=chosen, value=label)
 
@@ -482,16 +482,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 QUEUE_POLL_S = {"sleep_when_free": 0.02, "progress_update_sleep_when_free": 0.05}
 
 
-def queue_requests(demo: gr.Blocks) -> None:
-    """One request at a time (the model is shared), at most 32 waiting, the queue polling every QUEUE_POLL_S.
+def set_queue_polling(demo: gr.Blocks, intervals: dict) -> None:
+    """Set the polling intervals (seconds, by QUEUE_POLL_S's names) of `demo`'s queue, after demo.queue().
 
-    The intervals are attributes of gradio's Queue, not options of queue(); a gradio without them is an error here
-    (and in the tests), rather than a silent return to 1 ms polling."""
-    demo.queue(default_concurrency_limit=1, max_size=32)
-    for name, seconds in QUEUE_POLL_S.items():
+    They are attributes of gradio's Queue, not options of queue(); a gradio without them is an error here (and in
+    the tests), rather than a silent return to 1 ms polling."""
+    for name, seconds in intervals.items():
         if not hasattr(demo._queue, name):
             raise RuntimeError(f"gradio {gr.__version__}'s queue has no {name}: update QUEUE_POLL_S")
         setattr(demo._queue, name, seconds)
+
+
+def queue_requests(demo: gr.Blocks) -> None:
+    """One request at a time (the model is shared), at most 32 waiting, the queue polling every QUEUE_POLL_S."""
+    demo.queue(default_concurrency_limit=1, max_size=32)
+    set_queue_polling(demo, QUEUE_POLL_S)
 
 
 def run(args: argparse.Namespace) -> None:

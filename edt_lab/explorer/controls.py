@@ -29,6 +29,7 @@ APP_SETTINGS = {**FALLBACK_SETTINGS, "sampler": "dpm", "steps": 25, "amm": "pres
 # bf16 where the hardware computes it natively: the digits model's bf16 samples score within what another seed
 # changes of its fp32 ones, a little worse on Karras noise levels (docs/performance.md), and they come faster.
 PRECISION_DEFAULT = "auto"
+AMM_OFF = ("", "off", "none")  # what the AMM field accepts for "no block"
 
 
 @dataclass
@@ -111,7 +112,7 @@ def format_blocks(blocks) -> str:
 def parse_blocks(value, model, guidance: float = 1.0) -> list[int]:
     """The AMM field: comma-separated block indices (or a list), "" or "off" (none), "preset" or a preset name."""
     text = format_blocks(value) if isinstance(value, (list, tuple)) else str(value).strip().lower()
-    if text in ("", "off", "none"):
+    if text in AMM_OFF:
         return []
     if text == "preset":
         blocks = preset_blocks(model, "released", guidance)
