@@ -1,14 +1,17 @@
 """The AMM study on the digits model: which blocks, which radius and scale, with and without guidance.
 
     python benchmarks/amm_study.py [--pipeline DIR] [--per-class 20] [--sampler dpm] [--steps 25]
-                                   [--guidance 1 3] [--parts arrangements radius scale] [--json FILE]
+                                   [--guidance 1 3] [--parts arrangements radius scale] [--vary-blocks 10]
+                                   [--json FILE]
 
 Every configuration draws the same images (same classes, same per-image seeds), so differences come from the
 AMM alone. Each row: the digit classifier's accuracy, its worst class, the feature-space FID (the real-vs-real
-floor is printed once), the appearance measures (autoencoder FID, Wasserstein distances of stroke width and grey
-share to real digits), the mean |difference| to the AMM-off images at the same guidance and, for accuracy and the
-appearance measures, the paired bootstrap interval of the difference to AMM off (`--resamples` resamples of the
-images within each class): an interval that excludes 0 resolves the difference.
+floor is printed once), the appearance measures (autoencoder FID, Wasserstein distances of mean ink, stroke width
+and grey share to real digits), the mean |difference| to the AMM-off images at the same guidance and, for accuracy
+and the appearance measures, the paired bootstrap interval of the difference to AMM off (`--resamples` resamples of the
+images within each class): an interval that excludes 0 resolves the difference. The radius and scale parts vary
+the AMM of the released preset for each guidance, or of `--vary-blocks` (e.g. the block a model's recommended
+settings name).
 """
 
 import argparse
@@ -53,6 +56,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0])
     parser.add_argument("--parts", nargs="+", default=["arrangements", "radius", "scale"],
                         choices=["arrangements", "radius", "scale"])
+    parser.add_argument("--vary-blocks", type=int, nargs="+", default=None,
+                        help="the AMM blocks whose radius and scale the radius and scale parts vary "
+                             "(default: the released preset for each guidance)")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resamples", type=int, default=300)
@@ -63,6 +69,9 @@ def main(argv=None) -> list[dict]:
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = make_scheduler(args.sampler)
     model = pipe.transformer
+    bad = [b for b in args.vary_blocks or [] if not 0 <= b < model.num_blocks]
+    if bad:
+        parser.error(f"--vary-blocks {bad[0]} is out of range: this model has blocks 0..{model.num_blocks - 1}")
     labels = np.repeat(np.arange(model.config.num_classes), args.per_class)
     indices = list(range(len(labels)))
     grid = model.block_info()[-1]["grid"]
@@ -72,18 +81,22 @@ def main(argv=None) -> list[dict]:
     rows = []
     print(f"{len(labels)} images, {args.sampler}-{args.steps}; FID in the digit classifier's feature space; "
           f"[95 % interval of the difference to AMM off]")
-    print(f"{'guidance':>8}  {'configuration':<28}{'accuracy':>22}{'ae_fid':>22}{'width w1':>24}"
+    print(f"{'guidance':>8}  {'configuration':<28}{'accuracy':>22}{'ae_fid':>22}{'ink w1':>26}{'width w1':>24}"
           f"{'FID':>7}{'|diff|':>8}")
     for guidance in args.guidance:
-        preset_blocks = list(AMM_PRESETS[preset_for(model, guidance)].blocks)
+        if args.vary_blocks is None:
+            varied, varied_name = list(AMM_PRESETS[preset_for(model, guidance)].blocks), "preset"
+        else:
+            varied = args.vary_blocks
+            varied_name = ("block " if len(varied) == 1 else "blocks ") + ",".join(map(str, varied))
         configs = []
         if "arrangements" in args.parts:
             configs += [(name, dict(amm_blocks=blocks)) for name, blocks in arrangements(model, guidance).items()]
         if "radius" in args.parts:
-            configs += [(f"preset, R = {r:.2f}", dict(amm_blocks=preset_blocks, amm_radius=r))
+            configs += [(f"{varied_name}, R = {r:.2f}", dict(amm_blocks=varied, amm_radius=r))
                         for r in (4.0, 8.0, default_radius(grid))]
         if "scale" in args.parts:
-            configs += [(f"preset, k = {k}", dict(amm_blocks=preset_blocks, amm_scale=k)) for k in (0.3, 0.4, 0.6, 0.8)]
+            configs += [(f"{varied_name}, k = {k}", dict(amm_blocks=varied, amm_scale=k)) for k in (0.3, 0.4, 0.6, 0.8)]
         off = off_judgement = None
         for name, amm in [("off", dict(amm_blocks=[]))] + [c for c in configs if c[0] != "off"]:
             images = generate(pipe, labels, indices, seed=args.seed, batch_size=args.batch_size,
@@ -96,14 +109,16 @@ def main(argv=None) -> list[dict]:
             row = {"guidance": guidance, "configuration": name, **{k: v for k, v in amm.items()},
                    "accuracy": metrics["accuracy"], "worst_class_accuracy": min(metrics["per_class_accuracy"]),
                    "fid": metrics["fid"], "fid_real_floor": metrics["fid_real_floor"],
-                   **{m: metrics[m] for m in ("ae_fid", "ae_fid_real_floor", "stroke_width", "stroke_width_w1",
+                   **{m: metrics[m] for m in ("ae_fid", "ae_fid_real_floor", "mean_ink", "mean_ink_w1",
+                                              "mean_ink_w1_real_floor", "stroke_width", "stroke_width_w1",
                                               "stroke_width_w1_real_floor", "grey_share_w1",
                                               "grey_share_w1_real_floor", "isolated_pixels")},
                    "bootstrap": intervals,
                    "mean_abs_diff_to_off": float(np.abs(images.astype(np.float32) - off.astype(np.float32)).mean())}
             rows.append(row)
-            cells = "".join(f"{with_interval(intervals[m], digits, name == 'off'):>22}" for m, digits in
-                            (("accuracy", 3), ("ae_fid", 1), ("stroke_width_w1", 3)))
+            columns = (("accuracy", 3, 22), ("ae_fid", 1, 22), ("mean_ink_w1", 4, 26), ("stroke_width_w1", 3, 24))
+            cells = "".join(f"{with_interval(intervals[m], digits, name == 'off'):>{width}}"
+                            for m, digits, width in columns)
             print(f"{guidance:>8}  {name:<28}{cells}{row['fid']:>7.1f}{row['mean_abs_diff_to_off']:>8.2f}", flush=True)
     print(f"real-vs-real FID floor: {rows[0]['fid_real_floor']:.2f}")
     if args.json:

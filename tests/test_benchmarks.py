@@ -148,7 +148,7 @@ def test_shipped_recommended_settings_are_the_rules_choice_in_the_recorded_sweep
     import settings_sweep
 
     root = Path(__file__).resolve().parents[1]
-    rows = json.loads((root / "docs/bench/settings_sweep_v2_karras.json").read_text())["rows"]
+    rows = json.loads((root / "docs/bench/settings_sweep_v2_all.json").read_text())["rows"]
     chosen = settings_sweep.choose([{**row, "passes_rule": settings_sweep.passes_rule(row)} for row in rows])
     recommended = json.loads((root / "assets/edt_t2_digits/recommended.json").read_text())
     assert {key: recommended[key] for key in settings_sweep.SETTING} == {key: chosen[key] for key in
@@ -228,3 +228,51 @@ def test_settings_sweep_varies_the_amm_scale_of_each_amm_setting(tmp_path, monke
     assert [(r["amm"], r["amm_scale"]) for r in rows] == [("off", None), ("8", 0.3), ("8", 0.5)]
     assert (chosen["amm"], chosen["amm_scale"]) == ("off", None)  # the smallest ae_fid ratio
     assert json.loads(out.read_text())["chosen"]["amm_scale"] is None
+
+
+def test_amm_study_varies_radius_and_scale_of_the_chosen_blocks(tmp_path, monkeypatch):
+    import amm_study
+
+    calls = []
+    real_generate = amm_study.generate
+
+    def recording_generate(pipe, labels, indices, **kwargs):
+        calls.append({k: kwargs.get(k) for k in ("guidance_scale", "amm_blocks", "amm_radius", "amm_scale")})
+        return real_generate(pipe, labels, indices, **kwargs)
+
+    monkeypatch.setattr(amm_study, "generate", recording_generate)
+    out = tmp_path / "study.json"
+    rows = amm_study.main(["--per-class", "1", "--steps", "2", "--guidance", "2.5", "--parts", "radius",
+                           "--vary-blocks", "10", "--resamples", "5", "--json", str(out)])
+    assert [c["amm_blocks"] for c in calls] == [[]] + [[10]] * 3  # off, then three radii
+    assert [c["amm_radius"] for c in calls[1:]] == [4.0, 8.0, pytest.approx(15.13, abs=0.01)]
+    assert all(c["guidance_scale"] == 2.5 for c in calls)
+    assert [r["configuration"] for r in rows[1:]] == ["block 10, R = 4.00", "block 10, R = 8.00", "block 10, R = 15.13"]
+    assert {"mean_ink_w1", "mean_ink_w1_real_floor"} <= set(rows[0]) and "mean_ink_w1" in rows[1]["bootstrap"]
+    assert json.loads(out.read_text())[1]["amm_blocks"] == [10]
+
+    # Without --vary-blocks the released preset for the guidance is varied (block 8 from guidance 2 on); the
+    # judges are stand-ins here, as only the settings are checked.
+    measures = ("accuracy", "ae_fid", "mean_ink_w1", "stroke_width_w1")
+    monkeypatch.setattr(amm_study, "judge_digits", lambda *args, **kwargs: None)
+    monkeypatch.setattr(amm_study, "digit_metrics", lambda *args, **kwargs: {
+        "per_class_accuracy": [1.0], **{m: 0.0 for m in ("accuracy", "fid", "fid_real_floor", "ae_fid",
+                                                         "ae_fid_real_floor", "mean_ink", "mean_ink_w1",
+                                                         "mean_ink_w1_real_floor", "stroke_width", "stroke_width_w1",
+                                                         "stroke_width_w1_real_floor", "grey_share_w1",
+                                                         "grey_share_w1_real_floor", "isolated_pixels")}})
+    monkeypatch.setattr(amm_study, "bootstrap_digit_measures", lambda *args, **kwargs: {
+        m: {"value": 0.0, "diff_low": 0.0, "diff_high": 0.0} for m in measures})
+    calls.clear()
+    rows = amm_study.main(["--per-class", "1", "--steps", "2", "--guidance", "2.5", "--parts", "scale"])
+    assert [c["amm_blocks"] for c in calls] == [[]] + [[8]] * 4
+    assert [c["amm_scale"] for c in calls[1:]] == [0.3, 0.4, 0.6, 0.8]
+    assert rows[-1]["configuration"] == "preset, k = 0.8"
+
+
+def test_amm_study_refuses_a_block_the_model_lacks(capsys):
+    import amm_study
+
+    with pytest.raises(SystemExit) as exit_info:
+        amm_study.main(["--vary-blocks", "12"])
+    assert exit_info.value.code == 2 and "--vary-blocks 12 is out of range" in capsys.readouterr().err
