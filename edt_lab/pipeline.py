@@ -4,6 +4,7 @@ Data flow: a model (`edt_lab.checkpoints.load_checkpoint`) + a diffusers schedul
 -> `pipe(class_labels, ...)` -> images in [0, 1]. Samplers are swappable: `pipe.scheduler = make_scheduler("dpm")`.
 """
 
+import inspect
 import json
 import math
 from contextlib import contextmanager, nullcontext
@@ -13,8 +14,8 @@ from pathlib import Path
 import diffusers
 import numpy as np
 import torch
-from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, DiffusionPipeline,
-                       DPMSolverMultistepScheduler)
+from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, DEISMultistepScheduler, DiffusionPipeline,
+                       DPMSolverMultistepScheduler, UniPCMultistepScheduler)
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -28,7 +29,7 @@ from .models import capture_attention
 from .models.base import CFG_SCHEDULES
 from .precision import autocast, resolve_precision
 
-SAMPLERS = ("ddpm", "ddim", "dpm", "dpm-karras")
+SAMPLERS = ("ddpm", "ddim", "dpm", "dpm-karras", "dpm3-karras", "unipc-karras", "deis-karras")
 OUTPUT_TYPES = ("pil", "np", "pt")
 DEFAULT_MODEL_DIR = asset_dir("edt_t2_digits")
 # Written into every saved pipeline folder: diffusers' generic loader imports the pipeline class and the
@@ -44,9 +45,10 @@ LOADER_MODULES = {
 
 
 def make_scheduler(name: str, num_train_timesteps: int = 1000) -> SchedulerMixin:
-    """A sampler on the released schedule: "ddpm" (learned variance), "ddim" (eta 0), "dpm" (DPM-Solver++, order 2)
-    or "dpm-karras" (the same solver on Karras et al.'s noise levels, spaced evenly in sigma^(1/7): smaller steps
-    at low noise, where the fine detail is drawn)."""
+    """A sampler on the released schedule: "ddpm" (learned variance), "ddim" (eta 0), "dpm" (DPM-Solver++, order 2),
+    "dpm-karras" (the same solver on Karras et al.'s noise levels, spaced evenly in sigma^(1/7): smaller steps at
+    low noise, where the fine detail is drawn), or on those levels "dpm3-karras" (DPM-Solver++ of order 3),
+    "unipc-karras" (UniPC, order 2, Zhao et al. 2023) or "deis-karras" (DEIS, order 2, Zhang and Chen 2023)."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}: expected one of {', '.join(SAMPLERS)}")
     training = make_training_scheduler(num_train_timesteps)
@@ -57,9 +59,15 @@ def make_scheduler(name: str, num_train_timesteps: int = 1000) -> SchedulerMixin
     schedule = {key: training.config[key] for key in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")}
     if name == "ddim":
         return DDIMScheduler(**schedule, clip_sample=False, prediction_type="epsilon")
+    karras = name.endswith("-karras")
+    if name == "unipc-karras":
+        return UniPCMultistepScheduler(**schedule, solver_order=2, prediction_type="epsilon", use_karras_sigmas=karras)
+    if name == "deis-karras":
+        return DEISMultistepScheduler(**schedule, solver_order=2, prediction_type="epsilon", use_karras_sigmas=karras)
     # No variance_type here: DPM-Solver would then keep only the first 3 channels; the pipeline passes eps alone.
-    return DPMSolverMultistepScheduler(**schedule, algorithm_type="dpmsolver++", solver_order=2,
-                                       prediction_type="epsilon", use_karras_sigmas=name == "dpm-karras")
+    order = 3 if name == "dpm3-karras" else 2
+    return DPMSolverMultistepScheduler(**schedule, algorithm_type="dpmsolver++", solver_order=order,
+                                       prediction_type="epsilon", use_karras_sigmas=karras)
 
 
 def image_generators(seed: int, indices) -> list[torch.Generator]:
@@ -314,6 +322,9 @@ class EDTPipeline(DiffusionPipeline):
             y = torch.cat([y, torch.full_like(y, model.config.num_classes)])  # second half: the null label
         x = randn_tensor((batch_size, channels, size, size), generator=generator, device=device, dtype=model.dtype)
         x = x * self.scheduler.init_noise_sigma
+        # A stochastic sampler draws its step noise from the generator; a deterministic one may not take it (UniPC).
+        takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
+        step_noise = {"generator": generator} if takes_generator else {}
         previews, attention = [], None
 
         # One autocast region for the whole loop, so each weight is cast to bf16 once per call rather than per step
@@ -339,7 +350,7 @@ class EDTPipeline(DiffusionPipeline):
                     x0 = (x - (1 - abar).sqrt() * eps) / abar.sqrt()
                     previews.append(self._to_images(x0, output_type))
                 step_output = out if self._scheduler_takes_variance() else eps
-                x = self.scheduler.step(step_output, t, x, generator=generator).prev_sample
+                x = self.scheduler.step(step_output, t, x, **step_noise).prev_sample
                 if callback_on_step_end is not None:
                     x = (callback_on_step_end(self, i, t, {"latents": x}) or {}).get("latents", x)
 

@@ -20,7 +20,8 @@ from PIL import Image, ImageDraw, ImageFont
 from .checkpoints import load_checkpoint
 from .cli import make_parent_folder
 from .models.base import CFG_SCHEDULES
-from .pipeline import DEFAULT_MODEL_DIR, EDTPipeline, image_generators, load_default, load_vae, make_scheduler
+from .pipeline import (DEFAULT_MODEL_DIR, SAMPLERS, EDTPipeline, image_generators, load_default, load_vae,
+                       make_scheduler)
 from .precision import PRECISIONS, enable_tf32, resolve_precision
 
 # Used when neither the command line nor the model folder's recommended.json gives a value.
@@ -155,7 +156,7 @@ def add_arguments(parser):
                         help="with --num-samples: each label uniformly at random (default, as the released "
                         "generator) or every class equally often")
     parser.add_argument("--steps", type=int, help="sampling steps (default: recommended, else 250)")
-    parser.add_argument("--sampler", help="ddpm, ddim, dpm or dpm-karras (default: recommended, else ddpm)")
+    parser.add_argument("--sampler", help=f"{', '.join(SAMPLERS)} (default: recommended, else ddpm)")
     parser.add_argument("--cfg", type=float, help="classifier-free guidance scale, 1 = none")
     parser.add_argument("--cfg-schedule", choices=CFG_SCHEDULES, help="constant (default: recommended, else constant) "
                         "or power-cos (MDTv2's released schedule, with --guided-channels 3)")

@@ -8,12 +8,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, DEISMultistepScheduler, DPMSolverMultistepScheduler,
+                       UniPCMultistepScheduler)
 from diffusers.utils.torch_utils import randn_tensor
 
 import edt_lab
 from edt_lab.models import create_model
-from edt_lab.pipeline import EDTPipeline, image_generators, load_default, make_scheduler
+from edt_lab.pipeline import SAMPLERS, EDTPipeline, image_generators, load_default, make_scheduler
 
 DIGITS = {i: name for i, name in enumerate("zero one two three four five six seven eight nine".split())}
 
@@ -71,7 +72,9 @@ def adm_respaced_timesteps(num_timesteps: int, count: int) -> list[int]:
 
 def test_make_scheduler_kinds_and_shared_betas():
     kinds = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler,
-             "dpm-karras": DPMSolverMultistepScheduler}
+             "dpm-karras": DPMSolverMultistepScheduler, "dpm3-karras": DPMSolverMultistepScheduler,
+             "unipc-karras": UniPCMultistepScheduler, "deis-karras": DEISMultistepScheduler}
+    assert set(kinds) == set(SAMPLERS)
     schedulers = {name: make_scheduler(name) for name in kinds}
     for name, scheduler in schedulers.items():
         assert isinstance(scheduler, kinds[name])
@@ -87,6 +90,14 @@ def test_make_scheduler_kinds_and_shared_betas():
         scheduler.set_timesteps(25)
     # Karras's noise levels put more of the 25 steps at low noise: more timesteps below 200
     assert (karras.timesteps < 200).sum() > (schedulers["dpm"].timesteps < 200).sum()
+    assert schedulers["dpm3-karras"].config.solver_order == 3
+    assert schedulers["dpm3-karras"].config.algorithm_type == "dpmsolver++"
+    for name in ("dpm3-karras", "unipc-karras", "deis-karras"):
+        scheduler = schedulers[name]
+        assert scheduler.config.use_karras_sigmas and scheduler.config.prediction_type == "epsilon"
+        scheduler.set_timesteps(25)
+        assert scheduler.timesteps.tolist() == karras.timesteps.tolist()  # the same 25 noise levels
+    assert schedulers["unipc-karras"].config.solver_order == 2 and schedulers["deis-karras"].config.solver_order == 2
     with pytest.raises(ValueError, match="unknown sampler 'euler'"):
         make_scheduler("euler")
 

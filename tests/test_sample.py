@@ -13,7 +13,7 @@ from PIL import Image
 
 from edt_lab.cli import main
 from edt_lab.metrics import read_npz
-from edt_lab.pipeline import EDTPipeline, make_scheduler
+from edt_lab.pipeline import SAMPLERS, EDTPipeline, make_scheduler
 from edt_lab.sample import draw_labels
 from test_pipeline import DIGITS, tiny_edt, tiny_vae
 
@@ -35,7 +35,7 @@ def sample(files, out, *extra):
                  "--per-class", "2", "--steps", "3", "--device", "cpu", "--out", str(out), *extra])
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm", "dpm-karras"])
+@pytest.mark.parametrize("sampler", SAMPLERS)
 def test_every_sampler_writes_the_adm_layout(files, tmp_path, sampler):
     out = tmp_path / "samples.npz"
     assert sample(files, out, "--sampler", sampler, "--cfg", "1.5", "--amm", "preset") == 0

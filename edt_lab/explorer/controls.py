@@ -27,7 +27,7 @@ PRESETS = {
 # The app's own settings for a model whose folder recommends none: quick enough for a first look on a CPU.
 APP_SETTINGS = {**FALLBACK_SETTINGS, "sampler": "dpm", "steps": 25, "amm": "preset"}
 # bf16 where the hardware computes it natively: the digits model's bf16 samples score within what another seed
-# changes of its fp32 ones, a little worse on Karras noise levels (docs/performance.md), and they come faster.
+# changes of its fp32 ones, a little worse on Karras noise levels (docs/performance.md), and they come 2-3x faster.
 PRECISION_DEFAULT = "auto"
 AMM_OFF = ("", "off", "none")  # what the AMM field accepts for "no block"
 
