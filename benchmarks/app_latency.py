@@ -78,6 +78,12 @@ def app_server(app_args: list[str], timeout: float = 90.0, command=(sys.executab
                 process.wait()
 
 
+def command_line(script: str, argv=None) -> str:
+    """How a benchmark was run, for its JSON: "python benchmarks/NAME.py ARGS", with argv as main() got it (None:
+    the process's own arguments)."""
+    return " ".join(["python", f"benchmarks/{Path(script).name}", *(sys.argv[1:] if argv is None else argv)])
+
+
 def machine_record() -> dict:
     """Where and when a measurement ran, with the load average: what else the machine was doing."""
     return {"platform": platform.platform(), "python": platform.python_version(),
@@ -115,8 +121,7 @@ def main(argv=None) -> dict:
             calls.append(time.perf_counter() - start)
             client_cpu.append(time.process_time() - start_cpu)  # this process only: the app is another one
             sampling.append(sampling_seconds(status))
-    report = {"command": " ".join(["python", "benchmarks/app_latency.py", *(sys.argv[1:] if argv is None else argv)]),
-              "app_args": app_args,
+    report = {"command": command_line(__file__, argv), "app_args": app_args,
               "client_ssl_verify": args.client_ssl_verify, "startup_s": startup, "generate_first_s": calls[0],
               "generate_s": calls[1:], "generate_median_s": statistics.median(calls[1:]), "status": status,
               "sampling_s": sampling[1:], "client_cpu_median_s": statistics.median(client_cpu[1:]),

@@ -11,12 +11,12 @@ changes in fp32: the first two seeds' fp32 difference, with its interval.
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from app_latency import command_line
 from edt_lab.classifier import load_digit_classifier
 from edt_lab.metrics import bootstrap_digit_measures, digit_metrics, judge_digits
 from edt_lab.pipeline import DEFAULT_MODEL_DIR, load_default, make_scheduler
@@ -71,8 +71,7 @@ def main(argv=None) -> dict:
     for name, measures in paired.items():
         print(name + ": " + ", ".join(f"{m} {v['diff']:+.4g} [{v['diff_low']:+.4g}, {v['diff_high']:+.4g}]"
                                       for m, v in measures.items()))
-    command = ["python", "benchmarks/precision_check.py", *(sys.argv[1:] if argv is None else argv)]
-    report = {"command": " ".join(command),
+    report = {"command": command_line(__file__, argv),
               "settings": settings, "runs": runs, "differences": paired,
               "date": time.strftime("%Y-%m-%d %H:%M")}
     if args.json:

@@ -12,13 +12,12 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from app_latency import free_port, machine_record
+from app_latency import command_line, free_port, machine_record
 from edt_lab.explorer import controls
 from edt_lab.explorer.app import QUEUE_POLL_S, build_app, queue_requests, set_queue_polling
 from edt_lab.explorer.models import DEFAULT_NAME, ModelStore
@@ -79,7 +78,7 @@ def main(argv=None) -> dict:
     medians = {name: statistics.median(values) for name, values in seconds.items()}
     ratios = [statistics.median(seconds["gradio"][2 * i:2 * i + 2]) / statistics.median(seconds["app"][2 * i:2 * i + 2])
               for i in range(args.rounds)]
-    report = {"command": " ".join(["python", "benchmarks/queue_polling.py", *(sys.argv[1:] if argv is None else argv)]),
+    report = {"command": command_line(__file__, argv),
               "request": {"steps": request.steps, "sampler": request.sampler, "guidance": request.guidance,
                           "amm_blocks": request.amm_blocks, "num_images": request.num_images},
               "intervals_s": settings, "idle_cpu_s_per_s": idle, "sampling_s": seconds, "sampling_median_s": medians,

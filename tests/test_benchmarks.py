@@ -116,6 +116,7 @@ def test_app_latency_times_generate_at_the_app_defaults(tmp_path, monkeypatch):
     assert report["startup_s"] > 0 and report["generate_first_s"] > 0 and len(report["generate_s"]) == 1
     assert report["generate_median_s"] == report["generate_s"][0] and "4 images" in report["status"]
     assert report["app_args"] == ["--device", "cpu", "--threads", "1", "--demo"]
+    assert report["command"] == f"python benchmarks/app_latency.py --calls 2 --threads 1 --json {out} -- --demo"
     assert 0 < report["sampling_s"][0] < report["generate_s"][0]  # the status line's time lies inside the call
     assert report["outside_sampling_median_s"] == report["generate_s"][0] - report["sampling_s"][0]
     assert 0 < report["client_cpu_median_s"] < report["generate_s"][0]
