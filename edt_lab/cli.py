@@ -17,7 +17,7 @@ COMMANDS = {
     "train-autoencoder": ("edt_lab.realism", "train the digit autoencoder whose latents measure how real digits look"),
     "sample": ("edt_lab.sample", "sample images of chosen classes to a labelled .png grid or an ADM .npz"),
     "train": ("edt_lab.train", "train an EDT or DiT (masking training, Adan, EMA); resumes exactly"),
-    "export": ("edt_lab.export", "write the EMA weights of a training run as a pipeline folder"),
+    "export": ("edt_lab.export", "write the EMA (or raw) weights of a training run as a pipeline folder"),
     "export-diffusers": ("edt_lab.diffusers_dit", "write a DiT as a diffusers DiTTransformer2DModel folder"),
     "extract-features": ("edt_lab.extract_features", "encode a folder of class images into VAE latents to train on"),
     "app": ("edt_lab.explorer.app", "serve the web explorer (AMM off vs on, attention maps, cost, masks)"),

@@ -1,4 +1,5 @@
-"""The `edt-lab export` command: a training run's EMA weights as an EDTPipeline folder (save_pretrained layout)."""
+"""The `edt-lab export` command: a training run's EMA (or raw) weights as an EDTPipeline folder (save_pretrained
+layout)."""
 
 import argparse
 import os
@@ -13,21 +14,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", help="the --results-dir of an `edt-lab train` run")
     parser.add_argument("out_dir", help="the pipeline folder to write")
     parser.add_argument("--step", type=int, default=None, help="the checkpoint's step (default: the newest readable)")
+    parser.add_argument("--weights", choices=("ema", "raw"), default="ema", help="the EMA weights (default) or the "
+                        "raw weights the optimizer updates")
     parser.add_argument("--force", action="store_true", help="write into an out_dir that already holds files (the "
                         "pipeline's files are replaced, others such as a README stay)")
 
 
 def run(args: argparse.Namespace) -> None:
-    out_dir = export(args.run_dir, args.out_dir, args.step, args.force)
+    out_dir = export(args.run_dir, args.out_dir, args.step, args.force, args.weights)
     print(f"wrote {out_dir}")
 
 
-def export(run_dir, out_dir, step: int | None = None, force: bool = False) -> Path:
-    """Write the EMA weights of the run's checkpoint at `step` (None: the newest) as a pipeline folder.
+def export(run_dir, out_dir, step: int | None = None, force: bool = False, weights: str = "ema") -> Path:
+    """Write the "ema" or "raw" weights of the run's checkpoint at `step` (None: the newest) as a pipeline folder.
 
     The scheduler is DDPM on the training schedule; a run trained on latents with --vae gets that VAE too.
     An out_dir that already holds files is refused unless `force`.
     """
+    if weights not in ("ema", "raw"):
+        raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir} exists and is not a folder")
@@ -41,7 +46,7 @@ def export(run_dir, out_dir, step: int | None = None, force: bool = False) -> Pa
             steps = ", ".join(str(int(p.stem.split("_")[1])) for p in list_checkpoints(run_dir)) or "none"
             raise ValueError(f"{run_dir} has no checkpoint of step {step} (available steps: {steps})")
         checkpoint = safe_torch_load(path)
-    model = model_from_checkpoint(checkpoint)
+    model = model_from_checkpoint(checkpoint, "model" if weights == "raw" else "ema")
     vae_dir = getattr(checkpoint["args"], "vae", None)
     pipe = EDTPipeline(transformer=model, scheduler=make_scheduler("ddpm"),
                        vae=load_vae(vae_dir) if vae_dir else None, id2label=dict(enumerate(checkpoint["classes"])))

@@ -184,6 +184,10 @@ def test_cli_end_to_end_checkpoints_previews_and_export(tmp_path, capsys):
     for name, value in model.state_dict().items():
         assert torch.equal(value, checkpoint["ema"][name]), name
     assert EDTPipeline.from_pretrained(out).id2label[7] == "7" and (out / "README.md").read_text() == "model card"
+    assert main(["export", str(run), str(out), "--force", "--weights", "raw"]) == 0
+    raw = load_checkpoint(out).state_dict()
+    assert all(torch.equal(raw[name], value) for name, value in checkpoint["model"].items())
+    assert not all(torch.equal(raw[name], value) for name, value in checkpoint["ema"].items())  # not the EMA again
     capsys.readouterr()
     one_line_error(capsys, ["export", str(run), str(out), "--step", "1", "--force"], "available steps: 2, 3")
 
