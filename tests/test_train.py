@@ -16,6 +16,7 @@ from PIL import Image
 
 from edt_lab.checkpoints import load_checkpoint, safe_torch_load
 from edt_lab.cli import main
+from edt_lab.export import export
 from edt_lab.models import EDT, registry
 from edt_lab.pipeline import EDTPipeline
 import edt_lab.train as trainer
@@ -188,6 +189,8 @@ def test_cli_end_to_end_checkpoints_previews_and_export(tmp_path, capsys):
     raw = load_checkpoint(out).state_dict()
     assert all(torch.equal(raw[name], value) for name, value in checkpoint["model"].items())
     assert not all(torch.equal(raw[name], value) for name, value in checkpoint["ema"].items())  # not the EMA again
+    with pytest.raises(ValueError, match="weights must be 'ema' or 'raw', got 'best'"):
+        export(run, out, force=True, weights="best")
     capsys.readouterr()
     one_line_error(capsys, ["export", str(run), str(out), "--step", "1", "--force"], "available steps: 2, 3")
 
