@@ -26,6 +26,11 @@ from edt_lab.pipeline import DEFAULT_MODEL_DIR, EDTPipeline, make_scheduler
 from edt_lab.realism import load_digit_autoencoder
 from edt_lab.sample import generate
 
+# The appearance measures of `digit_metrics` that each row records, with their real-vs-real floors.
+APPEARANCE_MEASURES = ("ae_fid", "ae_fid_real_floor", "mean_ink", "mean_ink_w1", "mean_ink_w1_real_floor",
+                       "stroke_width", "stroke_width_w1", "stroke_width_w1_real_floor", "grey_share_w1",
+                       "grey_share_w1_real_floor", "isolated_pixels")
+
 
 def arrangements(model, guidance: float) -> dict:
     """Name -> AMM blocks: off, the released preset, each up-sampling block alone, all of them, and
@@ -109,10 +114,7 @@ def main(argv=None) -> list[dict]:
             row = {"guidance": guidance, "configuration": name, **{k: v for k, v in amm.items()},
                    "accuracy": metrics["accuracy"], "worst_class_accuracy": min(metrics["per_class_accuracy"]),
                    "fid": metrics["fid"], "fid_real_floor": metrics["fid_real_floor"],
-                   **{m: metrics[m] for m in ("ae_fid", "ae_fid_real_floor", "mean_ink", "mean_ink_w1",
-                                              "mean_ink_w1_real_floor", "stroke_width", "stroke_width_w1",
-                                              "stroke_width_w1_real_floor", "grey_share_w1",
-                                              "grey_share_w1_real_floor", "isolated_pixels")},
+                   **{m: metrics[m] for m in APPEARANCE_MEASURES},
                    "bootstrap": intervals,
                    "mean_abs_diff_to_off": float(np.abs(images.astype(np.float32) - off.astype(np.float32)).mean())}
             rows.append(row)

@@ -9,12 +9,14 @@ from .checkpoints import model_from_checkpoint, safe_torch_load
 from .pipeline import EDTPipeline, load_vae, make_scheduler
 from .train import checkpoint_path, list_checkpoints, load_latest_checkpoint
 
+CHECKPOINT_WEIGHTS = {"ema": "ema", "raw": "model"}  # --weights -> where a checkpoint keeps those weights
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", help="the --results-dir of an `edt-lab train` run")
     parser.add_argument("out_dir", help="the pipeline folder to write")
     parser.add_argument("--step", type=int, default=None, help="the checkpoint's step (default: the newest readable)")
-    parser.add_argument("--weights", choices=("ema", "raw"), default="ema", help="the EMA weights (default) or the "
+    parser.add_argument("--weights", choices=tuple(CHECKPOINT_WEIGHTS), default="ema", help="the EMA weights (default) or the "
                         "raw weights the optimizer updates")
     parser.add_argument("--force", action="store_true", help="write into an out_dir that already holds files (the "
                         "pipeline's files are replaced, others such as a README stay)")
@@ -31,7 +33,7 @@ def export(run_dir, out_dir, step: int | None = None, force: bool = False, weigh
     The scheduler is DDPM on the training schedule; a run trained on latents with --vae gets that VAE too.
     An out_dir that already holds files is refused unless `force`.
     """
-    if weights not in ("ema", "raw"):
+    if weights not in CHECKPOINT_WEIGHTS:
         raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -46,7 +48,7 @@ def export(run_dir, out_dir, step: int | None = None, force: bool = False, weigh
             steps = ", ".join(str(int(p.stem.split("_")[1])) for p in list_checkpoints(run_dir)) or "none"
             raise ValueError(f"{run_dir} has no checkpoint of step {step} (available steps: {steps})")
         checkpoint = safe_torch_load(path)
-    model = model_from_checkpoint(checkpoint, "model" if weights == "raw" else "ema")
+    model = model_from_checkpoint(checkpoint, CHECKPOINT_WEIGHTS[weights])
     vae_dir = getattr(checkpoint["args"], "vae", None)
     pipe = EDTPipeline(transformer=model, scheduler=make_scheduler("ddpm"),
                        vae=load_vae(vae_dir) if vae_dir else None, id2label=dict(enumerate(checkpoint["classes"])))

@@ -257,11 +257,8 @@ def test_amm_study_varies_radius_and_scale_of_the_chosen_blocks(tmp_path, monkey
     measures = ("accuracy", "ae_fid", "mean_ink_w1", "stroke_width_w1")
     monkeypatch.setattr(amm_study, "judge_digits", lambda *args, **kwargs: None)
     monkeypatch.setattr(amm_study, "digit_metrics", lambda *args, **kwargs: {
-        "per_class_accuracy": [1.0], **{m: 0.0 for m in ("accuracy", "fid", "fid_real_floor", "ae_fid",
-                                                         "ae_fid_real_floor", "mean_ink", "mean_ink_w1",
-                                                         "mean_ink_w1_real_floor", "stroke_width", "stroke_width_w1",
-                                                         "stroke_width_w1_real_floor", "grey_share_w1",
-                                                         "grey_share_w1_real_floor", "isolated_pixels")}})
+        "per_class_accuracy": [1.0],
+        **{m: 0.0 for m in ("accuracy", "fid", "fid_real_floor", *amm_study.APPEARANCE_MEASURES)}})
     monkeypatch.setattr(amm_study, "bootstrap_digit_measures", lambda *args, **kwargs: {
         m: {"value": 0.0, "diff_low": 0.0, "diff_high": 0.0} for m in measures})
     calls.clear()
