@@ -56,7 +56,9 @@ def parse_interval(text: str):
     return [low, high]
 
 
-def main(argv=None):
+def main(argv=None, prepare_pipeline=None):
+    """prepare_pipeline(pipe): called once on the loaded pipeline, e.g. to change how guidance combines the
+    predictions (`benchmarks/guidance_variants.py`)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pipeline", help="a digits pipeline folder (e.g. assets/edt_t2_digits)")
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0, 4.0])
@@ -90,6 +92,8 @@ def main(argv=None):
             raise SystemExit(f"--include {path}: not a sweep JSON written by this script ({error})") from None
     pipe = EDTPipeline.from_pretrained(args.pipeline)
     pipe.set_progress_bar_config(disable=True)
+    if prepare_pipeline is not None:
+        prepare_pipeline(pipe)
     labels = np.repeat(np.arange(pipe.transformer.config.num_classes), args.per_class)
     indices = list(range(len(labels)))
     rows = []
@@ -119,8 +123,9 @@ def main(argv=None):
                           f"{'pass' if row['passes_rule'] else '-'}", flush=True)
     rows += included
     real = rows[0]
-    print(f"real digits: ink {real['mean_ink_real']:.3f}, width {real['stroke_width_real']:.2f}, grey "
-          f"{real['grey_share_real']:.3f}, isolated {real['isolated_pixels_real']:.2f}; real-vs-real: fid "
+    print(f"real digits: accuracy {real['accuracy_real']:.3f} (worst class "
+          f"{min(real['per_class_accuracy_real']):.2f}), ink {real['mean_ink_real']:.3f}, width "
+          f"{real['stroke_width_real']:.2f}, grey {real['grey_share_real']:.3f}, isolated {real['isolated_pixels_real']:.2f}; real-vs-real: fid "
           f"{real['fid_real_floor']:.1f}, ae_fid {real['ae_fid_real_floor']:.1f}")
     chosen = choose(rows)
     print("chosen:", None if chosen is None else {k: chosen[k] for k in SETTING})

@@ -185,19 +185,23 @@ def digit_metrics(images, labels=None, classifier=None, reference=None, seed: in
     samples (where the reference allows), against the same reference part, so it is the value a perfect
     generator would get. `nearest_train_l2` is the mean pixel distance of each sample to its nearest digit of
     the diffusion model's 4,500 training digits; `nearest_train_l2_held_out` is the same for the 500 held-out
-    digits, the value of new, uncopied digits. dtype bf16 runs the classifier under bf16 autocast (the
-    autoencoder of the realism measures always runs in float32).
+    digits, the value of new, uncopied digits. `accuracy_real` and `per_class_accuracy_real` are the classifier's
+    accuracy on the 500 held-out digits (None with another reference, whose classes are unknown): real digits
+    are not all legible either, so this is what a perfect generator's accuracy would be near. dtype bf16 runs the
+    classifier under bf16 autocast (the autoencoder of the realism measures always runs in float32).
     """
     images = to_digit_images(images)
     classifier = load_digit_classifier() if classifier is None else classifier.eval()
     digits, digit_labels = load_digits()
     train, held_out = diffusion_split(digit_labels)
+    real_labels = digit_labels[held_out] if reference is None else None  # another reference's are unknown
     reference = digits[held_out] if reference is None else to_digit_images(reference)
     if len(images) < 2 or len(reference) < 4:
         raise ValueError(f"need at least 2 samples and 4 reference digits, got {len(images)} and {len(reference)}")
 
     logits, features = _classify(classifier, images, dtype=dtype)
-    results = {"num_samples": len(images), "accuracy": None, "per_class_accuracy": None}
+    results = {"num_samples": len(images), "accuracy": None, "per_class_accuracy": None, "accuracy_real": None,
+               "per_class_accuracy_real": None}
     if labels is not None:
         labels = torch.as_tensor(np.asarray(labels)).long().flatten()
         if len(labels) != len(images) or labels.min() < 0 or labels.max() > 9:
@@ -208,7 +212,11 @@ def digit_metrics(images, labels=None, classifier=None, reference=None, seed: in
         results["per_class_accuracy"] = [correct[labels == c].mean().item() if (labels == c).any() else None
                                          for c in range(10)]
 
-    _, reference_features = _classify(classifier, reference, dtype=dtype)
+    reference_logits, reference_features = _classify(classifier, reference, dtype=dtype)
+    if real_labels is not None:
+        real_correct = (reference_logits.argmax(dim=1) == real_labels).float()
+        results["accuracy_real"] = real_correct.mean().item()
+        results["per_class_accuracy_real"] = [real_correct[real_labels == c].mean().item() for c in range(10)]
     floor, rest = reference_split(len(images), len(reference), seed)
     rest_stats = feature_statistics(reference_features[rest])
     results["fid"] = frechet_distance(*feature_statistics(features), *rest_stats)

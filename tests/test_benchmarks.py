@@ -212,7 +212,8 @@ def test_settings_sweep_varies_the_amm_scale_of_each_amm_setting(tmp_path, monke
         return np.zeros((len(labels), 32, 32, 1), np.uint8)
 
     def fake_metrics(images, labels):
-        return {"accuracy": 1.0, "per_class_accuracy": [1.0] * 10, "fid": 1.0, "ae_fid": 40.0 + len(calls),
+        return {"accuracy": 1.0, "per_class_accuracy": [1.0] * 10, "accuracy_real": 0.98,
+                "per_class_accuracy_real": [0.98] * 10, "fid": 1.0, "ae_fid": 40.0 + len(calls),
                 "ae_fid_real_floor": 32.0, "mean_ink": 0.1, "mean_ink_real": 0.1, "mean_ink_w1": 0.003,
                 "mean_ink_w1_real_floor": 0.003, "stroke_width": 2.0, "stroke_width_real": 2.0,
                 "stroke_width_w1": 0.03, "stroke_width_w1_real_floor": 0.03, "grey_share": 0.4,
@@ -274,3 +275,25 @@ def test_amm_study_refuses_a_block_the_model_lacks(capsys):
     with pytest.raises(SystemExit) as exit_info:
         amm_study.main(["--vary-blocks", "12"])
     assert exit_info.value.code == 2 and "--vary-blocks 12 is out of range" in capsys.readouterr().err
+
+
+def test_real_digit_accuracy_counts_draws_that_meet_the_accuracy_target(tmp_path):
+    import real_digit_accuracy
+
+    labels = np.repeat(np.arange(10), 20)  # 20 per class: every draw takes all of them
+
+    def rate(wrong):
+        correct = np.ones(200, bool)
+        correct[wrong] = False
+        return real_digit_accuracy.pass_rate(correct, labels, per_class=20, draws=3, seed=0)
+
+    assert rate([]) == 1.0 and rate([0]) == 1.0  # 0.995, class 0 at 0.95
+    assert rate([0, 20]) == 1.0  # 0.99 exactly, two classes at 0.95
+    assert rate([0, 1]) == 0.0 and rate([0, 20, 40]) == 0.0  # class 0 at 0.90; 0.985
+    out = tmp_path / "real.json"
+    rows = real_digit_accuracy.main(["--draws", "20", "--json", str(out)])
+    reference = rows["diffusion held-out (the reference)"]
+    assert reference["digits"] == 500 and 0.95 < reference["accuracy"] < 1
+    assert len(reference["per_class_accuracy"]) == 10
+    assert 0 <= reference["target_pass_rate"] <= 1 and rows["both"]["digits"] == 1000
+    assert json.loads(out.read_text())["sets"]["both"]["accuracy"] == rows["both"]["accuracy"]

@@ -115,6 +115,12 @@ def test_digit_metrics_real_versus_noise(held_out):
     # The held-out digits are new digits: exactly the copy check's baseline, well above zero.
     new = digit_metrics(digits[diffusion_held_out], digit_labels[diffusion_held_out], reference=digits[trained])
     assert new["nearest_train_l2"] == pytest.approx(new["nearest_train_l2_held_out"]) and new["nearest_train_l2"] > 5
+    assert new["accuracy_real"] is None and new["per_class_accuracy_real"] is None  # that reference has no classes
+    # The real accuracy is the classifier's on the held-out digits, whatever the samples: judged as samples
+    # themselves, the held-out digits score exactly it. Real digits are not all legible (under 1).
+    held = digit_metrics(digits[diffusion_held_out], digit_labels[diffusion_held_out])
+    assert held["accuracy"] == held["accuracy_real"] == real["accuracy_real"] and 0.95 < held["accuracy_real"] < 1
+    assert held["per_class_accuracy"] == held["per_class_accuracy_real"] == real["per_class_accuracy_real"]
 
     torch.manual_seed(0)
     noise = digit_metrics(torch.rand(200, 1, 32, 32) * 2 - 1, torch.arange(200) % 10)

@@ -1,0 +1,125 @@
+"""Other ways to combine the guided predictions, swept and judged like `settings_sweep.py`.
+
+Each variant replaces how the transformer's `forward_with_cfg` mixes its predictions, for this script's pipeline
+only; everything else (the 200 images, the metrics, the rule) is `settings_sweep.py`'s, whose arguments follow the
+variant's own. `--guidance` is the variant's main scale.
+
+- `apg`: adaptive projected guidance (Sadat et al. 2024, "Eliminating oversaturation and artifacts of high
+  guidance scales"): the guidance update on the clean-image prediction x0 loses `--parallel-weight` of its part
+  parallel to the conditional x0 (0 = only the orthogonal part), the part the authors blame for oversaturation.
+  The projection is diffusers' `normalized_guidance`; 1 is ordinary guidance.
+- `layer-skip`: autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself") with the
+  bad version made, as in diffusers' `AutoGuidance`, by skipping blocks (`--skip-blocks`) of the same conditional
+  model: eps_bad + scale * (eps - eps_bad); no unconditional prediction.
+- `frequency`: frequency-decoupled guidance (Sadigh et al. 2025): the guidance difference is split by a low-pass
+  (average pooling by `--low-pass-factor`, bilinear back up); the low part gets `--guidance`, the rest
+  `--high-guidance`.
+
+    python benchmarks/guidance_variants.py apg --parallel-weight 0 -- assets/edt_t2_digits \\
+        --samplers deis-karras:25 --guidance 2.5 3 4 --amm 10 --json docs/bench/guidance_variants/apg.json
+"""
+
+import argparse
+import functools
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers.guiders.adaptive_projected_guidance import normalized_guidance
+
+sys.path.insert(0, str(Path(__file__).parent))
+import settings_sweep  # noqa: E402  (a sibling script)
+
+
+def split_prediction(model, out):
+    """(B, out_channels, H, W) -> the noise channels and the rest (the learned variance, if any)."""
+    channels = model.config.in_channels
+    return out[:, :channels], out[:, channels:]
+
+
+def guided_output(guided, rest):
+    """The guided noise (B, C, H, W) in both halves, as `forward_with_cfg` returns it."""
+    return torch.cat([torch.cat([guided, guided]), torch.cat([rest, rest])], dim=1)
+
+
+def apg_forward(model, alphas_cumprod, parallel_weight, x, t, y, cfg_scale, *args, **kwargs):
+    """APG on x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar), mapped back to a noise prediction."""
+    half, t_half = x[: len(x) // 2], t[: len(x) // 2]
+    eps, rest = split_prediction(model, model(torch.cat([half, half]), t, y).float())
+    cond, uncond = eps.chunk(2)
+    abar = alphas_cumprod.to(x.device)[t_half.long()].view(-1, 1, 1, 1).double()
+    noise_scale, signal_scale, x_t = (1 - abar).sqrt(), abar.sqrt(), half.double()
+    x0_cond, x0_uncond = ((x_t - noise_scale * e.double()) / signal_scale for e in (cond, uncond))
+    x0 = normalized_guidance(x0_cond, x0_uncond, cfg_scale, eta=parallel_weight)
+    return guided_output(((x_t - signal_scale * x0) / noise_scale).float(), rest.chunk(2)[0])
+
+
+def layer_skip_forward(model, skip_blocks, x, t, y, cfg_scale, *args, **kwargs):
+    """Autoguidance with the conditional model minus `skip_blocks` (each made the identity) as the bad model."""
+    half, t_half, y_half = x[: len(x) // 2], t[: len(x) // 2], y[: len(x) // 2]
+    eps, rest = split_prediction(model, model(half, t_half, y_half).float())
+    hooks = [model.blocks[b].register_forward_hook(lambda module, inputs, output: inputs[0]) for b in skip_blocks]
+    try:
+        bad, _ = split_prediction(model, model(half, t_half, y_half).float())
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return guided_output(bad + cfg_scale * (eps - bad), rest)
+
+
+def frequency_forward(model, factor, high_guidance, x, t, y, cfg_scale, *args, **kwargs):
+    """Guidance `cfg_scale` on the low frequencies of cond - uncond and `high_guidance` on the rest."""
+    half = x[: len(x) // 2]
+    eps, rest = split_prediction(model, model(torch.cat([half, half]), t, y).float())
+    cond, uncond = eps.chunk(2)
+    difference = cond - uncond
+    low = F.interpolate(F.avg_pool2d(difference, factor), scale_factor=factor, mode="bilinear", align_corners=False)
+    return guided_output(uncond + cfg_scale * low + high_guidance * (difference - low), rest.chunk(2)[0])
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    own, sweep_args = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     usage="%(prog)s VARIANT [options] -- SETTINGS_SWEEP_ARGUMENTS")
+    parser.add_argument("variant", choices=("apg", "layer-skip", "frequency"))
+    parser.add_argument("--parallel-weight", type=float, default=0.0, help="apg: weight of the parallel part")
+    parser.add_argument("--skip-blocks", type=int, nargs="+", default=[5], help="layer-skip: blocks to skip")
+    parser.add_argument("--low-pass-factor", type=int, default=4, help="frequency: pooling factor of the low part")
+    parser.add_argument("--high-guidance", type=float, default=1.5, help="frequency: guidance of the high part")
+    args = parser.parse_args(own)
+    json_path = None
+    if "--json" in sweep_args:  # this script writes the JSON, with the variant beside the rows
+        at = sweep_args.index("--json")
+        json_path, sweep_args = sweep_args[at + 1], sweep_args[:at] + sweep_args[at + 2:]
+    variant = {"variant": args.variant}
+
+    def prepare(pipe):
+        model = pipe.transformer
+        if args.variant == "apg":
+            variant["parallel_weight"] = args.parallel_weight
+            # the folder's training noise schedule, which every sampler of the sweep shares
+            forward = functools.partial(apg_forward, model, pipe.scheduler.alphas_cumprod, args.parallel_weight)
+        elif args.variant == "layer-skip":
+            if not all(0 <= b < model.num_blocks for b in args.skip_blocks):
+                parser.error(f"--skip-blocks: this model has blocks 0..{model.num_blocks - 1}")
+            variant["skip_blocks"] = args.skip_blocks
+            forward = functools.partial(layer_skip_forward, model, args.skip_blocks)
+        else:
+            if args.low_pass_factor < 2 or model.config.input_size % args.low_pass_factor:
+                parser.error(f"--low-pass-factor must be at least 2 and divide {model.config.input_size}")
+            variant.update(low_pass_factor=args.low_pass_factor, high_guidance=args.high_guidance)
+            forward = functools.partial(frequency_forward, model, args.low_pass_factor, args.high_guidance)
+        model.forward_with_cfg = forward  # this pipeline's model only
+
+    rows, chosen = settings_sweep.main(sweep_args, prepare_pipeline=prepare)
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps({**variant, "rows": rows, "chosen": chosen}, indent=2) + "\n")
+    return variant, rows
+
+
+if __name__ == "__main__":
+    main()
