@@ -8,15 +8,18 @@ variant's own. `--guidance` is the variant's main scale.
   guidance scales"): the guidance update on the clean-image prediction x0 loses `--parallel-weight` of its part
   parallel to the conditional x0 (0 = only the orthogonal part), the part the authors blame for oversaturation.
   The projection is diffusers' `normalized_guidance`; 1 is ordinary guidance.
-- `layer-skip`: autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself") with the
-  bad version made, as in diffusers' `AutoGuidance`, by skipping blocks (`--skip-blocks`) of the same conditional
-  model: eps_bad + scale * (eps - eps_bad); no unconditional prediction.
+- `autoguidance`: Karras et al. 2024, "Guiding a diffusion model with a bad version of itself": the bad version is
+  another, less trained model of the same data and classes (`--bad-model`, a model folder or checkpoint), and the guided
+  noise is eps_bad + scale * (eps - eps_bad), both conditional; no unconditional prediction unless
+  `--free-guidance` adds classifier-free guidance on top. The bad model runs with the good one's AMM.
+- `layer-skip`: autoguidance with the bad version made, as in diffusers' `AutoGuidance`, by skipping blocks
+  (`--skip-blocks`) of the same conditional model.
 - `frequency`: frequency-decoupled guidance (Sadigh et al. 2025): the guidance difference is split by a low-pass
   (average pooling by `--low-pass-factor`, bilinear back up); the low part gets `--guidance`, the rest
   `--high-guidance`.
 
     python benchmarks/guidance_variants.py apg --parallel-weight 0 -- assets/edt_t2_digits \\
-        --samplers deis-karras:25 --guidance 2.5 3 4 --amm 10 --json docs/bench/guidance_variants/apg.json
+        --samplers deis-karras:25 --guidance 2.5 3 4 --amm 10 --json docs/bench/guidance_variants/apg_parallel_0.json
 """
 
 import argparse
@@ -28,6 +31,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers.guiders.adaptive_projected_guidance import normalized_guidance
+
+from edt_lab.checkpoints import load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
 import settings_sweep  # noqa: E402  (a sibling script)
@@ -54,6 +59,22 @@ def apg_forward(model, alphas_cumprod, parallel_weight, x, t, y, cfg_scale, *arg
     x0_cond, x0_uncond = ((x_t - noise_scale * e.double()) / signal_scale for e in (cond, uncond))
     x0 = normalized_guidance(x0_cond, x0_uncond, cfg_scale, eta=parallel_weight)
     return guided_output(((x_t - signal_scale * x0) / noise_scale).float(), rest.chunk(2)[0])
+
+
+def autoguidance_forward(model, bad_model, free_guidance, x, t, y, cfg_scale, *args, **kwargs):
+    """Autoguidance by a separately trained bad model, which draws with the good model's AMM; free_guidance > 1
+    adds classifier-free guidance on top: + (free_guidance - 1) * (eps - eps_uncond)."""
+    half, t_half, y_half = x[: len(x) // 2], t[: len(x) // 2], y[: len(x) // 2]
+    if free_guidance > 1:
+        eps, rest = split_prediction(model, model(torch.cat([half, half]), t, y).float())
+        (eps, uncond), rest = eps.chunk(2), rest.chunk(2)[0]
+    else:
+        eps, rest = split_prediction(model, model(half, t_half, y_half).float())
+        uncond = eps  # no classifier-free term
+    for good_block, bad_block in zip(model.blocks, bad_model.blocks):
+        bad_block.attn.amm = good_block.attn.amm
+    bad, _ = split_prediction(bad_model, bad_model(half, t_half, y_half).float())
+    return guided_output(bad + cfg_scale * (eps - bad) + (free_guidance - 1) * (eps - uncond), rest)
 
 
 def layer_skip_forward(model, skip_blocks, x, t, y, cfg_scale, *args, **kwargs):
@@ -84,8 +105,11 @@ def main(argv=None):
     own, sweep_args = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      usage="%(prog)s VARIANT [options] -- SETTINGS_SWEEP_ARGUMENTS")
-    parser.add_argument("variant", choices=("apg", "layer-skip", "frequency"))
+    parser.add_argument("variant", choices=("apg", "autoguidance", "layer-skip", "frequency"))
     parser.add_argument("--parallel-weight", type=float, default=0.0, help="apg: weight of the parallel part")
+    parser.add_argument("--bad-model", default=None, help="autoguidance: the bad model (as edt-lab sample --ckpt)")
+    parser.add_argument("--free-guidance", type=float, default=1.0,
+                        help="autoguidance: classifier-free guidance added on top (1 = none)")
     parser.add_argument("--skip-blocks", type=int, nargs="+", default=[5], help="layer-skip: blocks to skip")
     parser.add_argument("--low-pass-factor", type=int, default=4, help="frequency: pooling factor of the low part")
     parser.add_argument("--high-guidance", type=float, default=1.5, help="frequency: guidance of the high part")
@@ -102,6 +126,18 @@ def main(argv=None):
             variant["parallel_weight"] = args.parallel_weight
             # the folder's training noise schedule, which every sampler of the sweep shares
             forward = functools.partial(apg_forward, model, pipe.scheduler.alphas_cumprod, args.parallel_weight)
+        elif args.variant == "autoguidance":
+            if args.bad_model is None:
+                parser.error("autoguidance needs --bad-model FOLDER")
+            try:
+                bad_model = load_checkpoint(args.bad_model).eval()
+            except (OSError, ValueError) as error:
+                parser.error(f"--bad-model {args.bad_model}: {error}")
+            shape = ("num_classes", "in_channels", "input_size")  # a smaller model may be the bad one
+            if any(bad_model.config[key] != model.config[key] for key in shape):
+                parser.error("--bad-model must draw the same classes at the same size as the model")
+            variant.update(bad_model=args.bad_model, free_guidance=args.free_guidance)
+            forward = functools.partial(autoguidance_forward, model, bad_model, args.free_guidance)
         elif args.variant == "layer-skip":
             if not all(0 <= b < model.num_blocks for b in args.skip_blocks):
                 parser.error(f"--skip-blocks: this model has blocks 0..{model.num_blocks - 1}")

@@ -104,6 +104,32 @@ def test_layer_skip_guides_away_from_the_model_without_those_blocks(case):
     torch.testing.assert_close(after, conditional)  # the variant removed its hooks
 
 
+def test_autoguidance_guides_away_from_the_bad_model_which_draws_with_the_good_ones_amm(case):
+    model, x, t, y = case
+    torch.manual_seed(1)
+    bad_model = create_model("EDT-T/2").eval()
+    for p in bad_model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    model.set_amm([10], None, 0.5, "exp")
+    try:
+        guided = guided_noise(functools.partial(gv.autoguidance_forward, model, bad_model, 1.0), case)
+        assert bad_model.blocks[10].attn.amm is model.blocks[10].attn.amm and bad_model.blocks[9].attn.amm is None
+        with torch.no_grad():
+            good, bad = (m(x[:3], t[:3], y[:3])[:, :1] for m in (model, bad_model))
+        torch.testing.assert_close(guided, bad + SCALE * (good - bad))
+        # With classifier-free guidance on top: + (free - 1) (cond - uncond), the ordinary guidance's own term.
+        with_free = guided_noise(functools.partial(gv.autoguidance_forward, model, bad_model, 1.5), case)
+        ordinary = guided_noise(lambda *a: model.forward_with_cfg(x, t, y, 1.5), case)
+        torch.testing.assert_close(with_free, bad + SCALE * (good - bad) + ordinary - good, atol=1e-5, rtol=1e-4)
+        # Guided by itself, a model draws its own conditional prediction.
+        by_itself = guided_noise(functools.partial(gv.autoguidance_forward, model, model, 1.0), case)
+        torch.testing.assert_close(by_itself, good)
+        assert (good - bad).abs().max() > 1e-2
+    finally:
+        model.set_amm([], None, 0.5, "exp")
+        bad_model.set_amm([], None, 0.5, "exp")
+
+
 def test_the_sweep_runs_each_variant_and_records_it(tmp_path, monkeypatch):
     used = []
 
@@ -133,7 +159,11 @@ def test_the_sweep_runs_each_variant_and_records_it(tmp_path, monkeypatch):
     gv.main(["layer-skip", "--skip-blocks", "5", "11", *sweep])
     assert json.loads(out.read_text())["skip_blocks"] == [5, 11] and used[-1] == "layer_skip_forward"
 
-    for bad in (["layer-skip", "--skip-blocks", "12"], ["frequency", "--low-pass-factor", "3"], ["cfg"]):
+    other_classes = tmp_path / "five_classes"
+    create_model("EDT-T/2", num_classes=5).save_pretrained(other_classes)
+    for bad in (["layer-skip", "--skip-blocks", "12"], ["frequency", "--low-pass-factor", "3"], ["cfg"],
+                ["autoguidance"], ["autoguidance", "--bad-model", str(tmp_path / "none")],
+                ["autoguidance", "--bad-model", str(other_classes)]):
         with pytest.raises(SystemExit) as error:
             gv.main([*bad, *sweep])
         assert error.value.code == 2
