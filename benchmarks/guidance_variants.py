@@ -11,7 +11,8 @@ variant's own. `--guidance` is the variant's main scale.
 - `autoguidance`: Karras et al. 2024, "Guiding a diffusion model with a bad version of itself": the bad version is
   another, less trained model of the same data and classes (`--bad-model`, a model folder or checkpoint), and the guided
   noise is eps_bad + scale * (eps - eps_bad), both conditional; no unconditional prediction unless
-  `--free-guidance` adds classifier-free guidance on top. The bad model runs with the good one's AMM.
+  `--free-guidance` adds classifier-free guidance on top. The bad model runs with the good one's AMM, so its
+  blocks must lie on the same grids.
 - `layer-skip`: autoguidance with the bad version made, as in diffusers' `AutoGuidance`, by skipping blocks
   (`--skip-blocks`) of the same conditional model.
 - `frequency`: frequency-decoupled guidance (Sadigh et al. 2025): the guidance difference is split by a low-pass
@@ -117,6 +118,8 @@ def main(argv=None):
     json_path = None
     if "--json" in sweep_args:  # this script writes the JSON, with the variant beside the rows
         at = sweep_args.index("--json")
+        if at + 1 == len(sweep_args):
+            parser.error("--json needs a file name")
         json_path, sweep_args = sweep_args[at + 1], sweep_args[:at] + sweep_args[at + 2:]
     variant = {"variant": args.variant}
 
@@ -133,9 +136,11 @@ def main(argv=None):
                 bad_model = load_checkpoint(args.bad_model).eval()
             except (OSError, ValueError) as error:
                 parser.error(f"--bad-model {args.bad_model}: {error}")
-            shape = ("num_classes", "in_channels", "input_size")  # a smaller model may be the bad one
-            if any(bad_model.config[key] != model.config[key] for key in shape):
-                parser.error("--bad-model must draw the same classes at the same size as the model")
+            shape = ("num_classes", "in_channels", "input_size")
+            grids = [[block["grid"] for block in m.block_info()] for m in (model, bad_model)]
+            if any(bad_model.config[key] != model.config[key] for key in shape) or grids[0] != grids[1]:
+                parser.error("--bad-model must draw the same classes at the same size with blocks on the same grids "
+                             "as the model (it runs with the model's AMM)")
             variant.update(bad_model=args.bad_model, free_guidance=args.free_guidance)
             forward = functools.partial(autoguidance_forward, model, bad_model, args.free_guidance)
         elif args.variant == "layer-skip":

@@ -130,7 +130,7 @@ def test_autoguidance_guides_away_from_the_bad_model_which_draws_with_the_good_o
         bad_model.set_amm([], None, 0.5, "exp")
 
 
-def test_the_sweep_runs_each_variant_and_records_it(tmp_path, monkeypatch):
+def test_the_sweep_runs_each_variant_and_records_it(tmp_path, monkeypatch, capsys):
     used = []
 
     def fake_metrics(images, labels):
@@ -159,12 +159,18 @@ def test_the_sweep_runs_each_variant_and_records_it(tmp_path, monkeypatch):
     gv.main(["layer-skip", "--skip-blocks", "5", "11", *sweep])
     assert json.loads(out.read_text())["skip_blocks"] == [5, 11] and used[-1] == "layer_skip_forward"
 
-    other_classes = tmp_path / "five_classes"
+    other_classes, other_blocks = tmp_path / "five_classes", tmp_path / "dit"
     create_model("EDT-T/2", num_classes=5).save_pretrained(other_classes)
+    create_model("DiT-T/2").save_pretrained(other_blocks)  # the same classes and size, every block on 16x16
     for bad in (["layer-skip", "--skip-blocks", "12"], ["frequency", "--low-pass-factor", "3"], ["cfg"],
                 ["autoguidance"], ["autoguidance", "--bad-model", str(tmp_path / "none")],
-                ["autoguidance", "--bad-model", str(other_classes)]):
+                ["autoguidance", "--bad-model", str(other_classes)],
+                ["autoguidance", "--bad-model", str(other_blocks)]):
         with pytest.raises(SystemExit) as error:
             gv.main([*bad, *sweep])
         assert error.value.code == 2
+    assert "blocks on the same grids" in capsys.readouterr().err  # the DiT's, the last of them
+    with pytest.raises(SystemExit) as error:
+        gv.main(["apg", *sweep[:-2], "--json"])
+    assert error.value.code == 2
     assert np.isfinite(report["rows"][0]["appearance_ratio"])
