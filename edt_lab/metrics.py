@@ -225,7 +225,8 @@ def digit_metrics(images, labels=None, classifier=None, reference=None, seed: in
     results["nearest_train_l2"] = nearest_distances(images, digits[train]).mean().item()
     results["nearest_train_l2_held_out"] = nearest_distances(digits[held_out], digits[train]).mean().item()
     results["notes"] = ["fid: in the digit classifier's feature space (not Inception), blind to how digits are drawn; "
-                        "ae_fid and the *_w1 statistics measure appearance; compare each with its *_real_floor"]
+                        "ae_fid and the *_w1 statistics measure appearance; compare each with its *_real_floor, "
+                        "and accuracy with accuracy_real (the classifier on real held-out digits)"]
     return results
 
 
