@@ -125,8 +125,9 @@ def main(argv=None, prepare_pipeline=None):
     real = rows[0]
     print(f"real digits: accuracy {real['accuracy_real']:.3f} (worst class "
           f"{min(real['per_class_accuracy_real']):.2f}), ink {real['mean_ink_real']:.3f}, width "
-          f"{real['stroke_width_real']:.2f}, grey {real['grey_share_real']:.3f}, isolated {real['isolated_pixels_real']:.2f}; real-vs-real: fid "
-          f"{real['fid_real_floor']:.1f}, ae_fid {real['ae_fid_real_floor']:.1f}")
+          f"{real['stroke_width_real']:.2f}, grey {real['grey_share_real']:.3f}, isolated "
+          f"{real['isolated_pixels_real']:.2f}; real-vs-real: fid {real['fid_real_floor']:.1f}, ae_fid "
+          f"{real['ae_fid_real_floor']:.1f}")
     chosen = choose(rows)
     print("chosen:", None if chosen is None else {k: chosen[k] for k in SETTING})
     if args.json:

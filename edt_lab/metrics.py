@@ -137,6 +137,13 @@ def _classify(classifier, images, batch_size: int = 128, dtype=torch.float32):
     return logits.float(), features.float()
 
 
+def class_accuracy(logits, labels) -> tuple[float, list]:
+    """Accuracy of logits (N, 10) against labels (N,), over all and per class (None for a class not asked for)."""
+    correct = (logits.argmax(dim=1) == labels).float()
+    per_class = [correct[labels == c].mean().item() if (labels == c).any() else None for c in range(10)]
+    return correct.mean().item(), per_class
+
+
 def nearest_distances(queries, references, batch_size: int = 500):
     """L2 distance (N,) in [-1, 1] pixel space from each query image to its nearest reference image."""
     queries, references = queries.flatten(1).double(), references.flatten(1).double()  # exact 0 for copies
@@ -207,16 +214,11 @@ def digit_metrics(images, labels=None, classifier=None, reference=None, seed: in
         if len(labels) != len(images) or labels.min() < 0 or labels.max() > 9:
             raise ValueError(f"expected {len(images)} labels in 0..9, got {len(labels)} in "
                              f"{labels.min().item()}..{labels.max().item()}")
-        correct = (logits.argmax(dim=1) == labels).float()
-        results["accuracy"] = correct.mean().item()
-        results["per_class_accuracy"] = [correct[labels == c].mean().item() if (labels == c).any() else None
-                                         for c in range(10)]
+        results["accuracy"], results["per_class_accuracy"] = class_accuracy(logits, labels)
 
     reference_logits, reference_features = _classify(classifier, reference, dtype=dtype)
     if real_labels is not None:
-        real_correct = (reference_logits.argmax(dim=1) == real_labels).float()
-        results["accuracy_real"] = real_correct.mean().item()
-        results["per_class_accuracy_real"] = [real_correct[real_labels == c].mean().item() for c in range(10)]
+        results["accuracy_real"], results["per_class_accuracy_real"] = class_accuracy(reference_logits, real_labels)
     floor, rest = reference_split(len(images), len(reference), seed)
     rest_stats = feature_statistics(reference_features[rest])
     results["fid"] = frechet_distance(*feature_statistics(features), *rest_stats)
