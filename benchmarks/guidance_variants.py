@@ -8,6 +8,10 @@ variant's own. `--guidance` is the variant's main scale.
   guidance scales"): the guidance update on the clean-image prediction x0 loses `--parallel-weight` of its part
   parallel to the conditional x0 (0 = only the orthogonal part), the part the authors blame for oversaturation.
   The projection is diffusers' `normalized_guidance`; 1 is ordinary guidance.
+- `rescale`: guidance rescale (Lin et al. 2024, "Common diffusion noise schedules and sample steps are flawed",
+  section 3.4): ordinary guidance on x0, whose per-image standard deviation is then moved by the fraction
+  `--rescale` back to the conditional x0's (diffusers' `rescale_noise_cfg`; 0 is ordinary guidance). On digits,
+  whose background is flat, x0's spread is mostly how much ink it has.
 - `autoguidance`: Karras et al. 2024, "Guiding a diffusion model with a bad version of itself": the bad version is
   another, less trained model of the same data and classes (`--bad-model`, a model folder or checkpoint), and the guided
   noise is eps_bad + scale * (eps - eps_bad), both conditional; no unconditional prediction unless
@@ -32,6 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers.guiders.adaptive_projected_guidance import normalized_guidance
+from diffusers.guiders.guider_utils import rescale_noise_cfg
 
 from edt_lab.checkpoints import load_checkpoint
 
@@ -50,16 +55,32 @@ def guided_output(guided, rest):
     return torch.cat([torch.cat([guided, guided]), torch.cat([rest, rest])], dim=1)
 
 
-def apg_forward(model, alphas_cumprod, parallel_weight, x, t, y, cfg_scale, *args, **kwargs):
-    """APG on x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar), mapped back to a noise prediction."""
+def x0_guided_forward(model, alphas_cumprod, combine, x, t, y):
+    """Guidance on x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar): `combine(x0_cond, x0_uncond)` -> the guided x0
+    (B/2, C, H, W), mapped back to a noise prediction."""
     half, t_half = x[: len(x) // 2], t[: len(x) // 2]
     eps, rest = split_prediction(model, model(torch.cat([half, half]), t, y).float())
     cond, uncond = eps.chunk(2)
     abar = alphas_cumprod.to(x.device)[t_half.long()].view(-1, 1, 1, 1).double()
     noise_scale, signal_scale, x_t = (1 - abar).sqrt(), abar.sqrt(), half.double()
     x0_cond, x0_uncond = ((x_t - noise_scale * e.double()) / signal_scale for e in (cond, uncond))
-    x0 = normalized_guidance(x0_cond, x0_uncond, cfg_scale, eta=parallel_weight)
+    x0 = combine(x0_cond, x0_uncond)
     return guided_output(((x_t - signal_scale * x0) / noise_scale).float(), rest.chunk(2)[0])
+
+
+def apg_forward(model, alphas_cumprod, parallel_weight, x, t, y, cfg_scale, *args, **kwargs):
+    """APG on x0 (diffusers' `normalized_guidance`)."""
+    def combine(x0_cond, x0_uncond):
+        return normalized_guidance(x0_cond, x0_uncond, cfg_scale, eta=parallel_weight)
+    return x0_guided_forward(model, alphas_cumprod, combine, x, t, y)
+
+
+def rescale_forward(model, alphas_cumprod, rescale, x, t, y, cfg_scale, *args, **kwargs):
+    """Ordinary guidance on x0, then its per-image standard deviation pulled toward the conditional x0's by the
+    fraction `rescale` (diffusers' `rescale_noise_cfg`, here on x0)."""
+    def combine(x0_cond, x0_uncond):
+        return rescale_noise_cfg(x0_uncond + cfg_scale * (x0_cond - x0_uncond), x0_cond, rescale)
+    return x0_guided_forward(model, alphas_cumprod, combine, x, t, y)
 
 
 def autoguidance_forward(model, bad_model, free_guidance, x, t, y, cfg_scale, *args, **kwargs):
@@ -106,8 +127,10 @@ def main(argv=None):
     own, sweep_args = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      usage="%(prog)s VARIANT [options] -- SETTINGS_SWEEP_ARGUMENTS")
-    parser.add_argument("variant", choices=("apg", "autoguidance", "layer-skip", "frequency"))
+    parser.add_argument("variant", choices=("apg", "rescale", "autoguidance", "layer-skip", "frequency"))
     parser.add_argument("--parallel-weight", type=float, default=0.0, help="apg: weight of the parallel part")
+    parser.add_argument("--rescale", type=float, default=0.7,
+                        help="rescale: the fraction of the way to the conditional x0's spread (0 to 1)")
     parser.add_argument("--bad-model", default=None, help="autoguidance: the bad model (as edt-lab sample --ckpt)")
     parser.add_argument("--free-guidance", type=float, default=1.0,
                         help="autoguidance: classifier-free guidance added on top (1 = none)")
@@ -129,6 +152,11 @@ def main(argv=None):
             variant["parallel_weight"] = args.parallel_weight
             # the folder's training noise schedule, which every sampler of the sweep shares
             forward = functools.partial(apg_forward, model, pipe.scheduler.alphas_cumprod, args.parallel_weight)
+        elif args.variant == "rescale":
+            if not 0 <= args.rescale <= 1:
+                parser.error(f"--rescale {args.rescale}: expected a fraction from 0 to 1")
+            variant["rescale"] = args.rescale
+            forward = functools.partial(rescale_forward, model, pipe.scheduler.alphas_cumprod, args.rescale)
         elif args.variant == "autoguidance":
             if args.bad_model is None:
                 parser.error("autoguidance needs --bad-model FOLDER")

@@ -149,7 +149,7 @@ def test_shipped_recommended_settings_are_the_rules_choice_in_the_recorded_sweep
     import settings_sweep
 
     root = Path(__file__).resolve().parents[1]
-    rows = json.loads((root / "docs/bench/settings_sweep_v2_solvers.json").read_text())["rows"]
+    rows = json.loads((root / "docs/bench/settings_sweep_v2_intervals.json").read_text())["rows"]
     chosen = settings_sweep.choose([{**row, "passes_rule": settings_sweep.passes_rule(row)} for row in rows])
     recommended = json.loads((root / "assets/edt_t2_digits/recommended.json").read_text())
     assert {key: recommended[key] for key in settings_sweep.SETTING} == {key: chosen[key] for key in

@@ -33,6 +33,19 @@ def case():
     return model, x, t, y
 
 
+class Predictions(torch.nn.Module):
+    """A stand-in model whose conditional prediction is the unconditional one plus a chosen difference."""
+
+    config = type("Config", (), {"in_channels": 1})
+
+    def __init__(self, difference):
+        super().__init__()
+        self.difference = difference
+
+    def forward(self, x, t, y):
+        return torch.cat([x[: len(x) // 2] + self.difference, x[len(x) // 2:]])
+
+
 def guided_noise(forward, case):
     model, x, t, y = case
     with torch.no_grad():
@@ -45,7 +58,9 @@ def test_variants_reduce_to_ordinary_guidance(case):
     abar = make_scheduler("deis-karras").alphas_cumprod
     apg_full = guided_noise(functools.partial(gv.apg_forward, model, abar, 1.0), case)
     same_low_high = guided_noise(functools.partial(gv.frequency_forward, model, 4, SCALE), case)
+    no_rescale = guided_noise(functools.partial(gv.rescale_forward, model, abar, 0.0), case)
     torch.testing.assert_close(apg_full, ordinary, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(no_rescale, ordinary, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(same_low_high, ordinary, atol=1e-4, rtol=1e-4)
     # Less guidance on the high frequencies, or none of the parallel part, is another prediction.
     assert (guided_noise(functools.partial(gv.frequency_forward, model, 4, 1.0), case) - ordinary).abs().max() > 1e-2
@@ -53,18 +68,6 @@ def test_variants_reduce_to_ordinary_guidance(case):
 
 
 def test_frequency_split_guides_smooth_and_fine_differences_by_their_own_scales():
-    class Predictions(torch.nn.Module):
-        """A stand-in model whose conditional prediction is the unconditional one plus a chosen difference."""
-
-        config = type("Config", (), {"in_channels": 1})
-
-        def __init__(self, difference):
-            super().__init__()
-            self.difference = difference
-
-        def forward(self, x, t, y):
-            return torch.cat([x[: len(x) // 2] + self.difference, x[len(x) // 2:]])
-
     x = torch.randn(2, 1, 32, 32).repeat(2, 1, 1, 1)
     smooth = torch.full((2, 1, 32, 32), 0.3)  # all low frequency: the low-pass keeps it
     fine = 0.3 * (-1.0) ** (torch.arange(32).view(-1, 1) + torch.arange(32))  # checkerboard: pooled away
@@ -85,6 +88,29 @@ def test_apg_keeps_only_the_update_orthogonal_to_the_conditional_x0(case):
     update = (x0["guided"] - x0["uncond"]).flatten(1)
     cosine = torch.nn.functional.cosine_similarity(update, x0["cond"].flatten(1))
     assert cosine.abs().max() < 1e-3 and update.norm(dim=1).min() > 1e-2
+
+
+def test_rescale_gives_the_guided_x0_the_conditional_x0s_spread():
+    x = torch.randn(3, 1, 32, 32).repeat(2, 1, 1, 1)
+    t = torch.tensor([700, 400, 100]).repeat(2)
+    model = Predictions(0.5 * torch.randn(3, 1, 32, 32))
+    abar = make_scheduler("deis-karras").alphas_cumprod
+    a = abar[t[:3]].view(-1, 1, 1, 1).double()
+
+    def x0(eps):
+        return (x[:3].double() - (1 - a).sqrt() * eps.double()) / a.sqrt()
+
+    x0_cond = x0(model(x, t, None)[:3])
+    x0_ordinary = x0(x[3:] + SCALE * model.difference)
+    x0_full, x0_half = (x0(gv.rescale_forward(model, abar, fraction, x, t, None, SCALE)[:3]) for fraction in (1.0, 0.5))
+    spread = {name: v.std(dim=(1, 2, 3)) for name, v in
+              (("cond", x0_cond), ("ordinary", x0_ordinary), ("full", x0_full), ("half", x0_half))}
+    assert (spread["ordinary"] / spread["cond"] - 1).abs().min() > 0.05  # guidance changed the spread
+    torch.testing.assert_close(spread["full"], spread["cond"], atol=1e-4, rtol=1e-4)
+    # Fully rescaled: the ordinary guided x0 times the spreads' ratio; half: halfway between the two x0s.
+    torch.testing.assert_close(x0_full, x0_ordinary * (spread["cond"] / spread["ordinary"]).view(-1, 1, 1, 1),
+                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(x0_half, (x0_full + x0_ordinary) / 2, atol=1e-4, rtol=1e-4)
 
 
 def test_layer_skip_guides_away_from_the_model_without_those_blocks(case):
@@ -158,11 +184,14 @@ def test_the_sweep_runs_each_variant_and_records_it(tmp_path, monkeypatch, capsy
     assert len(report["rows"]) == 1 and report["rows"][0]["cfg"] == 2 and used == ["frequency_forward"]
     gv.main(["layer-skip", "--skip-blocks", "5", "11", *sweep])
     assert json.loads(out.read_text())["skip_blocks"] == [5, 11] and used[-1] == "layer_skip_forward"
+    gv.main(["rescale", "--rescale", "0.5", *sweep])
+    assert json.loads(out.read_text())["rescale"] == 0.5 and used[-1] == "rescale_forward"
 
     other_classes, other_blocks = tmp_path / "five_classes", tmp_path / "dit"
     create_model("EDT-T/2", num_classes=5).save_pretrained(other_classes)
     create_model("DiT-T/2").save_pretrained(other_blocks)  # the same classes and size, every block on 16x16
     for bad in (["layer-skip", "--skip-blocks", "12"], ["frequency", "--low-pass-factor", "3"], ["cfg"],
+                ["rescale", "--rescale", "1.5"], ["rescale", "--rescale", "-0.1"],
                 ["autoguidance"], ["autoguidance", "--bad-model", str(tmp_path / "none")],
                 ["autoguidance", "--bad-model", str(other_classes)],
                 ["autoguidance", "--bad-model", str(other_blocks)]):
