@@ -10,8 +10,8 @@ variant's own. `--guidance` is the variant's main scale.
   The projection is diffusers' `normalized_guidance`; 1 is ordinary guidance.
 - `rescale`: guidance rescale (Lin et al. 2024, "Common diffusion noise schedules and sample steps are flawed",
   section 3.4): ordinary guidance on x0, whose per-image standard deviation is then moved by the fraction
-  `--rescale` back to the conditional x0's (diffusers' `rescale_noise_cfg`; 0 is ordinary guidance). On digits,
-  whose background is flat, x0's spread is mostly how much ink it has.
+  `--rescale` back to the conditional x0's (diffusers' `rescale_noise_cfg`; 0 is ordinary guidance), against
+  over-exposure.
 - `autoguidance`: Karras et al. 2024, "Guiding a diffusion model with a bad version of itself": the bad version is
   another, less trained model of the same data and classes (`--bad-model`, a model folder or checkpoint), and the guided
   noise is eps_bad + scale * (eps - eps_bad), both conditional; no unconditional prediction unless
