@@ -68,7 +68,7 @@ def test_generate_with_defaults(client):
 
 def test_bad_requests_show_errors_and_the_server_keeps_serving(client):
     for bad in (dict(class_name="banana"), dict(steps=10000), dict(model="broken.pt"), dict(model="/etc/passwd"),
-                dict(amm_blocks="99")):
+                dict(amm_blocks="99"), dict(guided_timesteps="900-100")):
         with pytest.raises(Exception) as error:
             client.predict(api_name="/generate", **bad)
         assert type(error.value).__name__ == "AppError"
@@ -76,6 +76,14 @@ def test_bad_requests_show_errors_and_the_server_keeps_serving(client):
         client.predict(class_name="banana", num_images=1, api_name="/compare")
     samples, _ = client.predict(num_images=2, steps=3, api_name="/generate")
     assert pixels(samples).shape[0] == 2
+
+
+def test_guided_timesteps_reach_the_sampler(client):
+    every, status = client.predict(num_images=1, steps=4, guidance_scale=4.0, api_name="/generate")
+    late, late_status = client.predict(num_images=1, steps=4, guidance_scale=4.0, guided_timesteps="600-999",
+                                       api_name="/generate")
+    assert "guided at t" not in status and "guided at t 600-999 only" in late_status
+    assert (pixels(every) != pixels(late)).any()  # the steps below t = 600 ran unguided
 
 
 def test_models_folder_entries_are_offered_by_name(client):

@@ -207,6 +207,11 @@ def test_check_request_accepts_names_and_indices(pipe):
     (dict(released_radius=False, radius=0), "AMM radius R must lie in"),
     (dict(scale=-1), "AMM scale k must lie in"),
     (dict(precision="fp16"), "unknown precision 'fp16'"),
+    (dict(guided_timesteps="800-0"), "guided timesteps must be all, or LOW-HIGH with 0 <= LOW <= HIGH <= 999"),
+    (dict(guided_timesteps="0-1000"), r"LOW <= HIGH <= 999 \(e.g. 0-800\), got '0-1000'"),
+    (dict(guided_timesteps="-5-10"), "guided timesteps must be all, or LOW-HIGH"),
+    (dict(guided_timesteps="800"), "guided timesteps must be all, or LOW-HIGH"),
+    (dict(guided_timesteps="some"), "guided timesteps must be all, or LOW-HIGH"),
 ])
 def test_bad_inputs_raise_clear_value_errors(pipe, change, words):
     with pytest.raises(ValueError, match=words):
@@ -216,11 +221,14 @@ def test_bad_inputs_raise_clear_value_errors(pipe, change, words):
 def test_initial_settings_follow_the_recommendation():
     class Loaded:
         pipe = demo_pipeline()
-        recommended = {"sampler": "ddpm", "steps": 1000, "cfg": 4.0, "amm": "preset", "amm_scale": 0.6}
+        recommended = {"sampler": "ddpm", "steps": 1000, "cfg": 4.0, "cfg_interval": [0, 800], "amm": "preset",
+                       "amm_scale": 0.6}
 
     settings = controls.initial_settings(Loaded)
-    assert settings == {"sampler": "ddpm", "steps": controls.MAX_STEPS, "guidance": 4.0, "blocks": [8],
-                        "released_radius": True, "radius": controls.RADIUS_DEFAULT, "scale": 0.6}
+    assert settings == {"sampler": "ddpm", "steps": controls.MAX_STEPS, "guidance": 4.0, "guided_timesteps": "0-800",
+                        "blocks": [8], "released_radius": True, "radius": controls.RADIUS_DEFAULT, "scale": 0.6}
+    Loaded.recommended = {}
+    assert controls.initial_settings(Loaded)["guided_timesteps"] == "all"
     assert abs(controls.RADIUS_DEFAULT - 229**0.5) < 1e-12
 
 
@@ -280,9 +288,20 @@ def test_recommended_guidance_interval_and_schedule_reach_the_pipeline(pipe, mon
     assert calls[-1]["guidance_interval"] is None and np.abs(late.images - every.images).max() > 1e-3
     loaded = LoadedModel("default", pipe, "trained EDT-T/2 digits model")
     assert status_line(loaded, shaped, "2 images in 0.10 s") == ("2 images in 0.10 s (power-cos guidance schedule, "
-                                                                 "guided at t 300-999 only, as the model recommends) "
+                                                                 "as the model recommends, guided at t 300-999 only) "
                                                                  "· trained EDT-T/2 digits model")
     assert status_line(loaded, plain, "x") == "x · trained EDT-T/2 digits model"
+
+
+def test_guided_timesteps_on_the_page_replace_the_recommended_ones(pipe):
+    recommended = {"cfg_interval": [300, 999], "cfg_schedule": "power-cos"}
+    assert request(pipe, recommended=recommended).guidance_interval == (300, 999)  # no page value: the folder's
+    for text, interval in (("all", None), ("", None), (" ALL ", None), ("0-800", (0, 800)), (" 5 - 5 ", (5, 5)),
+                           ("0-999", (0, 999))):
+        checked = request(pipe, guided_timesteps=text, recommended=recommended)
+        assert (checked.guidance_interval, checked.cfg_schedule) == (interval, "power-cos")
+    assert [controls.format_interval(i) for i in (None, (0, 800))] == ["all", "0-800"]
+    assert controls.parse_interval(controls.format_interval((120, 640))) == (120, 640)
 
 
 def test_compare_needs_amm_blocks(pipe):
@@ -363,7 +382,7 @@ def page_events():
 def test_runs_record_the_views_only_for_a_page(page_events):
     generate = page_events["generate"]
     quick = dict(model=DEFAULT_NAME, class_name="0", seed=0, num_images=2, sampler="dpm", steps=3, guidance_scale=3.0,
-                 amm_blocks="", released_radius=True, radius=15.0, scale=0.5, precision="fp32")
+                 amm_blocks="", released_radius=True, radius=15.0, scale=0.5, precision="fp32", guided_timesteps="all")
     tiles, status, api_runs = generate(**quick, view=None)  # an API client: no view to show
     assert len(tiles) == 2 and "2 images" in status
     assert api_runs["runs"][0][1] == {} and api_runs["previews"] == []
@@ -372,7 +391,7 @@ def test_runs_record_the_views_only_for_a_page(page_events):
 
 
 def test_only_the_open_tab_draws_its_view(page_events):
-    _, _, runs = page_events["generate"](DEFAULT_NAME, "0", 0, 2, "dpm", 3, 3.0, "", True, 15.0, 0.5, "fp32",
+    _, _, runs = page_events["generate"](DEFAULT_NAME, "0", 0, 2, "dpm", 3, 3.0, "", True, 15.0, 0.5, "fp32", "all",
                                          IMAGES_TAB)
     query = (runs, page_events["facts"], 11, 8, 8)
     assert all(isinstance(out, type(gr.skip())) for out in show_views(IMAGES_TAB, *query))

@@ -99,6 +99,7 @@ class Page:
     sampler: gr.Radio
     steps: gr.Slider
     guidance: gr.Slider
+    guided_timesteps: gr.Textbox
     precision: gr.Radio
     # AMM
     presets: dict
@@ -135,7 +136,7 @@ class Page:
     def request_inputs(self) -> list:
         """The inputs of /generate and /compare, in their API order."""
         return [self.model, self.class_name, self.seed, self.num_images, self.sampler, self.steps, self.guidance,
-                self.amm_field, self.released_radius, self.radius, self.scale, self.precision]
+                self.amm_field, self.released_radius, self.radius, self.scale, self.precision, self.guided_timesteps]
 
     def attention_inputs(self) -> list:
         """The inputs of `show_attention`: the last run and the query token."""
@@ -153,7 +154,7 @@ def model_panel(store: ModelStore, first) -> dict:
 
 
 def request_panel(values: dict) -> dict:
-    """What to sample: class, seed, number of images, sampler, steps, guidance."""
+    """What to sample: class, seed, number of images, sampler, steps, guidance and its timesteps, precision."""
     init, classes = values["init"], values["classes"]
     return {
         "class_name": gr.Dropdown(classes, value=classes[0], label="class", allow_custom_value=True),
@@ -164,6 +165,9 @@ def request_panel(values: dict) -> dict:
         "steps": gr.Slider(1, controls.MAX_STEPS, value=init["steps"], step=1, label="steps"),
         "guidance": gr.Slider(1.0, controls.MAX_GUIDANCE, value=init["guidance"], step=0.1,
                               label="guidance scale (1 = no guidance)"),
+        "guided_timesteps": gr.Textbox(init["guided_timesteps"], label="guided timesteps",
+                                       info="all, or LOW-HIGH: guide only the steps whose timestep t lies in it "
+                                            "(999 = pure noise); the others run the conditional model alone"),
         "precision": gr.Radio(list(controls.PRECISIONS), value=controls.PRECISION_DEFAULT, label="precision",
                               info="auto: bf16 where the hardware computes it natively (faster), else fp32"),
     }
@@ -315,12 +319,14 @@ def wire_model_picker(demo: gr.Blocks, store: ModelStore, page: Page) -> None:
         last = values["facts"]["image_grid"] - 1
         return [gr.update(choices=store.names(), value=name), describe(store, loaded),
                 gr.update(choices=values["classes"], value=values["classes"][0]), init["sampler"], init["steps"],
-                init["guidance"], *group_updates, controls.format_blocks(init["blocks"]), init["released_radius"],
+                init["guidance"], init["guided_timesteps"], *group_updates, controls.format_blocks(init["blocks"]),
+                init["released_radius"],
                 round(init["radius"], 3), init["scale"], gr.update(choices=values["blocks"], value=values["block"]),
                 gr.update(maximum=last, value=last // 2), gr.update(maximum=last, value=last // 2),
                 values["cost"], values["facts"]]
 
-    outputs = [page.model, page.note, page.class_name, page.sampler, page.steps, page.guidance, *page.boxes,
+    outputs = [page.model, page.note, page.class_name, page.sampler, page.steps, page.guidance,
+               page.guided_timesteps, *page.boxes,
                page.amm_field, page.released_radius, page.radius, page.scale, page.block, page.row, page.col,
                page.cost, page.facts]
     page.model.select(show_model, page.model, outputs, concurrency_id="model", api_visibility="private")
@@ -360,11 +366,13 @@ def wire_amm_blocks(store: ModelStore, page: Page) -> None:
 
 
 def status_line(loaded, request, timings: str) -> str:
-    """The timings, the guidance shape when the model's folder recommends one, and which model ran."""
-    shape = [f"{request.cfg_schedule} guidance schedule"] if request.cfg_schedule != "constant" else []
+    """The timings, the guidance shape (a schedule the model's folder recommends, the guided timesteps) and which
+    model ran."""
+    shape = [f"{request.cfg_schedule} guidance schedule, as the model recommends"] \
+        if request.cfg_schedule != "constant" else []
     if request.guidance_interval is not None:
         shape.append("guided at t {}-{} only".format(*request.guidance_interval))
-    shape = f" ({', '.join(shape)}, as the model recommends)" if shape else ""
+    shape = f" ({', '.join(shape)})" if shape else ""
     return f"{timings}{shape} · {DEMO_NOTE if loaded.is_demo else loaded.note}"
 
 
@@ -380,10 +388,11 @@ def wire_sampling(store: ModelStore, page: Page) -> None:
     # client (no page, view None) has no view to show them.
     @shows_errors
     def generate(model, class_name, seed, num_images, sampler, steps, guidance_scale, amm_blocks,
-                 released_radius, radius, scale, precision, view, progress=gr.Progress()):
+                 released_radius, radius, scale, precision, guided_timesteps, view, progress=gr.Progress()):
         """Images of one class with AMM in the chosen blocks, and a status line."""
         loaded, request = checked(model, class_name, seed, num_images, sampler, steps, guidance_scale,
-                                  amm_blocks, released_radius, radius, scale, precision)
+                                  amm_blocks, released_radius, radius, scale, precision,
+                                  guided_timesteps)
         run = sample(loaded.pipe, request, progress=lambda done, text: progress(done, desc=text),
                      record_views=view is not None)
         runs = {"runs": [(f"AMM in {controls.format_blocks(run.amm_blocks) or 'no block'}", run.attention)],
@@ -393,10 +402,11 @@ def wire_sampling(store: ModelStore, page: Page) -> None:
 
     @shows_errors
     def compare_amm(model, class_name, seed, num_images, sampler, steps, guidance_scale, amm_blocks,
-                    released_radius, radius, scale, precision, view, progress=gr.Progress()):
+                    released_radius, radius, scale, precision, guided_timesteps, view, progress=gr.Progress()):
         """The same noise with AMM off and on: both image sets, their difference and a status line."""
         loaded, request = checked(model, class_name, seed, num_images, sampler, steps, guidance_scale,
-                                  amm_blocks, released_radius, radius, scale, precision)
+                                  amm_blocks, released_radius, radius, scale, precision,
+                                  guided_timesteps)
         off, on = compare(loaded.pipe, request, progress=lambda done, text: progress(done, desc=text),
                           record_views=view is not None)
         heat, largest = views.difference_map(off.images, on.images)

@@ -46,9 +46,10 @@ class Request:
     radius: float | None  # None: the released radius of each block's own grid
     scale: float
     precision: str = "fp32"  # of the transformer's forwards: fp32, bf16 or auto (edt_lab.precision)
-    # how guidance is applied, as the model's folder recommends (no page control): see EDTPipeline.__call__
-    cfg_schedule: str = "constant"
+    # the guided timesteps (None: every step) and the guidance schedule, as the model's folder recommends (the
+    # schedule has no page control): see EDTPipeline.__call__
     guidance_interval: tuple[int, int] | None = None
+    cfg_schedule: str = "constant"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -131,7 +132,8 @@ def parse_blocks(value, model, guidance: float = 1.0) -> list[int]:
 
 
 def initial_settings(loaded) -> dict:
-    """Sampler, steps, guidance and AMM blocks to start the page with: the model's recommendation, else ours."""
+    """Sampler, steps, guidance (and its guided timesteps) and AMM to start the page with: the model's
+    recommendation, else ours."""
     settings = {**APP_SETTINGS, **loaded.recommended}
     try:
         blocks = parse_blocks(settings["amm"], loaded.pipe.transformer, settings["cfg"])
@@ -139,7 +141,9 @@ def initial_settings(loaded) -> dict:
         blocks = []
     radius = settings["amm_radius"]
     return {"sampler": settings["sampler"], "steps": min(int(settings["steps"]), MAX_STEPS),
-            "guidance": float(settings["cfg"]), "blocks": blocks, "released_radius": radius is None,
+            "guidance": float(settings["cfg"]),
+            "guided_timesteps": format_interval(_interval(settings["cfg_interval"])),
+            "blocks": blocks, "released_radius": radius is None,
             "radius": RADIUS_DEFAULT if radius is None else float(radius),
             "scale": SCALE_DEFAULT if settings["amm_scale"] is None else float(settings["amm_scale"])}
 
@@ -162,9 +166,10 @@ def _number(name: str, value, low, high, integer: bool = False):
 
 
 def check_request(pipe, class_name, seed, num_images, sampler, steps, guidance, amm_blocks, released_radius,
-                  radius, scale, precision="fp32", recommended=None) -> Request:
+                  radius, scale, precision="fp32", guided_timesteps=None, recommended=None) -> Request:
     """A Request from the page's raw values (the class by name or index), or ValueError with what was expected;
-    `recommended` (the model folder's recommended.json) gives the guidance schedule and interval."""
+    `recommended` (the model folder's recommended.json) gives the guidance schedule, and the guided timesteps
+    where `guided_timesteps` (the page's "all" or "LOW-HIGH") is None."""
     names = class_choices(pipe)
     if class_name in names:
         class_index = names.index(class_name)
@@ -189,11 +194,29 @@ def check_request(pipe, class_name, seed, num_images, sampler, steps, guidance, 
         radius=None if released_radius else _number("AMM radius R", radius, *RADIUS_RANGE),
         scale=_number("AMM scale k", scale, *SCALE_RANGE),
         precision=precision,
+        guidance_interval=(_interval((recommended or {}).get("cfg_interval")) if guided_timesteps is None
+                           else parse_interval(guided_timesteps, pipe.scheduler.config.num_train_timesteps)),
         cfg_schedule=(recommended or {}).get("cfg_schedule") or "constant",
-        guidance_interval=_interval((recommended or {}).get("cfg_interval")),
     )
 
 
 def _interval(value) -> tuple[int, int] | None:
     """A recommended.json `cfg_interval` ([low, high] or null) as the pipeline's guidance_interval."""
     return None if value is None else (int(value[0]), int(value[1]))
+
+
+def format_interval(interval) -> str:
+    """The guided timesteps as the page shows them: "all", or "LOW-HIGH"."""
+    return "all" if interval is None else f"{interval[0]}-{interval[1]}"
+
+
+def parse_interval(text, num_train_timesteps: int = 1000) -> tuple[int, int] | None:
+    """The page's guided timesteps, "all" (or empty) or "LOW-HIGH", as the pipeline's guidance_interval."""
+    text = str(text).strip().lower()
+    if text in ("", "all"):
+        return None
+    low, _, high = text.partition("-")
+    if low.strip().isdigit() and high.strip().isdigit() and int(low) <= int(high) < num_train_timesteps:
+        return int(low), int(high)
+    raise ValueError(f"guided timesteps must be all, or LOW-HIGH with 0 <= LOW <= HIGH <= {num_train_timesteps - 1} "
+                     f"(e.g. 0-800), got {text!r}")
