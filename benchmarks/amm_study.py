@@ -1,8 +1,8 @@
 """The AMM study on the digits model: which blocks, which radius and scale, with and without guidance.
 
     python benchmarks/amm_study.py [--pipeline DIR] [--per-class 20] [--sampler dpm] [--steps 25]
-                                   [--guidance 1 3] [--parts arrangements radius scale] [--vary-blocks 10]
-                                   [--json FILE]
+                                   [--guidance 1 3] [--cfg-interval LOW HIGH] [--parts arrangements radius scale]
+                                   [--vary-blocks 10] [--json FILE]
 
 Every configuration draws the same images (same classes, same per-image seeds), so differences come from the
 AMM alone. Each row: the digit classifier's accuracy, its worst class, the feature-space FID (the real-vs-real
@@ -11,7 +11,8 @@ and grey share to real digits), the mean |difference| to the AMM-off images at t
 and the appearance measures, the paired bootstrap interval of the difference to AMM off (`--resamples` resamples of the
 images within each class): an interval that excludes 0 resolves the difference. The radius and scale parts vary
 the AMM of the released preset for each guidance, or of `--vary-blocks` (e.g. the block a model's recommended
-settings name).
+settings name). `--cfg-interval` guides only the steps with t in LOW..HIGH, as a model's recommended settings may
+(the pipeline's `guidance_interval`).
 """
 
 import argparse
@@ -59,6 +60,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--sampler", default="dpm")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0])
+    parser.add_argument("--cfg-interval", type=int, nargs=2, metavar=("LOW", "HIGH"), default=None,
+                        help="guide only the steps whose timestep lies in LOW..HIGH (default: every step)")
     parser.add_argument("--parts", nargs="+", default=["arrangements", "radius", "scale"],
                         choices=["arrangements", "radius", "scale"])
     parser.add_argument("--vary-blocks", type=int, nargs="+", default=None,
@@ -69,6 +72,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--resamples", type=int, default=300)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    interval = None if args.cfg_interval is None else tuple(args.cfg_interval)
 
     pipe = EDTPipeline.from_pretrained(args.pipeline)
     pipe.set_progress_bar_config(disable=True)
@@ -77,6 +81,9 @@ def main(argv=None) -> list[dict]:
     bad = [b for b in args.vary_blocks or [] if not 0 <= b < model.num_blocks]
     if bad:
         parser.error(f"--vary-blocks {bad[0]} is out of range: this model has blocks 0..{model.num_blocks - 1}")
+    last_timestep = pipe.scheduler.config.num_train_timesteps - 1
+    if interval is not None and not 0 <= interval[0] <= interval[1] <= last_timestep:
+        parser.error(f"--cfg-interval {interval[0]} {interval[1]}: expected 0 <= LOW <= HIGH <= {last_timestep}")
     labels = np.repeat(np.arange(model.config.num_classes), args.per_class)
     indices = list(range(len(labels)))
     grid = model.block_info()[-1]["grid"]
@@ -84,7 +91,8 @@ def main(argv=None) -> list[dict]:
     judges = dict(classifier=load_digit_classifier(), autoencoder=load_digit_autoencoder())
 
     rows = []
-    print(f"{len(labels)} images, {args.sampler}-{args.steps}; FID in the digit classifier's feature space; "
+    guided = "" if interval is None else f", guided at t {interval[0]}-{interval[1]} only"
+    print(f"{len(labels)} images, {args.sampler}-{args.steps}{guided}; FID in the digit classifier's feature space; "
           f"[95 % interval of the difference to AMM off]")
     print(f"{'guidance':>8}  {'configuration':<28}{'accuracy':>22}{'ae_fid':>22}{'ink w1':>26}{'width w1':>24}"
           f"{'FID':>7}{'|diff|':>8}")
@@ -105,13 +113,14 @@ def main(argv=None) -> list[dict]:
         off = off_judgement = None
         for name, amm in [("off", dict(amm_blocks=[]))] + [c for c in configs if c[0] != "off"]:
             images = generate(pipe, labels, indices, seed=args.seed, batch_size=args.batch_size,
-                              guidance_scale=guidance, num_inference_steps=args.steps, **amm)
+                              guidance_scale=guidance, guidance_interval=interval, num_inference_steps=args.steps,
+                              **amm)
             judgement = judge_digits(images, labels, **judges)
             if off is None:
                 off, off_judgement = images, judgement
             metrics = digit_metrics(images, labels, **judges)
             intervals = bootstrap_digit_measures(judgement, off_judgement, resamples=args.resamples, seed=args.seed)
-            row = {"guidance": guidance, "configuration": name, **{k: v for k, v in amm.items()},
+            row = {"guidance": guidance, "guidance_interval": interval, "configuration": name, **amm,
                    "accuracy": metrics["accuracy"], "worst_class_accuracy": min(metrics["per_class_accuracy"]),
                    "fid": metrics["fid"], "fid_real_floor": metrics["fid_real_floor"],
                    **{m: metrics[m] for m in APPEARANCE_MEASURES},

@@ -239,14 +239,16 @@ def test_amm_study_varies_radius_and_scale_of_the_chosen_blocks(tmp_path, monkey
     real_generate = amm_study.generate
 
     def recording_generate(pipe, labels, indices, **kwargs):
-        calls.append({k: kwargs.get(k) for k in ("guidance_scale", "amm_blocks", "amm_radius", "amm_scale")})
+        calls.append({k: kwargs.get(k) for k in ("guidance_scale", "guidance_interval", "amm_blocks", "amm_radius",
+                                                  "amm_scale")})
         return real_generate(pipe, labels, indices, **kwargs)
 
     monkeypatch.setattr(amm_study, "generate", recording_generate)
     out = tmp_path / "study.json"
     rows = amm_study.main(["--per-class", "1", "--steps", "2", "--guidance", "2.5", "--parts", "radius",
-                           "--vary-blocks", "10", "--resamples", "5", "--json", str(out)])
+                           "--vary-blocks", "10", "--cfg-interval", "0", "800", "--resamples", "5", "--json", str(out)])
     assert [c["amm_blocks"] for c in calls] == [[]] + [[10]] * 3  # off, then three radii
+    assert all(c["guidance_interval"] == (0, 800) for c in calls) and rows[0]["guidance_interval"] == (0, 800)
     assert [c["amm_radius"] for c in calls[1:]] == [4.0, 8.0, pytest.approx(15.13, abs=0.01)]
     assert all(c["guidance_scale"] == 2.5 for c in calls)
     assert [r["configuration"] for r in rows[1:]] == ["block 10, R = 4.00", "block 10, R = 8.00", "block 10, R = 15.13"]
@@ -267,6 +269,7 @@ def test_amm_study_varies_radius_and_scale_of_the_chosen_blocks(tmp_path, monkey
     assert [c["amm_blocks"] for c in calls] == [[]] + [[8]] * 4
     assert [c["amm_scale"] for c in calls[1:]] == [0.3, 0.4, 0.6, 0.8]
     assert rows[-1]["configuration"] == "preset, k = 0.8"
+    assert all(c["guidance_interval"] is None for c in calls)  # every step guided unless asked
 
 
 def test_amm_study_refuses_a_block_the_model_lacks(capsys):
@@ -275,6 +278,10 @@ def test_amm_study_refuses_a_block_the_model_lacks(capsys):
     with pytest.raises(SystemExit) as exit_info:
         amm_study.main(["--vary-blocks", "12"])
     assert exit_info.value.code == 2 and "--vary-blocks 12 is out of range" in capsys.readouterr().err
+    for interval in (["800", "0"], ["0", "1000"]):
+        with pytest.raises(SystemExit) as exit_info:
+            amm_study.main(["--cfg-interval", *interval])
+        assert exit_info.value.code == 2 and "expected 0 <= LOW <= HIGH <= 999" in capsys.readouterr().err
 
 
 def test_real_digit_accuracy_counts_draws_that_meet_the_accuracy_target(tmp_path):
