@@ -320,15 +320,14 @@ def wire_model_picker(demo: gr.Blocks, store: ModelStore, page: Page) -> None:
         return [gr.update(choices=store.names(), value=name), describe(store, loaded),
                 gr.update(choices=values["classes"], value=values["classes"][0]), init["sampler"], init["steps"],
                 init["guidance"], init["guided_timesteps"], *group_updates, controls.format_blocks(init["blocks"]),
-                init["released_radius"],
-                round(init["radius"], 3), init["scale"], gr.update(choices=values["blocks"], value=values["block"]),
+                init["released_radius"], round(init["radius"], 3), init["scale"],
+                gr.update(choices=values["blocks"], value=values["block"]),
                 gr.update(maximum=last, value=last // 2), gr.update(maximum=last, value=last // 2),
                 values["cost"], values["facts"]]
 
     outputs = [page.model, page.note, page.class_name, page.sampler, page.steps, page.guidance,
-               page.guided_timesteps, *page.boxes,
-               page.amm_field, page.released_radius, page.radius, page.scale, page.block, page.row, page.col,
-               page.cost, page.facts]
+               page.guided_timesteps, *page.boxes, page.amm_field, page.released_radius, page.radius, page.scale,
+               page.block, page.row, page.col, page.cost, page.facts]
     page.model.select(show_model, page.model, outputs, concurrency_id="model", api_visibility="private")
     demo.load(show_model, page.model, outputs, concurrency_id="model", api_visibility="private")
 
@@ -391,8 +390,7 @@ def wire_sampling(store: ModelStore, page: Page) -> None:
                  released_radius, radius, scale, precision, guided_timesteps, view, progress=gr.Progress()):
         """Images of one class with AMM in the chosen blocks, and a status line."""
         loaded, request = checked(model, class_name, seed, num_images, sampler, steps, guidance_scale,
-                                  amm_blocks, released_radius, radius, scale, precision,
-                                  guided_timesteps)
+                                  amm_blocks, released_radius, radius, scale, precision, guided_timesteps)
         run = sample(loaded.pipe, request, progress=lambda done, text: progress(done, desc=text),
                      record_views=view is not None)
         runs = {"runs": [(f"AMM in {controls.format_blocks(run.amm_blocks) or 'no block'}", run.attention)],
@@ -405,8 +403,7 @@ def wire_sampling(store: ModelStore, page: Page) -> None:
                     released_radius, radius, scale, precision, guided_timesteps, view, progress=gr.Progress()):
         """The same noise with AMM off and on: both image sets, their difference and a status line."""
         loaded, request = checked(model, class_name, seed, num_images, sampler, steps, guidance_scale,
-                                  amm_blocks, released_radius, radius, scale, precision,
-                                  guided_timesteps)
+                                  amm_blocks, released_radius, radius, scale, precision, guided_timesteps)
         off, on = compare(loaded.pipe, request, progress=lambda done, text: progress(done, desc=text),
                           record_views=view is not None)
         heat, largest = views.difference_map(off.images, on.images)
