@@ -145,6 +145,32 @@ def test_queue_polling_compares_gradio_and_app_intervals(tmp_path):
     assert set(report["idle_cpu_s_per_s"]) == {"gradio", "app"}
 
 
+def test_guidance_interval_speed_samples_both_settings_in_turns(tmp_path, monkeypatch, capsys):
+    import guidance_interval_speed
+
+    used = []
+    real_sample = guidance_interval_speed.sample
+
+    def recording_sample(pipe, request, **kwargs):
+        used.append(request.guidance_interval)
+        return real_sample(pipe, request, **kwargs)
+
+    monkeypatch.setattr(guidance_interval_speed, "sample", recording_sample)
+    out = tmp_path / "interval.json"
+    guidance_interval_speed.main(["--rounds", "1", "--demo", "--interval", "500", "999", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert used == [(500, 999), None, (500, 999), (500, 999), None, None]  # warm-up, then two of each per round
+    assert {name: len(times) for name, times in report["sampling_s"].items()} == {"interval": 2, "every step": 2}
+    assert report["every_step_over_interval_per_round"] == [statistics.median(report["sampling_s"]["every step"])
+                                                            / statistics.median(report["sampling_s"]["interval"])]
+    assert report["request"]["interval"] == [500, 999] and report["request"]["num_images"] == 4
+    for bad in (["--demo"], ["--demo", "--interval", "900", "100"], ["--demo", "--rounds", "0"]):
+        with pytest.raises(SystemExit) as error:  # the demo model recommends no guided timesteps
+            guidance_interval_speed.main(bad)
+        assert error.value.code == 2
+    assert "expected 0 <= LOW <= HIGH <= 999" in capsys.readouterr().err
+
+
 def test_shipped_recommended_settings_are_the_rules_choice_in_the_recorded_sweep():
     import settings_sweep
 
