@@ -21,7 +21,7 @@ import torch
 from app_latency import command_line, machine_record
 from edt_lab.explorer.models import DEFAULT_NAME, ModelStore
 from edt_lab.explorer.sampling import sample
-from queue_polling import default_request
+from queue_polling import default_request, in_turns, per_round_ratios, request_record
 
 
 def main(argv=None) -> dict:
@@ -51,17 +51,12 @@ def main(argv=None) -> dict:
     for each in requests.values():
         sample(loaded.pipe, each, record_views=False)  # warm-up
 
-    seconds = {name: [] for name in requests}
-    for _ in range(args.rounds):
-        for name, each in requests.items():
-            seconds[name] += [sample(loaded.pipe, each, record_views=False).seconds for _ in range(2)]
+    seconds = in_turns({name: lambda each=each: sample(loaded.pipe, each, record_views=False).seconds
+                        for name, each in requests.items()}, args.rounds)
     medians = {name: statistics.median(values) for name, values in seconds.items()}
-    ratios = [statistics.median(seconds["every step"][2 * i:2 * i + 2])
-              / statistics.median(seconds["interval"][2 * i:2 * i + 2]) for i in range(args.rounds)]
+    ratios = per_round_ratios(seconds, "every step", "interval")
     report = {"command": command_line(__file__, argv),
-              "request": {"steps": request.steps, "sampler": request.sampler, "guidance": request.guidance,
-                          "amm_blocks": request.amm_blocks, "num_images": request.num_images,
-                          "precision": request.precision, "interval": list(interval)},
+              "request": {**request_record(request), "precision": request.precision, "interval": list(interval)},
               "sampling_s": seconds, "sampling_median_s": medians, "every_step_over_interval_per_round": ratios,
               "every_step_over_interval_median": statistics.median(ratios), "threads": torch.get_num_threads(),
               "machine": machine_record()}

@@ -9,6 +9,7 @@ are medians, with the server's idle CPU use (CPU seconds per second over 2 s wit
 """
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -31,6 +32,28 @@ def default_request(loaded) -> controls.Request:
     return controls.check_request(loaded.pipe, first_class, 0, 4, init["sampler"], init["steps"], init["guidance"],
                                   controls.format_blocks(init["blocks"]), init["released_radius"], init["radius"],
                                   init["scale"], controls.PRECISION_DEFAULT, recommended=loaded.recommended)
+
+
+def request_record(request) -> dict:
+    """What a report records of the sampled request."""
+    return {"steps": request.steps, "sampler": request.sampler, "guidance": request.guidance,
+            "amm_blocks": request.amm_blocks, "num_images": request.num_images}
+
+
+def in_turns(calls: dict, rounds: int) -> dict:
+    """name -> the seconds of each call: every round runs each of `calls` (name -> f() returning seconds) twice, in
+    turn, so a slow spell of the machine weighs on every setting alike."""
+    seconds = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            seconds[name] += [call() for _ in range(2)]
+    return seconds
+
+
+def per_round_ratios(seconds: dict, numerator: str, denominator: str) -> list[float]:
+    """The ratio of two settings' median seconds in each round of `in_turns`."""
+    return [statistics.median(seconds[numerator][i:i + 2]) / statistics.median(seconds[denominator][i:i + 2])
+            for i in range(0, len(seconds[numerator]), 2)]
 
 
 def idle_cpu(seconds: float = 2.0) -> float:
@@ -63,24 +86,23 @@ def main(argv=None) -> dict:
     settings = {"gradio": {name: getattr(demo._queue, name) for name in QUEUE_POLL_S}, "app": dict(QUEUE_POLL_S)}
     queue_requests(demo)
     demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
-    seconds = {name: [] for name in settings}
     idle = {}
+
+    def sample_with(intervals):
+        set_queue_polling(demo, intervals)
+        return sample(loaded.pipe, request, record_views=False).seconds
+
     try:
         for name, intervals in settings.items():
             set_queue_polling(demo, intervals)
             idle[name] = idle_cpu()
-        for _ in range(args.rounds):
-            for name, intervals in settings.items():
-                set_queue_polling(demo, intervals)
-                seconds[name] += [sample(loaded.pipe, request, record_views=False).seconds for _ in range(2)]
+        seconds = in_turns({name: functools.partial(sample_with, intervals) for name, intervals in settings.items()},
+                           args.rounds)
     finally:
         demo.close()
     medians = {name: statistics.median(values) for name, values in seconds.items()}
-    ratios = [statistics.median(seconds["gradio"][2 * i:2 * i + 2]) / statistics.median(seconds["app"][2 * i:2 * i + 2])
-              for i in range(args.rounds)]
-    report = {"command": command_line(__file__, argv),
-              "request": {"steps": request.steps, "sampler": request.sampler, "guidance": request.guidance,
-                          "amm_blocks": request.amm_blocks, "num_images": request.num_images},
+    ratios = per_round_ratios(seconds, "gradio", "app")
+    report = {"command": command_line(__file__, argv), "request": request_record(request),
               "intervals_s": settings, "idle_cpu_s_per_s": idle, "sampling_s": seconds, "sampling_median_s": medians,
               "gradio_over_app_per_round": ratios, "gradio_over_app_median": statistics.median(ratios),
               "threads": torch.get_num_threads(),
