@@ -34,7 +34,7 @@ def make_parent_folder(path, option: str) -> Path:
     return path
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad command line as one line and exit code 2, like every other bad input."""
 
     def error(self, message):
@@ -43,9 +43,9 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser, with the full options of `command` (the others show only their help line)."""
-    parser = _Parser(prog="edt-lab", description="EDT, the Efficient Diffusion Transformer: tools.")
+    parser = OneLineParser(prog="edt-lab", description="EDT, the Efficient Diffusion Transformer: tools.")
     parser.add_argument("--version", action="version", version=f"edt-lab {__version__}")
-    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for name, (module_name, help_line) in COMMANDS.items():
         sub = subparsers.add_parser(name, help=help_line, description=help_line)
         if name == command:

@@ -11,10 +11,15 @@ from pathlib import Path
 
 from .models import MODEL_NAMES, DiT, EDT, MDTv2, create_model
 
+def attention_macs(tokens: int, width: int) -> int:
+    """The two attention products of one block, QK^T and (softmax) V: the only part that grows as N^2."""
+    return 2 * tokens**2 * width
+
+
 def block_macs(tokens: int, width: int, cond_dim: int, mlp_ratio: float = 4.0) -> int:
     """One adaLN-Zero block: adaLN, qkv, the two attention products, proj, MLP."""
     hidden = int(width * mlp_ratio)
-    return (6 * cond_dim * width + 3 * tokens * width**2 + 2 * tokens**2 * width + tokens * width**2
+    return (6 * cond_dim * width + 3 * tokens * width**2 + attention_macs(tokens, width) + tokens * width**2
             + 2 * tokens * width * hidden)
 
 
@@ -57,6 +62,7 @@ class CostItem:
     macs: int
     tokens: int
     width: int
+    attention: int = 0  # of macs, the attention products (QK^T and AV) of a transformer block
 
 
 @dataclass
@@ -73,6 +79,10 @@ class CostReport:
     def gflops(self) -> float:
         """The field's "GFLOPs": giga multiply-accumulates."""
         return self.total / 1e9
+
+    @property
+    def attention_total(self) -> int:
+        return sum(item.attention for item in self.items)
 
     def by_stage(self) -> dict:
         stages = {}
@@ -102,7 +112,7 @@ def count_macs(model) -> CostReport:
                                       tokens[s], dims[s]))
             for _ in range(depth):
                 items.append(CostItem(f"blocks.{index}", stage, block_macs(tokens[s], dims[s], d0, cfg.mlp_ratio),
-                                      tokens[s], dims[s]))
+                                      tokens[s], dims[s], attention_macs(tokens[s], dims[s])))
                 index += 1
             if s < 2:
                 items.append(CostItem(f"down_blocks.{s}", stage, down_macs(tokens[s], dims[s], dims[s + 1], d0),
@@ -111,16 +121,16 @@ def count_macs(model) -> CostReport:
     elif isinstance(model, DiT):
         width, n_tokens = cfg.hidden_size, model.grid_size**2
         items = [CostItem("embed", "embed", embed_macs(n_tokens, patch, in_ch, width), n_tokens, width)]
-        items += [CostItem(f"blocks.{i}", "blocks", block_macs(n_tokens, width, width, cfg.mlp_ratio), n_tokens, width)
-                  for i in range(cfg.depth)]
+        items += [CostItem(f"blocks.{i}", "blocks", block_macs(n_tokens, width, width, cfg.mlp_ratio), n_tokens, width,
+                           attention_macs(n_tokens, width)) for i in range(cfg.depth)]
     elif isinstance(model, MDTv2):
         width, n_tokens = cfg.hidden_size, model.grid_size**2
         items = [CostItem("embed", "embed", embed_macs(n_tokens, patch, in_ch, width), n_tokens, width)]
         block = block_macs(n_tokens, width, width, cfg.mlp_ratio)
         for prefix, stage, skip in (("en_inblocks", "encoder in", 0), ("en_outblocks", "encoder out", 1),
                                     ("de_blocks", "decoder", 1)):
-            items += [CostItem(f"{prefix}.{i}", stage, block + skip * skip_macs(n_tokens, width), n_tokens, width)
-                      for i in range(len(getattr(model, prefix)))]
+            items += [CostItem(f"{prefix}.{i}", stage, block + skip * skip_macs(n_tokens, width), n_tokens, width,
+                               attention_macs(n_tokens, width)) for i in range(len(getattr(model, prefix)))]
         items.append(CostItem("sideblocks.0", "side (training only)", 0, n_tokens, width))
     else:
         raise ValueError(f"count_macs expects an EDT, DiT or MDTv2, got {type(model).__name__}")
@@ -146,6 +156,8 @@ def format_report(name: str, model) -> str:
         lines.append(f"{item.stage:<{stage_width}}{item.module:<18}{item.tokens:>7}{item.width:>7}"
                      f"{item.macs / 1e9:>10.4f}{item.macs / report.total:>8.1%}")
     lines.append("by stage: " + ", ".join(f"{s} {m / 1e9:.3f}" for s, m in report.by_stage().items()))
+    lines.append(f"attention products (QK^T and AV): {report.attention_total / 1e9:.3f} GMACs, "
+                 f"{report.attention_total / report.total:.1%} of the total")
     return "\n".join(lines)
 
 

@@ -1,6 +1,8 @@
 """The running web explorer through its API (gradio_client): defaults, AMM off vs on, bad requests, models folder."""
 
+import os
 import runpy
+import socket
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,6 +76,14 @@ def test_bad_requests_show_errors_and_the_server_keeps_serving(client):
         assert type(error.value).__name__ == "AppError"
     with pytest.raises(Exception, match="unknown class 'banana'"):
         client.predict(class_name="banana", num_images=1, api_name="/compare")
+    # values the page cannot send: gradio's own range check would fail on them with an unexplained error
+    for bad, message in ((dict(num_images="abc"), "number of images must be a number, got 'abc'"),
+                         (dict(steps=None), "steps must be a number, got None"),
+                         (dict(released_radius=False, radius="x"), "radius R \\(tokens\\) must be a number"),
+                         (dict(class_name="\u00b2"), "unknown class"),  # a digit to str.isdigit, not to int()
+                         (dict(guided_timesteps="1-\u00b2"), "guided timesteps must be all, or LOW-HIGH")):
+        with pytest.raises(Exception, match=message):
+            client.predict(api_name="/generate", **bad)
     samples, _ = client.predict(num_images=2, steps=3, api_name="/generate")
     assert pixels(samples).shape[0] == 2
 
@@ -98,5 +108,22 @@ def test_bad_options_are_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
         runpy.run_path(str(ROOT / "app.py"), run_name="__main__")
     assert exit_.value.code == 2
     assert capsys.readouterr().err == f"app.py: error: models folder {missing} does not exist or is not a folder\n"
-    assert main(["app", "--threads", "0"]) == 2
-    assert capsys.readouterr().err == "edt-lab app: error: --threads must be at least 1, got 0\n"
+    threads = f"--threads must lie in 1..{os.cpu_count()} (this machine's CPUs), got"
+    for option, message in ((["--threads", "0"], f"{threads} 0"), (["--threads", "100000"], f"{threads} 100000"),
+                            (["--port", "99999"], "--port must lie in 0..65535, got 99999")):
+        assert main(["app", *option]) == 2
+        assert capsys.readouterr().err == f"edt-lab app: error: {message}\n"
+    monkeypatch.setattr(sys, "argv", ["app.py", "--bogus"])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(ROOT / "app.py"), run_name="__main__")
+    assert exit_.value.code == 2 and capsys.readouterr().err == "app.py: error: unrecognized arguments: --bogus\n"
+
+
+def test_a_busy_port_is_one_line_and_exit_2(capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["app", "--port", str(port), "--demo", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == (f"edt-lab app: error: cannot serve on 127.0.0.1:{port}: the port is in use, "
+                                       "or the address is not one of this machine's\n")

@@ -32,6 +32,8 @@ def test_flop_counter_agrees_with_the_analytic_count(name):
     with torch.no_grad(), counter:
         model(torch.randn(1, 1, 32, 32), torch.tensor([10]), torch.tensor([3]))
     assert counter.get_total_flops() == 2 * count_macs(model).total
+    # the explicit path's only batched products are the attention products (QK^T and AV)
+    assert counter.get_flop_counts()["Global"][torch.ops.aten.bmm] == 2 * count_macs(model).attention_total
 
 
 def test_breakdown_sums_to_total_and_stages_follow_the_pyramid():
@@ -48,3 +50,4 @@ def test_flops_command_prints_the_table(capsys):
     out = capsys.readouterr().out
     assert "EDT-S/2: 2.667 GFLOPs" in out and "multiply-accumulates" in out and "down_blocks.1" in out
     assert "DiT-S/2: 6.056 GFLOPs" in out
+    assert "attention products (QK^T and AV): 0.222 GMACs, 8.3% of the total" in out  # EDT-S/2

@@ -9,12 +9,15 @@ e.g. gradio_client.Client(url).predict(api_name="/compare").
 
 import argparse
 import functools
+import math
+import os
 import sys
 from dataclasses import dataclass
 
 import gradio as gr
 import torch
 
+from ..cli import OneLineParser
 from ..pipeline import SAMPLERS
 from . import controls, views
 from .models import DEFAULT_NAME, DEMO_NOTE, ModelStore, resolve_device
@@ -39,6 +42,32 @@ def shows_errors(function):
         except ValueError as error:
             raise gr.Error(str(error)) from None
     return wrapper
+
+
+def refuses_non_numbers(component):
+    """`component` (a Number or Slider) refusing an API value that is not a finite number by the field's name.
+
+    Gradio compares a value with its field's range before any handler runs: a string there fails with a TypeError
+    that the client sees only as an unexplained error. (The check wraps the instance's preprocess: a subclass
+    would make gradio write a type-stub file beside this module.)"""
+    preprocess = component.preprocess
+
+    def checked(payload):
+        number = isinstance(payload, (int, float)) and not isinstance(payload, bool) and math.isfinite(payload)
+        if not number and (payload is not None or isinstance(component, gr.Slider)):  # the handlers refuse a None
+            raise gr.Error(f"{component.label} must be a number, got {payload!r}")
+        return preprocess(payload)
+
+    component.preprocess = checked
+    return component
+
+
+def number_field(*args, **kwargs) -> gr.Number:
+    return refuses_non_numbers(gr.Number(*args, **kwargs))
+
+
+def slider_field(*args, **kwargs) -> gr.Slider:
+    return refuses_non_numbers(gr.Slider(*args, **kwargs))
 
 
 def warns(outputs: int = 1):
@@ -158,12 +187,12 @@ def request_panel(values: dict) -> dict:
     init, classes = values["init"], values["classes"]
     return {
         "class_name": gr.Dropdown(classes, value=classes[0], label="class", allow_custom_value=True),
-        "seed": gr.Number(0, label="seed (the same seed gives the same noise)", precision=0, minimum=0,
+        "seed": number_field(0, label="seed (the same seed gives the same noise)", precision=0, minimum=0,
                           maximum=controls.MAX_SEED),
-        "num_images": gr.Slider(1, controls.MAX_IMAGES, value=4, step=1, label="number of images"),
+        "num_images": slider_field(1, controls.MAX_IMAGES, value=4, step=1, label="number of images"),
         "sampler": gr.Radio(list(SAMPLERS), value=init["sampler"], label="sampler"),
-        "steps": gr.Slider(1, controls.MAX_STEPS, value=init["steps"], step=1, label="steps"),
-        "guidance": gr.Slider(1.0, controls.MAX_GUIDANCE, value=init["guidance"], step=0.1,
+        "steps": slider_field(1, controls.MAX_STEPS, value=init["steps"], step=1, label="steps"),
+        "guidance": slider_field(1.0, controls.MAX_GUIDANCE, value=init["guidance"], step=0.1,
                               label="guidance scale (1 = no guidance)"),
         "guided_timesteps": gr.Textbox(init["guided_timesteps"], label="guided timesteps",
                                        info="all, or LOW-HIGH: guide only the steps whose timestep t lies in it "
@@ -189,11 +218,11 @@ def amm_panel(values: dict) -> dict:
                                          "press Enter to apply"),
             "released_radius": gr.Checkbox(init["released_radius"],
                                            label="released radius of each block's grid, R = √((n−1)² + 4)"),
-            "radius": gr.Slider(*controls.RADIUS_RANGE, value=round(init["radius"], 3), step=0.001,
+            "radius": slider_field(*controls.RADIUS_RANGE, value=round(init["radius"], 3), step=0.001,
                                 label="radius R (tokens)",
                                 info=f"paper default on the 16×16 grid: √229 ≈ {controls.RADIUS_DEFAULT:.2f}; "
                                      f"used for every AMM block when the box above is off"),
-            "scale": gr.Slider(*controls.SCALE_RANGE, value=init["scale"], step=0.01, label="scale k",
+            "scale": slider_field(*controls.SCALE_RANGE, value=init["scale"], step=0.01, label="scale k",
                                info=f"paper default k = {controls.SCALE_DEFAULT}"),
         }
 
@@ -227,8 +256,8 @@ def attention_tab(values: dict) -> dict:
     with gr.Tab(ATTENTION_TAB):
         with gr.Row():
             query = {"block": gr.Dropdown(values["blocks"], value=values["block"], label="block"),
-                     "row": gr.Slider(0, last, value=middle, step=1, label="query token row"),
-                     "col": gr.Slider(0, last, value=middle, step=1, label="query token column")}
+                     "row": slider_field(0, last, value=middle, step=1, label="query token row"),
+                     "col": slider_field(0, last, value=middle, step=1, label="query token column")}
         gr.Markdown("The query token is on the image's token grid; a block with a coarser grid uses the token that "
                     "covers the same place.")
         return {**query,
@@ -259,7 +288,8 @@ def masking_tab() -> dict:
                     "its encoder instead (mdt). These are the masks one such pass would draw (over the last image).")
         with gr.Row():
             inputs = {"strategy": gr.Radio(["edt", "mdt", "input-zero"], value="edt", label="strategy"),
-                      "mask_seed": gr.Number(0, label="mask seed", precision=0, minimum=0),
+                      "mask_seed": number_field(0, label="mask seed", precision=0, minimum=0,
+                                                maximum=controls.MAX_SEED),
                       "mask_button": gr.Button("Draw masks")}
         return {**inputs, "mask_plot": gr.Plot(label="keep-masks", show_label=False)}
 
@@ -429,7 +459,7 @@ def wire_views(demo: gr.Blocks, store: ModelStore, page: Page) -> None:
     def show_masks(model, strategy, seed, runs):
         """The training masks of one masked pass, over the last image."""
         image = runs["image"] if runs else None
-        return views.mask_figure(store.get(model).pipe.transformer, seed, strategy, image)
+        return views.mask_figure(store.get(model).pipe.transformer, controls.check_seed(seed), strategy, image)
 
     query = (page.block, page.row, page.col)
     for control in query:
@@ -471,7 +501,7 @@ def build_app(store: ModelStore) -> gr.Blocks:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--port", type=int, default=7860, help="port to serve on (0..65535)")
     parser.add_argument("--models-dir", help="folder of pipeline folders and .pt/.pth/.safetensors files "
                                              "(a latent model's VAE in vae/ beside them)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -508,8 +538,10 @@ def queue_requests(demo: gr.Blocks) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Serve the page until interrupted; ValueError for options no server can use."""
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    if args.threads is not None and not 1 <= args.threads <= os.cpu_count():
+        raise ValueError(f"--threads must lie in 1..{os.cpu_count()} (this machine's CPUs), got {args.threads}")
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must lie in 0..65535, got {args.port}")
     if args.threads:
         torch.set_num_threads(args.threads)
     store = ModelStore(args.models_dir, resolve_device(args.device), demo=args.demo)
@@ -517,12 +549,16 @@ def run(args: argparse.Namespace) -> None:
     queue_requests(demo)
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])  # local fonts only: the page works offline
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, theme=theme)
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share, theme=theme)
+    except OSError:  # gradio reports every failed bind as "Cannot find empty port"
+        raise ValueError(f"cannot serve on {args.host}:{args.port}: the port is in use, or the address is not one "
+                         f"of this machine's") from None
 
 
 def main(argv=None, prog: str = "app.py") -> int:
     """`python app.py ...`: like every command of the project, a bad option is one line and exit code 2."""
-    parser = argparse.ArgumentParser(prog=prog, description="The EDT web explorer.")
+    parser = OneLineParser(prog=prog, description="The EDT web explorer.")
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

@@ -165,6 +165,11 @@ def _number(name: str, value, low, high, integer: bool = False):
     return int(number) if integer else number
 
 
+def check_seed(seed) -> int:
+    """A noise or mask seed: a whole number in 0..MAX_SEED, else ValueError."""
+    return _number("seed", seed, 0, MAX_SEED, integer=True)
+
+
 def check_request(pipe, class_name, seed, num_images, sampler, steps, guidance, amm_blocks, released_radius,
                   radius, scale, precision="fp32", guided_timesteps=None, recommended=None) -> Request:
     """A Request from the page's raw values (the class by name or index), or ValueError with what was expected;
@@ -173,7 +178,7 @@ def check_request(pipe, class_name, seed, num_images, sampler, steps, guidance, 
     names = class_choices(pipe)
     if class_name in names:
         class_index = names.index(class_name)
-    elif str(class_name).strip().isdigit() and int(class_name) < len(names):  # a class index works too
+    elif str(class_name).strip().isdecimal() and int(class_name) < len(names):  # a class index works too
         class_index = int(class_name)
     else:
         shown = ", ".join(names[:10]) + (f", ... ({len(names)} classes)" if len(names) > 10 else "")
@@ -185,7 +190,7 @@ def check_request(pipe, class_name, seed, num_images, sampler, steps, guidance, 
     resolve_precision(precision, pipe.device)  # an unknown name, or bf16 where the hardware lacks it
     return Request(
         class_index=class_index,
-        seed=_number("seed", seed, 0, MAX_SEED, integer=True),
+        seed=check_seed(seed),
         num_images=_number("number of images", num_images, 1, MAX_IMAGES, integer=True),
         sampler=sampler,
         steps=_number("steps", steps, 1, MAX_STEPS, integer=True),
@@ -216,7 +221,7 @@ def parse_interval(text, num_train_timesteps: int = 1000) -> tuple[int, int] | N
     if text in ("", "all"):
         return None
     low, _, high = text.partition("-")
-    if low.strip().isdigit() and high.strip().isdigit() and int(low) <= int(high) < num_train_timesteps:
+    if low.strip().isdecimal() and high.strip().isdecimal() and int(low) <= int(high) < num_train_timesteps:
         return int(low), int(high)
     raise ValueError(f"guided timesteps must be all, or LOW-HIGH with 0 <= LOW <= HIGH <= {num_train_timesteps - 1} "
                      f"(e.g. 0-800), got {text!r}")
