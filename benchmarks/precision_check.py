@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from app_latency import command_line
+from app_latency import command_line, machine_record
 from edt_lab.classifier import load_digit_classifier
 from edt_lab.metrics import bootstrap_digit_measures, digit_metrics, judge_digits
 from edt_lab.pipeline import DEFAULT_MODEL_DIR, load_default, make_scheduler
@@ -72,8 +73,8 @@ def main(argv=None) -> dict:
         print(name + ": " + ", ".join(f"{m} {v['diff']:+.4g} [{v['diff_low']:+.4g}, {v['diff_high']:+.4g}]"
                                       for m, v in measures.items()))
     report = {"command": command_line(__file__, argv),
-              "settings": settings, "runs": runs, "differences": paired,
-              "date": time.strftime("%Y-%m-%d %H:%M")}
+              "settings": settings, "runs": runs, "differences": paired, "threads": torch.get_num_threads(),
+              "machine": machine_record()}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -162,7 +162,7 @@ def add_arguments(parser):
                         "or power-cos (MDTv2's released schedule, with --guided-channels 3)")
     parser.add_argument("--cfg-interval", type=int, nargs=2, metavar=("LOW", "HIGH"),
                         help="guide only the steps with LOW <= t <= HIGH (training timesteps 0..999), e.g. 300 999 "
-                             "(default: recommended, else every step)")
+                             "(default: recommended, else every step; 0 999 guides every step)")
     parser.add_argument("--amm", help="'preset', 'off' or block indices such as 7,10 (default: recommended, else off)")
     parser.add_argument("--amm-radius", type=float, help="AMM radius in tokens (default: the released one)")
     parser.add_argument("--amm-scale", type=float, help="AMM scale k (default 0.5)")

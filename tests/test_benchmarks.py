@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -221,6 +222,7 @@ def test_precision_check_pairs_bf16_with_fp32_on_the_same_noise(tmp_path):
     assert [(r["seed"], r["precision"]) for r in report["runs"]] == [(0, "fp32"), (0, "bf16"), (1, "fp32"),
                                                                      (1, "bf16")]
     assert report["settings"]["steps"] == 25 and all(r["num_samples"] == 20 for r in report["runs"])
+    assert report["threads"] == torch.get_num_threads() and "load_average_1_5_15_min" in report["machine"]
     # bf16 moves the images a little on the same noise; another seed draws other digits
     assert 0 < report["runs"][1]["mean_abs_uint8_difference_to_fp32"] < 10
     assert set(report["differences"]) == {"bf16 - fp32, seed 0", "bf16 - fp32, seed 1", "fp32, seed 1 - seed 0"}
