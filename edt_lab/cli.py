@@ -34,6 +34,26 @@ def make_parent_folder(path, option: str) -> Path:
     return path
 
 
+def output_file(path, option: str) -> Path:
+    """An output file `path` given as `option`, checked before any work: its folder created, and the path not an
+    existing folder; ValueError otherwise."""
+    path = make_parent_folder(path, option)
+    if path.is_dir():
+        raise ValueError(f"{option} {path}: is a folder, expected a file name")
+    return path
+
+
+def run_script(main) -> int:
+    """Run a script's `main()`; a bad input (ValueError) is one line on stderr and exit code 2, as in every command
+    of the project: `if __name__ == "__main__": sys.exit(run_script(main))`."""
+    try:
+        main()
+    except ValueError as error:
+        print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad command line as one line and exit code 2, like every other bad input."""
 
