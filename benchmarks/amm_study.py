@@ -15,17 +15,19 @@ settings name). `--cfg-interval` guides only the steps with t in LOW..HIGH, as a
 (the pipeline's `guidance_interval`).
 """
 
-import argparse
 import json
+import sys
 
 import numpy as np
 
 from edt_lab.amm import AMM_PRESETS, default_radius, preset_for
 from edt_lab.classifier import load_digit_classifier
+from edt_lab.cli import OneLineParser, output_file, run_script
 from edt_lab.metrics import bootstrap_digit_measures, digit_metrics, judge_digits
-from edt_lab.pipeline import DEFAULT_MODEL_DIR, EDTPipeline, make_scheduler
+from edt_lab.pipeline import DEFAULT_MODEL_DIR, SAMPLERS, EDTPipeline, make_scheduler
 from edt_lab.realism import load_digit_autoencoder
 from edt_lab.sample import generate
+from options import at_least
 
 # The appearance measures of `digit_metrics` that each row records, with their real-vs-real floors.
 APPEARANCE_MEASURES = ("ae_fid", "ae_fid_real_floor", "mean_ink", "mean_ink_w1", "mean_ink_w1_real_floor",
@@ -54,12 +56,12 @@ def with_interval(interval: dict, digits: int, is_off: bool) -> str:
 
 
 def main(argv=None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipeline", default=str(DEFAULT_MODEL_DIR))
-    parser.add_argument("--per-class", type=int, default=20)
-    parser.add_argument("--sampler", default="dpm")
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0])
+    parser.add_argument("--per-class", type=at_least(1), default=20)
+    parser.add_argument("--sampler", default="dpm", choices=SAMPLERS)
+    parser.add_argument("--steps", type=at_least(1), default=25)
+    parser.add_argument("--guidance", type=at_least(1.0, float), nargs="+", default=[1.0, 3.0])
     parser.add_argument("--cfg-interval", type=int, nargs=2, metavar=("LOW", "HIGH"), default=None,
                         help="guide only the steps whose timestep lies in LOW..HIGH (default: every step)")
     parser.add_argument("--parts", nargs="+", default=["arrangements", "radius", "scale"],
@@ -67,11 +69,13 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--vary-blocks", type=int, nargs="+", default=None,
                         help="the AMM blocks whose radius and scale the radius and scale parts vary "
                              "(default: the released preset for each guidance)")
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resamples", type=int, default=300)
+    parser.add_argument("--batch-size", type=at_least(1), default=100)
+    parser.add_argument("--seed", type=at_least(0), default=0)
+    parser.add_argument("--resamples", type=at_least(1), default=300)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if args.json:
+        output_file(args.json, "--json")
     interval = None if args.cfg_interval is None else tuple(args.cfg_interval)
 
     pipe = EDTPipeline.from_pretrained(args.pipeline)
@@ -139,4 +143,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

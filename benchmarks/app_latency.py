@@ -18,7 +18,6 @@ loading (no certificate is ever checked on this URL either way); --client-ssl-ve
 default instead.
 """
 
-import argparse
 import json
 import os
 import platform
@@ -32,6 +31,9 @@ import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
+
+from edt_lab.cli import OneLineParser, output_file, run_script
+from options import at_least
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,9 +101,10 @@ def sampling_seconds(status: str) -> float:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=4, help="/generate calls; the first is the warm-up")
-    parser.add_argument("--threads", type=int, default=None, help="the app's --threads (default: torch's choice)")
+    parser.add_argument("--threads", type=at_least(1), default=None,
+                        help="the app's --threads (default: torch's choice)")
     parser.add_argument("--client-ssl-verify", action="store_true",
                         help="gradio_client's default TLS setup on every request (see above)")
     parser.add_argument("--json", default=None)
@@ -109,6 +112,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.calls < 2:
         parser.error("--calls must be at least 2: the first call is the warm-up")
+    if args.json:
+        output_file(args.json, "--json")
     from gradio_client import Client
 
     app_args = ["--device", "cpu", *(["--threads", str(args.threads)] if args.threads else []), *args.app_args]
@@ -138,4 +143,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

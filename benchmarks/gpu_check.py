@@ -36,6 +36,7 @@ from pathlib import Path
 
 RESULT_PREFIX = "RESULT "
 TAIL_LINES = 15
+MIN_SECTION_S = 5  # a section is not started with less of the budget left
 
 
 @dataclass(frozen=True)
@@ -263,18 +264,25 @@ def describe(row: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from edt_lab.cli import OneLineParser, output_file
+    from options import at_least, check_device, positive
+
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="the report, rewritten after every measurement (required unless --section)")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="auto: cuda when available")
     parser.add_argument("--tiny", action="store_true", help="EDT-T/2 and DiT-T/2 at batch 2: the CPU smoke run")
     parser.add_argument("--sections", nargs="+", choices=tuple(SECTIONS), default=list(SECTIONS))
-    parser.add_argument("--budget-s", type=float, default=225.0, help="total time for all sections")
-    parser.add_argument("--limit-s", type=float, default=None, help="override every section's own time limit")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: 256, or 2 with --tiny")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed calls per row (default 2, 1 with --tiny)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per row (default 5, 1 with --tiny)")
+    parser.add_argument("--budget-s", type=at_least(MIN_SECTION_S, float), default=225.0,
+                        help="total time for all sections")
+    parser.add_argument("--limit-s", type=positive, default=None, help="override every section's own time limit")
+    parser.add_argument("--batch-size", type=at_least(1), default=None, help="default: 256, or 2 with --tiny")
+    parser.add_argument("--warmup", type=at_least(0), default=None,
+                        help="untimed calls per row (default 2, 1 with --tiny)")
+    parser.add_argument("--repeats", type=at_least(1), default=None,
+                        help="timed calls per row (default 5, 1 with --tiny)")
     parser.add_argument("--section", choices=tuple(SECTIONS), help=argparse.SUPPRESS)  # a child process
     args = parser.parse_args(argv)
+    check_device(parser, args.device)  # not every section logging that it has no GPU
     args.batch_size = args.batch_size or (2 if args.tiny else 256)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 2)
     args.repeats = args.repeats or (1 if args.tiny else 5)
@@ -283,6 +291,7 @@ def main(argv=None) -> dict:
         return {}
     if not args.json:
         parser.error("--json is required")
+    out = output_file(args.json, "--json")
 
     child_args = ["--device", args.device, "--batch-size", str(args.batch_size), "--warmup", str(args.warmup),
                   "--repeats", str(args.repeats)] + (["--tiny"] if args.tiny else [])
@@ -290,8 +299,6 @@ def main(argv=None) -> dict:
               "settings": {"device": args.device, "batch_size": args.batch_size, "warmup": args.warmup,
                            "repeats": args.repeats, "tiny": args.tiny, "budget_s": args.budget_s},
               "machine": None, "sections": {}, "summary": []}
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
 
     def save():
         report["summary"] = summarise(report["sections"])
@@ -306,7 +313,7 @@ def main(argv=None) -> dict:
         left = args.budget_s - (time.perf_counter() - start)
         record = report["sections"][name] = {"status": "skipped (out of time)", "limit_s": round(min(own, left), 1),
                                              "rows": []}
-        if left < 5:
+        if left < MIN_SECTION_S:
             save()
             continue
 
@@ -337,4 +344,6 @@ def main(argv=None) -> dict:
 if __name__ == "__main__":
     here = Path(__file__).resolve().parent
     sys.path[:0] = [str(here), str(here.parent)]  # throughput, train_speed, timing; this checkout's edt_lab
-    main()
+    from edt_lab.cli import run_script
+
+    sys.exit(run_script(main))

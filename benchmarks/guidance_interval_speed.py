@@ -5,43 +5,47 @@ every step guided, in alternating rounds in one process.
                                                  [--demo]
 
 The guided timesteps are the model folder's recommended ones (t <= 800 for the digits model, so 8 of its 25 steps
-run the model on the conditional half of the batch alone), or `--interval`. Each round samples twice per setting;
+run the model on the conditional half of the batch alone), or `--interval`; a model that recommends none (the
+untrained `--demo` model) gets the digits model's, 0..800. Each round samples twice per setting;
 the figures are medians, with the ratio of every-step to interval sampling per round, so a slow spell of the
 machine weighs on both settings alike.
 """
 
-import argparse
 import dataclasses
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import torch
 
 from app_latency import command_line, machine_record
+from edt_lab.cli import OneLineParser, output_file, run_script
 from edt_lab.explorer.models import DEFAULT_NAME, ModelStore
 from edt_lab.explorer.sampling import sample
+from options import at_least
 from queue_polling import default_request, in_turns, per_round_ratios, request_record
+
+DEFAULT_INTERVAL = (0, 800)  # the shipped digits model's recommended guided timesteps, for a model without any
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=8)
+    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=at_least(1), default=8)
     parser.add_argument("--interval", type=int, nargs=2, metavar=("LOW", "HIGH"), default=None,
-                        help="the guided timesteps (default: the model's recommended ones)")
-    parser.add_argument("--threads", type=int, default=None, help="torch's CPU threads (default: torch's choice)")
+                        help="the guided timesteps (default: the model's recommended ones, or 0..800)")
+    parser.add_argument("--threads", type=at_least(1), default=None,
+                        help="torch's CPU threads (default: torch's choice)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--demo", action="store_true", help="the untrained demo model (tests)")
     args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
+    if args.json:
+        output_file(args.json, "--json")
     if args.threads:
         torch.set_num_threads(args.threads)
     loaded = ModelStore(None, torch.device("cpu"), demo=args.demo).get(DEFAULT_NAME)
     request = default_request(loaded)
-    interval = tuple(args.interval) if args.interval else request.guidance_interval
-    if interval is None:
-        parser.error("the model recommends no guided timesteps: give --interval LOW HIGH")
+    interval = tuple(args.interval or request.guidance_interval or DEFAULT_INTERVAL)
     if not 0 <= interval[0] <= interval[1] < loaded.pipe.scheduler.config.num_train_timesteps:
         parser.error(f"--interval {interval[0]} {interval[1]}: expected 0 <= LOW <= HIGH <= "
                      f"{loaded.pipe.scheduler.config.num_train_timesteps - 1}")
@@ -69,4 +73,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

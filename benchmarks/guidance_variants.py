@@ -27,7 +27,6 @@ variant's own. `--guidance` is the variant's main scale.
         --samplers deis-karras:25 --guidance 2.5 3 4 --amm 10 --json docs/bench/guidance_variants/apg_parallel_0.json
 """
 
-import argparse
 import functools
 import json
 import sys
@@ -39,9 +38,16 @@ from diffusers.guiders.adaptive_projected_guidance import normalized_guidance
 from diffusers.guiders.guider_utils import rescale_noise_cfg
 
 from edt_lab.checkpoints import load_checkpoint
+from edt_lab.cli import OneLineParser, output_file, run_script
 
 sys.path.insert(0, str(Path(__file__).parent))
 import settings_sweep  # noqa: E402  (a sibling script)
+from options import at_least  # noqa: E402
+
+# Each variant's own options (argparse's dest) -> (the variant, the default): another variant's option is refused.
+VARIANT_OPTIONS = {"parallel_weight": ("apg", 0.0), "rescale": ("rescale", 0.7), "bad_model": ("autoguidance", None),
+                   "free_guidance": ("autoguidance", 1.0), "skip_blocks": ("layer-skip", [5]),
+                   "low_pass_factor": ("frequency", 4), "high_guidance": ("frequency", 1.5)}
 
 
 def split_prediction(model, out):
@@ -125,25 +131,36 @@ def frequency_forward(model, factor, high_guidance, x, t, y, cfg_scale, *args, *
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     own, sweep_args = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     usage="%(prog)s VARIANT [options] -- SETTINGS_SWEEP_ARGUMENTS")
+    parser = OneLineParser(description=__doc__.splitlines()[0],
+                           usage="%(prog)s VARIANT [options] -- SETTINGS_SWEEP_ARGUMENTS")
     parser.add_argument("variant", choices=("apg", "rescale", "autoguidance", "layer-skip", "frequency"))
-    parser.add_argument("--parallel-weight", type=float, default=0.0, help="apg: weight of the parallel part")
-    parser.add_argument("--rescale", type=float, default=0.7,
-                        help="rescale: the fraction of the way to the conditional x0's spread (0 to 1)")
-    parser.add_argument("--bad-model", default=None, help="autoguidance: the bad model (as edt-lab sample --ckpt)")
-    parser.add_argument("--free-guidance", type=float, default=1.0,
-                        help="autoguidance: classifier-free guidance added on top (1 = none)")
-    parser.add_argument("--skip-blocks", type=int, nargs="+", default=[5], help="layer-skip: blocks to skip")
-    parser.add_argument("--low-pass-factor", type=int, default=4, help="frequency: pooling factor of the low part")
-    parser.add_argument("--high-guidance", type=float, default=1.5, help="frequency: guidance of the high part")
+    # The variants' own options default to None here, so that one given to another variant shows (VARIANT_OPTIONS).
+    parser.add_argument("--parallel-weight", type=float, help="apg: weight of the parallel part (default 0)")
+    parser.add_argument("--rescale", type=float,
+                        help="rescale: the fraction of the way to the conditional x0's spread (0 to 1, default 0.7)")
+    parser.add_argument("--bad-model", help="autoguidance: the bad model (as edt-lab sample --ckpt)")
+    parser.add_argument("--free-guidance", type=at_least(1.0, float),
+                        help="autoguidance: classifier-free guidance added on top (default 1 = none)")
+    parser.add_argument("--skip-blocks", type=int, nargs="+", help="layer-skip: blocks to skip (default 5)")
+    parser.add_argument("--low-pass-factor", type=int, help="frequency: pooling factor of the low part (default 4)")
+    parser.add_argument("--high-guidance", type=float, help="frequency: guidance of the high part (default 1.5)")
     args = parser.parse_args(own)
+    for dest, (owner, default) in VARIANT_OPTIONS.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, default)
+        elif owner != args.variant:
+            parser.error(f"--{dest.replace('_', '-')} is an option of {owner}, not of {args.variant}")
+    if args.variant == "rescale" and not 0 <= args.rescale <= 1:
+        parser.error(f"--rescale {args.rescale}: expected a fraction from 0 to 1")
+    if args.variant == "autoguidance" and args.bad_model is None:
+        parser.error("autoguidance needs --bad-model FOLDER")
     json_path = None
     if "--json" in sweep_args:  # this script writes the JSON, with the variant beside the rows
         at = sweep_args.index("--json")
         if at + 1 == len(sweep_args):
             parser.error("--json needs a file name")
         json_path, sweep_args = sweep_args[at + 1], sweep_args[:at] + sweep_args[at + 2:]
+        output_file(json_path, "--json")
     variant = {"variant": args.variant}
 
     def prepare(pipe):
@@ -153,13 +170,9 @@ def main(argv=None):
             # the folder's training noise schedule, which every sampler of the sweep shares
             forward = functools.partial(apg_forward, model, pipe.scheduler.alphas_cumprod, args.parallel_weight)
         elif args.variant == "rescale":
-            if not 0 <= args.rescale <= 1:
-                parser.error(f"--rescale {args.rescale}: expected a fraction from 0 to 1")
             variant["rescale"] = args.rescale
             forward = functools.partial(rescale_forward, model, pipe.scheduler.alphas_cumprod, args.rescale)
         elif args.variant == "autoguidance":
-            if args.bad_model is None:
-                parser.error("autoguidance needs --bad-model FOLDER")
             try:
                 bad_model = load_checkpoint(args.bad_model).eval()
             except (OSError, ValueError) as error:
@@ -185,10 +198,9 @@ def main(argv=None):
 
     rows, chosen = settings_sweep.main(sweep_args, prepare_pipeline=prepare)
     if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps({**variant, "rows": rows, "chosen": chosen}, indent=2) + "\n")
     return variant, rows
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -20,14 +20,15 @@ together (the paper: MDT's two losses fight, EDT's fall together). Seconds per s
 lines, on whatever else the machine was doing.
 """
 
-import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from edt_lab.cli import OneLineParser, output_file, run_script
 from edt_lab.cli import main as edt_lab
 from edt_lab.data import load_digits
 from edt_lab.diffusion import make_training_scheduler
@@ -38,6 +39,7 @@ from edt_lab.sample import generate
 from edt_lab.checkpoints import model_from_checkpoint, safe_torch_load
 from edt_lab.classifier import load_digit_classifier
 from edt_lab.train import list_checkpoints
+from options import at_least, positive
 
 # "input-zero" drops MDT's token counts at the input by zeroing (EDT has no side-interpolator for MDT's removal).
 # MDTv2-T/2 with `mdt` is MDT's real token removal with its side-interpolator.
@@ -158,13 +160,13 @@ def plot(logs: dict, path: str) -> None:
 
 
 def main(argv=None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=800)
+    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=at_least(1), default=800)
     parser.add_argument("--runs-dir", default="runs/masking_study")
-    parser.add_argument("--per-class", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0, help="the sampling seed")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--per-class", type=at_least(1), default=20)
+    parser.add_argument("--seed", type=at_least(0), default=0, help="the sampling seed")
+    parser.add_argument("--batch-size", type=at_least(1), default=32)
+    parser.add_argument("--lr", type=positive, default=1e-3)
     parser.add_argument("--arms", nargs="+", choices=tuple(ARMS), default=list(ARMS))
     stage = parser.add_mutually_exclusive_group()
     stage.add_argument("--train-only", action="store_true", help="train the arms, score nothing (e.g. on a GPU)")
@@ -172,6 +174,15 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--json", default=None)
     parser.add_argument("--figure", default=None)
     args = parser.parse_args(argv)
+    if Path(args.runs_dir).exists() and not Path(args.runs_dir).is_dir():
+        parser.error(f"--runs-dir {args.runs_dir}: is a file, expected a folder")
+    for name in args.arms if args.eval_only else ():  # every arm to score, before scoring any
+        run_dir = arm_dir(args.runs_dir, *ARMS[name])
+        if not (run_dir / "log.jsonl").is_file() or not list_checkpoints(run_dir):
+            parser.error(f"--eval-only: {run_dir} holds no trained arm {name!r} (log.jsonl and a checkpoint)")
+    for path, option in ((args.json, "--json"), (args.figure, "--figure")):
+        if path:
+            output_file(path, option)
 
     rows, logs = [], {}
     baseline = None  # the first arm's judgement and denoising errors: every other arm's differences are to it
@@ -220,4 +231,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

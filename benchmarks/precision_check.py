@@ -9,8 +9,8 @@ interval per measure (`bootstrap_digit_measures`). The yardstick for "within the
 changes in fp32: the first two seeds' fp32 difference, with its interval.
 """
 
-import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -19,23 +19,25 @@ import torch
 
 from app_latency import command_line, machine_record
 from edt_lab.classifier import load_digit_classifier
+from edt_lab.cli import OneLineParser, output_file, run_script
 from edt_lab.metrics import bootstrap_digit_measures, digit_metrics, judge_digits
 from edt_lab.pipeline import DEFAULT_MODEL_DIR, load_default, make_scheduler
 from edt_lab.realism import load_digit_autoencoder
 from edt_lab.sample import FALLBACK_SETTINGS, generate, read_recommended, sampling_kwargs
+from options import at_least
 
 PRECISIONS = ("fp32", "bf16")
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--per-class", type=int, default=20)
-    parser.add_argument("--resamples", type=int, default=300)
+    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=at_least(0), nargs="+", default=[0, 1])
+    parser.add_argument("--per-class", type=at_least(2), default=20)
+    parser.add_argument("--resamples", type=at_least(1), default=300)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    if args.per_class < 2:
-        parser.error(f"--per-class must be at least 2, got {args.per_class}")
+    if args.json:
+        output_file(args.json, "--json")
 
     pipe = load_default()
     pipe.set_progress_bar_config(disable=True)
@@ -81,4 +83,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

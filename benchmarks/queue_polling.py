@@ -8,21 +8,23 @@ sampling thread shares the GIL and the cores with that loop. Each round samples 
 are medians, with the server's idle CPU use (CPU seconds per second over 2 s without requests) per setting.
 """
 
-import argparse
 import functools
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from app_latency import command_line, free_port, machine_record
+from edt_lab.cli import OneLineParser, output_file, run_script
 from edt_lab.explorer import controls
 from edt_lab.explorer.app import QUEUE_POLL_S, build_app, queue_requests, set_queue_polling
 from edt_lab.explorer.models import DEFAULT_NAME, ModelStore
 from edt_lab.explorer.sampling import sample
+from options import at_least
 
 
 def default_request(loaded) -> controls.Request:
@@ -65,14 +67,15 @@ def idle_cpu(seconds: float = 2.0) -> float:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--threads", type=int, default=None, help="torch's CPU threads (default: torch's choice)")
+    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=at_least(1), default=6)
+    parser.add_argument("--threads", type=at_least(1), default=None,
+                        help="torch's CPU threads (default: torch's choice)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--demo", action="store_true", help="the untrained demo model (tests)")
     args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
+    if args.json:
+        output_file(args.json, "--json")
     if args.threads:
         torch.set_num_threads(args.threads)
     store = ModelStore(None, torch.device("cpu"), demo=args.demo)
@@ -116,4 +119,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -8,7 +8,6 @@ replacement, from one of these sets, like the 200 samples of the targets.
     python benchmarks/real_digit_accuracy.py --json docs/bench/real_digit_accuracy.json
 """
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -17,9 +16,11 @@ import numpy as np
 import torch
 
 from edt_lab.classifier import load_digit_classifier
+from edt_lab.cli import OneLineParser, output_file, run_script
 from edt_lab.data import diffusion_split, load_digits, unseen_by_judges
 
 sys.path.insert(0, str(Path(__file__).parent))
+from options import at_least  # noqa: E402
 from settings_sweep import MIN_ACCURACY, MIN_CLASS_ACCURACY  # noqa: E402  (the targets, in the sibling script)
 
 
@@ -37,17 +38,22 @@ def pass_rate(correct, labels, per_class: int, draws: int, seed: int) -> float:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--per-class", type=int, default=20)
-    parser.add_argument("--draws", type=int, default=10000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-class", type=at_least(1), default=20)
+    parser.add_argument("--draws", type=at_least(1), default=10000)
+    parser.add_argument("--seed", type=at_least(0), default=0)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if args.json:
+        output_file(args.json, "--json")
     digits, labels = load_digits()
-    classifier = load_digit_classifier().eval()
     sets = {"diffusion held-out (the reference)": diffusion_split(labels)[1],
             "unseen by the judges (trained on by the diffusion model)": unseen_by_judges(labels)}
     sets["both"] = torch.cat(list(sets.values()))
+    fewest = min(int((labels[index] == c).sum()) for index in sets.values() for c in range(10))
+    if args.per_class > fewest:  # a draw takes them without replacement
+        parser.error(f"--per-class {args.per_class}: a set has only {fewest} digits of some class")
+    classifier = load_digit_classifier().eval()
     rows = {}
     for name, index in sets.items():
         with torch.no_grad():
@@ -60,11 +66,10 @@ def main(argv=None):
               f"{args.per_class} per class meet the accuracy target in {rows[name]['target_pass_rate']:.1%} "
               f"of {args.draws} draws")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"per_class": args.per_class, "draws": args.draws, "seed": args.seed,
                                                "sets": rows}, indent=2) + "\n")
     return rows
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -4,12 +4,13 @@ and speckled copies of the same digits, every measure with its real-vs-real valu
     python benchmarks/realism_check.py --json docs/bench/realism_check.json
 """
 
-import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
 
+from edt_lab.cli import OneLineParser, output_file, run_script
 from edt_lab.data import load_digits, unseen_by_judges
 from edt_lab.metrics import digit_metrics
 from edt_lab.realism import DEGRADATIONS, degrade
@@ -17,10 +18,12 @@ from edt_lab.realism import DEGRADATIONS, degrade
 MEASURES = ("fid", "ae_fid", "mean_ink_w1", "stroke_width_w1", "grey_share_w1", "isolated_pixels_w1")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None):
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.json:
+        output_file(args.json, "--json")
     digits, labels = load_digits()
     # The 500 digits neither judge saw play the samples; the reference is the default one, the 500 held-out digits.
     unseen = unseen_by_judges(labels)
@@ -36,9 +39,8 @@ def main():
     floor = rows["real"]
     print(f"{'real floor':<10}{'':>20}" + "".join(f"{floor[m + '_real_floor']:>20.4f}" for m in MEASURES))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

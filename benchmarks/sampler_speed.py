@@ -10,32 +10,37 @@ each sampler: wall time of the whole run and per image, and the digit-classifier
 the FID real digits get against the same reference).
 """
 
-import argparse
 import json
+import sys
 import time
 
 import numpy as np
 import torch
 
+from edt_lab.cli import OneLineParser, output_file, run_script
 from edt_lab.metrics import digit_metrics
 from edt_lab.pipeline import DEFAULT_MODEL_DIR, EDTPipeline, make_scheduler
 from edt_lab.sample import FALLBACK_SETTINGS, generate, parse_amm, read_recommended
+from options import amm_setting, at_least, check_amm_blocks, check_device
 from timing import synchronize
 
 SAMPLERS = (("ddpm", 250), ("ddim", 50), ("dpm", 25))
 
 
 def main(argv=None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipeline", default=str(DEFAULT_MODEL_DIR), help="a pipeline folder (model_index.json)")
-    parser.add_argument("--per-class", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--per-class", type=at_least(1), default=20)
+    parser.add_argument("--batch-size", type=at_least(1), default=100)
     parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
-    parser.add_argument("--cfg", type=float, default=None)
-    parser.add_argument("--amm", default=None, help="'preset', 'off' or block indices such as 7,10")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cfg", type=at_least(1.0, float), default=None)
+    parser.add_argument("--amm", type=amm_setting, default=None, help="'preset', 'off' or block indices such as 7,10")
+    parser.add_argument("--seed", type=at_least(0), default=0)
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
+    check_device(parser, args.device)
+    if args.json:
+        output_file(args.json, "--json")
 
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if args.device == "auto" else args.device)
@@ -43,6 +48,8 @@ def main(argv=None) -> list[dict]:
     pipe.set_progress_bar_config(disable=True)
     settings = {**FALLBACK_SETTINGS, **read_recommended(args.pipeline)}
     cfg = settings["cfg"] if args.cfg is None else args.cfg
+    if args.amm is not None:
+        check_amm_blocks(parser, [args.amm], pipe.transformer.num_blocks)
     amm = parse_amm(settings["amm"] if args.amm is None else args.amm)
     labels = np.repeat(np.arange(pipe.transformer.config.num_classes), args.per_class)
     indices = list(range(len(labels)))
@@ -76,4 +83,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -12,13 +12,16 @@ smallest. Isolated pixels are reported beside it (real digits have almost none).
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from edt_lab.cli import OneLineParser, output_file, run_script
 from edt_lab.metrics import digit_metrics
 from edt_lab.pipeline import EDTPipeline, make_scheduler
 from edt_lab.sample import generate, parse_amm
+from options import amm_setting, at_least, check_amm_blocks, positive, sampler_steps
 
 APPEARANCE = ("ae_fid", "mean_ink_w1", "stroke_width_w1", "grey_share_w1")
 MIN_ACCURACY, MIN_CLASS_ACCURACY = 0.99, 0.95
@@ -46,42 +49,42 @@ def choose(rows):
 
 
 def parse_interval(text: str):
-    """"all" -> None (every step guided); "LOW:HIGH" -> [LOW, HIGH]."""
+    """"all" -> None (every step guided); "LOW:HIGH" -> [LOW, HIGH], 0 <= LOW <= HIGH <= 999 (the released
+    schedule's timesteps)."""
     if text == "all":
         return None
     try:
         low, high = (int(part) for part in text.split(":"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected LOW:HIGH timesteps such as 300:999, or all; got {text!r}") from None
+    if not 0 <= low <= high <= 999:
+        raise argparse.ArgumentTypeError(f"expected LOW:HIGH timesteps with 0 <= LOW <= HIGH <= 999; got {text!r}")
     return [low, high]
 
 
 def main(argv=None, prepare_pipeline=None):
     """prepare_pipeline(pipe): called once on the loaded pipeline, e.g. to change how guidance combines the
     predictions (`benchmarks/guidance_variants.py`)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("pipeline", help="a digits pipeline folder (e.g. assets/edt_t2_digits)")
-    parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0, 4.0])
-    parser.add_argument("--samplers", nargs="+", default=["dpm:25", "ddim:50", "ddpm:250"],
-                        help="sampler:steps pairs")
-    parser.add_argument("--amm", nargs="+", default=["off", "preset"],
+    parser.add_argument("--guidance", type=at_least(1.0, float), nargs="+", default=[1.0, 1.5, 2.0, 3.0, 4.0])
+    parser.add_argument("--samplers", nargs="+", type=sampler_steps, default=[("dpm", 25), ("ddim", 50), ("ddpm", 250)],
+                        help="sampler:steps pairs (default: dpm:25 ddim:50 ddpm:250)")
+    parser.add_argument("--amm", nargs="+", type=amm_setting, default=["off", "preset"],
                         help="off, preset (the released arrangement for the guidance) or block indices such as 9,10")
-    parser.add_argument("--amm-scales", nargs="+", type=float, default=[None],
+    parser.add_argument("--amm-scales", nargs="+", type=positive, default=[None],
                         help="AMM scale k for the blocks of --amm (default: 0.5, or the preset's)")
     parser.add_argument("--intervals", nargs="+", default=[None], type=parse_interval,
                         help="guided timesteps LOW:HIGH, or all")
     parser.add_argument("--include", nargs="+", default=[], help="JSON files of earlier sweeps to choose among too")
-    parser.add_argument("--per-class", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--per-class", type=at_least(1), default=20)
+    parser.add_argument("--seed", type=at_least(0), default=0)
+    parser.add_argument("--batch-size", type=at_least(1), default=200)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if args.json:
+        output_file(args.json, "--json")
 
-    for amm in args.amm:  # a bad choice fails before the sampling
-        try:
-            parse_amm(amm)
-        except ValueError as error:
-            parser.error(str(error))
     included = []  # read first, so a bad file fails before the sampling
     for path in args.include:
         try:
@@ -89,9 +92,10 @@ def main(argv=None, prepare_pipeline=None):
             included += [{"cfg_interval": None, "amm_scale": None, **row, "passes_rule": passes_rule(row)}
                          for row in earlier]
         except (OSError, ValueError, KeyError, TypeError) as error:
-            raise SystemExit(f"--include {path}: not a sweep JSON written by this script ({error})") from None
+            parser.error(f"--include {path}: not a sweep JSON written by this script ({error})")
     pipe = EDTPipeline.from_pretrained(args.pipeline)
     pipe.set_progress_bar_config(disable=True)
+    check_amm_blocks(parser, args.amm, pipe.transformer.num_blocks)  # before the sampling
     if prepare_pipeline is not None:
         prepare_pipeline(pipe)
     labels = np.repeat(np.arange(pipe.transformer.config.num_classes), args.per_class)
@@ -99,18 +103,17 @@ def main(argv=None, prepare_pipeline=None):
     rows = []
     print(f"{'sampler':>8}{'steps':>6}{'cfg':>5}{'guided t':>10}{'amm@k':>9}{'acc':>7}{'worst':>6}{'fid':>7}"
           f"{'ae_fid':>8}{'ink':>7}{'width':>7}{'grey':>7}{'isol':>6}{'ratio':>7}  rule")
-    for spec in args.samplers:
-        sampler, steps = spec.split(":")
+    for sampler, steps in args.samplers:
         pipe.scheduler = make_scheduler(sampler)
         for guidance in args.guidance:
             for interval in args.intervals if guidance > 1 else [None]:  # nothing to limit without guidance
                 for amm, amm_scale in [(amm, scale) for amm in args.amm
                                        for scale in ([None] if amm == "off" else args.amm_scales)]:  # off: no scale
                     images = generate(pipe, labels, indices, seed=args.seed, batch_size=args.batch_size,
-                                      guidance_scale=guidance, num_inference_steps=int(steps),
+                                      guidance_scale=guidance, num_inference_steps=steps,
                                       amm_blocks=parse_amm(amm), amm_scale=amm_scale, guidance_interval=interval)
                     metrics = digit_metrics(images, labels)
-                    row = {"sampler": sampler, "steps": int(steps), "cfg": guidance, "cfg_interval": interval,
+                    row = {"sampler": sampler, "steps": steps, "cfg": guidance, "cfg_interval": interval,
                            "amm": amm, "amm_scale": amm_scale, **{k: v for k, v in metrics.items() if k != "notes"},
                            "appearance_ratio": appearance_ratio(metrics), "passes_rule": passes_rule(metrics)}
                     rows.append(row)
@@ -131,10 +134,9 @@ def main(argv=None, prepare_pipeline=None):
     chosen = choose(rows)
     print("chosen:", None if chosen is None else {k: chosen[k] for k in SETTING})
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"rows": rows, "chosen": chosen}, indent=2) + "\n")
     return rows, chosen
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -12,19 +12,21 @@ bf16 is autocast (edt_lab.precision); --compile compiles the models' blocks (`co
 memory is counted per model.
 """
 
-import argparse
 import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from edt_lab.amm import AMM_PRESETS, preset_for
-from edt_lab.models import create_model, layers, set_attention_path
+from edt_lab.cli import OneLineParser, output_file, run_script
+from edt_lab.models import MODEL_NAMES, create_model, layers, set_attention_path
 from edt_lab.precision import autocast
+from options import at_least, check_device
 from timing import peak_memory_mb, reset_peak_memory, time_calls
 from train_speed import training_step
 
@@ -73,9 +75,10 @@ def variant_name(row) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["EDT-S/2", "DiT-S/2"])
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["EDT-S/2", "DiT-S/2"], choices=MODEL_NAMES, metavar="MODEL",
+                        help=f"of {', '.join(MODEL_NAMES)}")
+    parser.add_argument("--batch-size", type=at_least(1), default=8)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--dtype", nargs="+", default=["fp32"], choices=tuple(DTYPES),
                         help="one or more; several are measured in the same rounds, so a slow spell hits each alike")
@@ -87,19 +90,20 @@ def main(argv=None) -> dict:
                         help="CPU bf16 inference: fused: each Linear (and the MLP's GELU) as one oneDNN kernel "
                              "(edt_lab.models.layers.Linear); autocast: plain autocast, as before it; both: "
                              "measured in the same rounds")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds over all models")
-    parser.add_argument("--steps", type=int, default=5, help="timed forwards per round")
-    parser.add_argument("--train-steps", type=int, default=3, help="timed training iterations per round (0: skip)")
+    parser.add_argument("--threads", type=at_least(1), default=None, help="CPU threads (default: torch's choice)")
+    parser.add_argument("--repeats", type=at_least(1), default=3, help="rounds over all models")
+    parser.add_argument("--steps", type=at_least(1), default=5, help="timed forwards per round")
+    parser.add_argument("--train-steps", type=at_least(0), default=3,
+                        help="timed training iterations per round (0: skip)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--profile", default=None,
                         help="also write torch.profiler's table of one more round of inference forwards to FILE")
     args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda but no CUDA device is available")
+    check_device(parser, args.device)
+    for path, option in ((args.json, "--json"), (args.profile, "--profile")):
+        if path:
+            output_file(path, option)
     if args.threads is not None:
-        if args.threads < 1:
-            parser.error(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     # Every variant (dtype, and for CPU bf16 the Linear path) of every model is measured in each round.
     variants = list(dict.fromkeys((dtype, linear if dtype == "bf16" and args.device == "cpu" else None)
@@ -181,4 +185,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

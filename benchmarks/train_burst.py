@@ -2,12 +2,13 @@
 
     python benchmarks/train_burst.py [--steps 200] [--batch-size 256] [--model EDT-S/2] [--json FILE]
 
-Random latents (4x32x32, 1000 classes) are written as a `features:` folder, then `edt-lab train` runs with
-EDT masking, bf16 autocast on CUDA (fp32 elsewhere); the figures come from the run's log.jsonl.
+Random latents of the model's input and classes (4x32x32 and 1000 classes for the S, B and XL models, 1x32x32 and
+10 for the tiny ones) are written as a `features:` folder, then `edt-lab train` runs with EDT masking, bf16
+autocast on CUDA (fp32 elsewhere); the figures come from the run's log.jsonl.
 """
 
-import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -15,30 +16,39 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from edt_lab.cli import OneLineParser, output_file, run_script
 from edt_lab.cli import main as edt_lab
+from edt_lab.models import MODEL_NAMES, create_model
+from options import at_least
 
 
-def write_random_latents(folder: Path, count: int, num_classes: int = 1000) -> None:
-    """A `features:` folder (the layout edt-lab extract-features writes) of random latents."""
+def write_random_latents(folder: Path, count: int, num_classes: int = 1000, shape=(4, 32, 32)) -> None:
+    """A `features:` folder (the layout edt-lab extract-features writes) of random latents of `shape`."""
     folder.mkdir(parents=True)
     generator = torch.Generator().manual_seed(0)
-    save_file({"latents": torch.randn(count, 4, 32, 32, generator=generator),
+    save_file({"latents": torch.randn(count, *shape, generator=generator),
                "labels": torch.randint(0, num_classes, (count,), generator=generator)}, folder / "latents.safetensors")
     (folder / "meta.json").write_text(json.dumps({"num_classes": num_classes, "classes": [str(i) for i in
                                                                                           range(num_classes)]}))
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="EDT-S/2")
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="EDT-S/2", choices=MODEL_NAMES, metavar="MODEL",
+                        help=f"of {', '.join(MODEL_NAMES)}")
+    parser.add_argument("--steps", type=at_least(1), default=200)
+    parser.add_argument("--batch-size", type=at_least(1), default=256)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if args.json:
+        output_file(args.json, "--json")
+    with torch.device("meta"):  # the model's input and classes, without allocating its weights
+        config = create_model(args.model).config
     cuda = torch.cuda.is_available()
     with tempfile.TemporaryDirectory() as tmp:
         data, run = Path(tmp) / "latents", Path(tmp) / "run"
-        write_random_latents(data, count=max(4 * args.batch_size, 1024))
+        write_random_latents(data, count=max(4 * args.batch_size, 1024), num_classes=config.num_classes,
+                             shape=(config.in_channels, config.input_size, config.input_size))
         start = time.perf_counter()
         code = edt_lab(["train", "--model", args.model, "--data", f"features:{data}", "--results-dir", str(run),
                         "--max-steps", str(args.steps), "--batch-size", str(args.batch_size),
@@ -61,4 +71,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -9,17 +9,19 @@ one earlier run of the released training step on a comparable 2-core machine at 
 EDT-S plain 0.98 it/s, DiT-S 0.35 it/s) and are printed for orientation only.
 """
 
-import argparse
 import json
 import statistics
+import sys
 
 import torch
 from pytorch_optimizer import Adan
 
+from edt_lab.cli import OneLineParser, output_file, run_script
 from edt_lab.diffusion import make_timestep_sampler, make_training_scheduler
 from edt_lab.models import create_model, set_attention_path
 from edt_lab.precision import autocast
 from edt_lab.train import RNG_STREAMS, derived_seed, pass_losses
+from options import at_least
 from timing import time_calls
 
 # (model, masking) -> it/s of the released code on a 2-core CPU, batch 8: quoted from an earlier run, not measured.
@@ -63,12 +65,14 @@ def time_steps(name: str, masking: str, batch_size: int, warmup: int, steps: int
 
 
 def main(argv=None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=5)
+    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=at_least(1), default=8)
+    parser.add_argument("--warmup", type=at_least(0), default=2)
+    parser.add_argument("--steps", type=at_least(1), default=5)
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
+    if args.json:
+        output_file(args.json, "--json")
 
     rows = []
     print(f"CPU training speed, batch {args.batch_size}, fp32, {torch.get_num_threads()} threads, "
@@ -86,4 +90,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

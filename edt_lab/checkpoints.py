@@ -192,6 +192,10 @@ def load_checkpoint(path, device="cpu"):
             raise ValueError(f"{path}: no config.json (expected a save_pretrained model or pipeline folder)")
         config = json.loads(config_file.read_text())
         name = config.get("_class_name")
+        if name is None and (path / "checkpoints").is_dir():  # config.json then holds the run's arguments
+            raise ValueError(f"{path}: a training run folder, not a model: pass one of its checkpoints "
+                             f"({path / 'checkpoints'}/step_*.pt), or write it as a pipeline folder first with "
+                             f"`edt-lab export {path} OUT_DIR`")
         if name in DIFFUSERS_DIT_CLASSES:
             return _load_diffusers_dit(folder, config).to(device).eval()
         if name not in MODEL_CLASSES:

@@ -221,10 +221,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out_dir", help="the DiTTransformer2DModel folder to write")
     parser.add_argument("--allow-timestep-change", action="store_true",
                         help="write a DiT with DiT's own timestep frequencies, which diffusers computes differently")
+    parser.add_argument("--force", action="store_true", help="write into an out_dir that already holds files (the "
+                        "model's files are replaced, others such as a README stay)")
 
 
 def run(args: argparse.Namespace) -> None:
     from .checkpoints import load_checkpoint  # here: checkpoints imports this module to read diffusers folders
+    from .export import check_out_dir  # the same rule as `edt-lab export`: nothing overwritten unasked
 
-    out_dir = save_diffusers_dit(load_checkpoint(args.ckpt), args.out_dir, args.allow_timestep_change)
+    out_dir = check_out_dir(args.out_dir, args.force)
+    out_dir = save_diffusers_dit(load_checkpoint(args.ckpt), out_dir, args.allow_timestep_change)
     print(f"wrote {out_dir}: load it with diffusers.DiTTransformer2DModel.from_pretrained")

@@ -3,19 +3,22 @@
 import json
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import scipy.linalg
 import torch
+from accelerate import PartialState
 from scipy.stats import wasserstein_distance
 
 from edt_lab.assets import CHECKOUT_ASSETS
 from edt_lab.classifier import load_digit_classifier
-from edt_lab.cli import make_parent_folder
+from edt_lab.cli import output_file
 from edt_lab.data import diffusion_split, load_digits
 from edt_lab.precision import PRECISIONS, autocast, resolve_precision
 from edt_lab.realism import STATISTICS, digit_statistics, encode_digits, load_digit_autoencoder
+from edt_lab.sample import _device
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 DEFAULT_INCEPTION_PATH = CHECKOUT_ASSETS / INCEPTION_FILE
@@ -309,17 +312,34 @@ def bootstrap_digit_measures(judgement: dict, baseline: dict | None = None, resa
 #                         Inception-v3 metrics on ADM .npz                      #
 #################################################################################
 
+def _first_line(error) -> str:
+    """An exception's message as one line (its type when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def inception_path(path=None) -> Path:
+    """The Inception weights file: `path` (--inception) or, when None, the default one; ValueError when missing."""
+    if path is None:
+        if not DEFAULT_INCEPTION_PATH.is_file():
+            raise ValueError(f"no Inception weights at {DEFAULT_INCEPTION_PATH}: put {INCEPTION_FILE} (TorchScript, "
+                             f"from the StyleGAN2-ADA metrics) there or pass --inception PATH")
+        return DEFAULT_INCEPTION_PATH
+    path = Path(path)
+    if not path.is_file():
+        state = "is a folder" if path.is_dir() else "does not exist"
+        raise ValueError(f"--inception {path} {state}: expected the TorchScript {INCEPTION_FILE} of the "
+                         f"StyleGAN2-ADA metrics")
+    return path
+
+
 def load_inception(path=None):
     """The TorchScript Inception-v3 of the StyleGAN2-ADA metrics (default: assets/inception-2015-12-05.pt)."""
-    path = Path(path) if path is not None else DEFAULT_INCEPTION_PATH
-    if not path.is_file():
-        raise ValueError(f"no Inception weights at {path}: put {INCEPTION_FILE} (TorchScript, from the StyleGAN2-ADA "
-                         f"metrics) at {DEFAULT_INCEPTION_PATH} or pass --inception PATH")
+    path = inception_path(path)
     try:
         model = torch.jit.load(str(path), map_location="cpu")
     except (RuntimeError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{path} is not a TorchScript Inception-v3 file ({reason})") from None
+        raise ValueError(f"{path} is not a TorchScript Inception-v3 file ({_first_line(error)})") from None
     return model.eval()
 
 
@@ -338,25 +358,54 @@ def inception_outputs(model, images, return_features: bool, batch_size: int = 64
     return torch.cat(outputs).numpy()
 
 
+NPZ_LAYOUT = "an ADM-style .npz (arr_0: uint8 N x H x W x 3 or x 1)"
+
+
+def _npz_arrays(path: Path) -> dict:
+    """The arrays of the .npz `path`, never unpickled (a file's pickles could run code); ValueError with the reason
+    when it is not an archive of plain arrays."""
+    def unreadable(reason):
+        return ValueError(f"{path}: not a readable .npz of images ({reason})")
+
+    try:
+        with open(path, "rb") as file:
+            # numpy tries what is not a zip (or an .npy) as a pickle, and its error suggests allow_pickle=True.
+            if not zipfile.is_zipfile(file):
+                raise unreadable("not a zip archive of .npy arrays")
+        arrays = {}
+        with np.load(path, allow_pickle=False) as data:
+            for name in data.files:
+                try:
+                    arrays[name] = data[name]
+                except ValueError as error:
+                    # Again numpy's message would suggest allow_pickle=True for an array of Python objects.
+                    raise unreadable(f"{name} holds Python objects" if "allow_pickle" in str(error)
+                                     else f"{name}: {_first_line(error)}") from None
+                if not isinstance(arrays[name], np.ndarray):  # a zip member that is not an .npy
+                    raise unreadable(f"{name} is not an .npy array")
+    except OSError as error:
+        raise unreadable(error.strerror or _first_line(error)) from None
+    except (zipfile.BadZipFile, zlib.error, EOFError) as error:  # a damaged archive
+        raise unreadable(_first_line(error)) from None
+    return arrays
+
+
 def read_npz(path, images_required: bool = True):
     """The arrays of an ADM-style .npz: `arr_0` uint8 (N, H, W, 1 or 3), optional `arr_1` labels, `mu`, `sigma`."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder: expected {NPZ_LAYOUT}")
     if not path.is_file():
-        raise ValueError(f"{path} does not exist: expected an ADM-style .npz (arr_0: uint8 N x H x W x 3 or x 1)")
-    try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise ValueError("a single array, not an archive")
-        with data:
-            arrays = {name: data[name] for name in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise ValueError(f"cannot read {path} as an .npz file ({error})") from None
+        raise ValueError(f"{path} does not exist: expected {NPZ_LAYOUT}")
+    arrays = _npz_arrays(path)
     images = arrays.get("arr_0")
     if images is None and (images_required or "mu" not in arrays or "sigma" not in arrays):
         needed = "arr_0" if images_required else "arr_0 or mu and sigma"
         raise ValueError(f"{path} holds {sorted(arrays)}; expected {needed}")
     if images is not None and (images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3)):
         raise ValueError(f"{path}: arr_0 is {images.dtype} {images.shape}; expected uint8 (N, H, W, 3 or 1)")
+    if images is not None and len(images) == 0:
+        raise ValueError(f"{path}: arr_0 holds no images")
     if "arr_1" in arrays and (images is None or arrays["arr_1"].shape != (len(images),)):
         raise ValueError(f"{path}: arr_1 has shape {arrays['arr_1'].shape}; expected one label per image")
     return arrays
@@ -435,18 +484,25 @@ def add_arguments(parser):
                              "optional for 32x32 digits (default: the bundled digits)")
     parser.add_argument("--inception", default=None,
                         help=f"TorchScript {INCEPTION_FILE} (default for non-digit samples: {DEFAULT_INCEPTION_PATH})")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per Inception forward")
+    parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto",
+                        help="of the Inception network (auto: the GPU when there is one); digits without "
+                             "--inception are judged on the CPU")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="of the networks' forwards: fp32, bf16 (autocast; needs native bf16 hardware) or auto")
     parser.add_argument("--json", default=None, help="also write the results to this .json file")
 
 
 def run(args):
-    if args.json:
-        make_parent_folder(args.json, "--json")
+    # Every option is checked before the images are read and the networks run.
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    device = _device(args.device, PartialState(cpu=args.device == "cpu"))  # as `edt-lab sample` checks it
+    json_path = output_file(args.json, "--json") if args.json else None
+    if args.inception is not None:
+        inception_path(args.inception)
     results = evaluate_npz(args.samples, args.ref, inception=args.inception, batch_size=args.batch_size,
-                           device=args.device, precision=args.precision)
+                           device=device, precision=args.precision)
     print(format_table(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    if json_path is not None:
+        json_path.write_text(json.dumps(results, indent=2) + "\n")

@@ -9,6 +9,8 @@ one level of 255.
 """
 
 import json
+import math
+import os
 import zipfile
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from accelerate import PartialState
 from PIL import Image, ImageDraw, ImageFont
 
 from .checkpoints import load_checkpoint
-from .cli import make_parent_folder
+from .cli import output_file
 from .models.base import CFG_SCHEDULES
 from .pipeline import (DEFAULT_MODEL_DIR, SAMPLERS, EDTPipeline, image_generators, load_default, load_vae,
                        make_scheduler)
@@ -37,9 +39,10 @@ def parse_classes(text: str, pipe: EDTPipeline) -> list[int]:
     """"all" or a comma-separated list of class indices or names -> checked class indices."""
     if text.strip() == "all":
         return list(range(pipe.transformer.config.num_classes))
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if not items:
-        raise ValueError(f"--classes {text!r}: expected 'all' or a comma-separated list such as 0,1,2")
+    items = [item.strip() for item in text.split(",")]
+    if not all(items):  # "1,,2" is a typo, as in --amm; no item is quietly dropped
+        raise ValueError(f"--classes {text!r}: expected 'all' or a comma-separated list such as 0,1,2, without "
+                         f"empty items")
     return pipe.class_ids([int(item) if item.lstrip("-").isdigit() else item for item in items])
 
 
@@ -152,7 +155,8 @@ def add_arguments(parser):
     parser.add_argument("--per-class", type=int, help="images per class (default 1)")
     parser.add_argument("--num-samples", type=int, help="FID-style: this many images in all (an .npz), labels drawn "
                         "from --classes by --label-draw; instead of --per-class")
-    parser.add_argument("--label-draw", choices=("uniform", "balanced"), default="uniform",
+    # No default here: run() refuses an explicit --label-draw without --num-samples, and then uses "uniform".
+    parser.add_argument("--label-draw", choices=("uniform", "balanced"),
                         help="with --num-samples: each label uniformly at random (default, as the released "
                         "generator) or every class equally often")
     parser.add_argument("--steps", type=int, help="sampling steps (default: recommended, else 250)")
@@ -180,17 +184,39 @@ def add_arguments(parser):
 
 
 def load_pipeline(ckpt=None, vae=None, device="cpu") -> tuple[EDTPipeline, dict]:
-    """The pipeline of --ckpt (or the default model when ckpt is None) and its folder's recommended settings."""
+    """The pipeline of --ckpt (or the default model when ckpt is None) with the VAE folder `vae` (if given) and
+    its folder's recommended settings."""
     if ckpt is None:
-        return load_default(device), read_recommended(DEFAULT_MODEL_DIR)
-    ckpt = Path(ckpt)
-    if (ckpt / "model_index.json").is_file():
+        pipe, recommended = load_default(device), read_recommended(DEFAULT_MODEL_DIR)
+    elif (Path(ckpt) / "model_index.json").is_file():
         pipe, recommended = EDTPipeline.from_pretrained(ckpt, device), read_recommended(ckpt)
     else:
         pipe, recommended = EDTPipeline(load_checkpoint(ckpt, device), make_scheduler("ddpm")), {}
     if vae is not None:
+        channels = pipe.transformer.config.in_channels
+        if channels != 4:  # the pipeline's test for a latent model (sd-vae's 4 latent channels)
+            raise ValueError(f"--vae {vae}: has no effect, this model works on {channels}-channel images, not on "
+                             f"latents for a VAE to decode")
         pipe.vae = load_vae(vae).to(device)
     return pipe, recommended
+
+
+def image_bytes(pipe: EDTPipeline) -> int:
+    """The size of one uint8 output image of `pipe`: the model's own size, or the VAE's decoding of it."""
+    config = pipe.transformer.config
+    if pipe.vae is None:
+        return config.input_size ** 2 * config.in_channels
+    upscale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)  # each decoder stage but the last doubles the size
+    return (config.input_size * upscale) ** 2 * pipe.vae.config.out_channels
+
+
+def check_fits_in_memory(pipe: EDTPipeline, num_images: int, option: str) -> None:
+    """Refuse a run whose output images alone exceed this machine's memory (it would fail with an allocator's
+    message, or after hours of sampling); `option` is the command line's words for the count."""
+    need, have = num_images * image_bytes(pipe), os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise ValueError(f"{option}: {num_images} images would take {need / 2**30:.1f} GiB, more than this "
+                         f"machine's {have / 2**30:.1f} GiB of memory: ask for fewer")
 
 
 def _device(name: str, state: PartialState) -> torch.device:
@@ -216,6 +242,15 @@ def run(args):
         raise ValueError(f"--per-class must be at least 1, got {args.per_class}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if not 0 <= args.seed < 2**64:  # the range torch's generators take
+        raise ValueError(f"--seed must be an integer in 0..{2**64 - 1}, got {args.seed}")
+    for key in ("cfg", "amm_radius", "amm_scale"):  # nan or inf would sample, and write garbage
+        value = getattr(args, key)
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"--{key.replace('_', '-')} must be a finite number, got {value}")
+    if args.label_draw is not None and args.num_samples is None:
+        raise ValueError(f"--label-draw {args.label_draw}: has no effect without --num-samples (--per-class "
+                         f"gives every class its images, nothing is drawn)")
     if args.cfg_interval is not None and not 0 <= args.cfg_interval[0] <= args.cfg_interval[1] <= 999:
         raise ValueError(f"--cfg-interval {args.cfg_interval[0]} {args.cfg_interval[1]}: expected LOW <= HIGH, "
                          f"both in 0..999")
@@ -233,10 +268,21 @@ def run(args):
     pipe.set_progress_bar_config(disable=True)
     classes = parse_classes(args.classes, pipe)
     call_kwargs = sampling_kwargs(settings)  # a bad --amm fails here, before the sampling
-    make_parent_folder(out, "--out")
+    if not call_kwargs["amm_blocks"]:
+        # Only what the user typed counts: a recommended.json may well hold a radius next to "amm": "off".
+        given = [f"--{key.replace('_', '-')}" for key in ("amm_radius", "amm_scale") if getattr(args, key) is not None]
+        if given:
+            why = "with --amm off" if args.amm is not None else "with the AMM off (this model's default)"
+            raise ValueError(f"{' and '.join(given)}: {'has' if len(given) == 1 else 'have'} no effect {why}; turn "
+                             f"the AMM on with --amm preset or block indices such as 7,10")
+    if args.num_samples is not None:
+        check_fits_in_memory(pipe, args.num_samples, f"--num-samples {args.num_samples}")
+    else:
+        check_fits_in_memory(pipe, len(classes) * per_class, f"--per-class {per_class} of {len(classes)} classes")
+    output_file(out, "--out")
 
     if args.num_samples is not None:
-        labels = draw_labels(classes, args.num_samples, args.label_draw, args.seed)
+        labels = draw_labels(classes, args.num_samples, args.label_draw or "uniform", args.seed)
     else:
         labels = np.repeat(np.array(classes, dtype=np.int64), per_class)  # class-major request order
     # Processes share whole batches, so every image is computed in the same batch however many processes run.

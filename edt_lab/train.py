@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from .checkpoints import load_checkpoint, model_config, safe_torch_load
+from .cli import make_parent_folder
 from .data import make_dataset
 from .diffusion import TIMESTEP_SAMPLERS, make_timestep_sampler, make_training_scheduler, q_sample, training_losses
 from .masking import MASKING_STRATEGIES, default_masking, draw_masks
@@ -38,6 +39,7 @@ from .precision import NATIVE_BF16_HARDWARE, enable_tf32, native_bf16
 CHECKPOINT_KEYS = ("model", "ema", "opt", "lr_scheduler", "step", "data", "rng", "timestep_sampler", "log_sums", "args",
                    "config")
 RNG_STREAMS = ("noise", "timesteps", "masks")  # one generator each, per process
+RUN_ENTRIES = ("config.json", "log.jsonl", "checkpoints", "samples")  # all that a run writes in its folder
 PREVIEW_STEPS = 25
 DEFAULT_LR = 1e-3
 RELEASED_LR = {"EDT-XL/2": 5e-4}  # the released launch script starts EDT-XL at a lower rate
@@ -53,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="mnist", help="'mnist' (4,500 of the bundled digits; 500 are held out "
                         "for evaluation), 'images:DIR' (one sub-folder per class, pixel-space models) or "
                         "'features:DIR' (latents from extract-features)")
-    parser.add_argument("--results-dir", required=True, help="the run folder (created; reused with --resume)")
+    parser.add_argument("--results-dir", required=True, help="the run folder: a new or empty one (created), or an "
+                        "earlier run's to continue with --resume")
     parser.add_argument("--max-steps", type=int, required=True, help="train until this many optimiser steps")
     parser.add_argument("--batch-size", type=int, default=256, help="samples per optimiser step over all processes")
     parser.add_argument("--ckpt-every", type=int, default=1000, help="checkpoint every K steps (and at the end)")
@@ -260,6 +263,43 @@ def load_latest_checkpoint(run_dir) -> tuple[Path, dict]:
     raise ValueError(f"no readable checkpoint in {Path(run_dir) / 'checkpoints'}")
 
 
+def is_run_config(path: Path) -> bool:
+    """Whether `path` is the config.json of a training run (the run's arguments), not, say, a model's config."""
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(config, dict) and {"model", "results_dir", "max_steps"} <= set(config)
+
+
+def check_results_dir(run_dir: Path, resume: bool) -> None:
+    """Raise ValueError, before any work, unless run_dir can take this run without losing a file.
+
+    A new run needs a new folder (its parent is created now), an empty one, or the folder of a run that was stopped
+    before its first checkpoint (only what a run writes, which it rewrites); a folder with checkpoints needs
+    --resume, and anything else in the folder, such as a saved model, is refused. --resume keeps the run's own
+    files (it rewrites config.json, truncates log.jsonl after the checkpoint) and needs a checkpoint, checked later.
+    """
+    make_parent_folder(run_dir, "--results-dir")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--results-dir {run_dir}: exists and is not a folder")
+    if not run_dir.exists():
+        if not os.access(run_dir.parent, os.W_OK | os.X_OK):
+            raise ValueError(f"--results-dir {run_dir}: cannot create the folder (no permission in {run_dir.parent})")
+        return
+    if resume:
+        return
+    if list_checkpoints(run_dir):
+        raise ValueError(f"{run_dir} already holds checkpoints: add --resume or choose another --results-dir")
+    # Without a run's config.json nothing shows that the files are a run's: then every one of them is foreign.
+    is_run = is_run_config(run_dir / "config.json")
+    foreign = [path.name for path in sorted(run_dir.iterdir()) if not (is_run and path.name in RUN_ENTRIES)]
+    if foreign:
+        shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+        raise ValueError(f"--results-dir {run_dir} already holds files that are not a training run's ({shown}): "
+                         "choose a new or empty folder")
+
+
 def truncate_log(path: Path, step: int) -> None:
     """Keep the log lines of steps <= step (a half-written last line goes too), so no step is logged twice."""
     if not path.is_file():
@@ -330,6 +370,7 @@ def train(args: argparse.Namespace) -> Path:
     run_dir = Path(args.results_dir)
     if not 0 <= args.seed < 2 ** 31:
         raise ValueError(f"--seed must lie in [0, 2**31), got {args.seed}")
+    check_results_dir(run_dir, args.resume)
     torch.manual_seed(args.seed)  # the initial weights, identical in every process
     raw_model = create_model(args.model)
     args = fill_released_defaults(args, raw_model)
@@ -354,8 +395,6 @@ def train(args: argparse.Namespace) -> Path:
         checkpoint_file, checkpoint = load_latest_checkpoint(run_dir)
         if checkpoint["config"] != model_config(raw_model):
             raise ValueError(f"{checkpoint_file} holds a different model than --model {args.model}")
-    elif list_checkpoints(run_dir):
-        raise ValueError(f"{run_dir} already holds checkpoints: add --resume or choose another --results-dir")
 
     accelerator = Accelerator(mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.grad_accum)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes

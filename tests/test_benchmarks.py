@@ -158,15 +158,16 @@ def test_guidance_interval_speed_samples_both_settings_in_turns(tmp_path, monkey
 
     monkeypatch.setattr(guidance_interval_speed, "sample", recording_sample)
     out = tmp_path / "interval.json"
-    guidance_interval_speed.main(["--rounds", "1", "--demo", "--interval", "500", "999", "--json", str(out)])
+    # The demo model recommends no guided timesteps: it gets the digits model's, 0..800.
+    guidance_interval_speed.main(["--rounds", "1", "--demo", "--json", str(out)])
     report = json.loads(out.read_text())
-    assert used == [(500, 999), None, (500, 999), (500, 999), None, None]  # warm-up, then two of each per round
+    assert used == [(0, 800), None, (0, 800), (0, 800), None, None]  # warm-up, then two of each per round
     assert {name: len(times) for name, times in report["sampling_s"].items()} == {"interval": 2, "every step": 2}
     assert report["every_step_over_interval_per_round"] == [statistics.median(report["sampling_s"]["every step"])
                                                             / statistics.median(report["sampling_s"]["interval"])]
-    assert report["request"]["interval"] == [500, 999] and report["request"]["num_images"] == 4
-    for bad in (["--demo"], ["--demo", "--interval", "900", "100"], ["--demo", "--rounds", "0"]):
-        with pytest.raises(SystemExit) as error:  # the demo model recommends no guided timesteps
+    assert report["request"]["interval"] == [0, 800] and report["request"]["num_images"] == 4
+    for bad in (["--demo", "--interval", "900", "100"], ["--demo", "--rounds", "0"]):
+        with pytest.raises(SystemExit) as error:
             guidance_interval_speed.main(bad)
         assert error.value.code == 2
     assert "expected 0 <= LOW <= HIGH <= 999" in capsys.readouterr().err
@@ -332,3 +333,68 @@ def test_real_digit_accuracy_counts_draws_that_meet_the_accuracy_target(tmp_path
     assert len(reference["per_class_accuracy"]) == 10
     assert 0 <= reference["target_pass_rate"] <= 1 and rows["both"]["digits"] == 1000
     assert json.loads(out.read_text())["sets"]["both"]["accuracy"] == rows["both"]["accuracy"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Bad command lines: one line on stderr and exit code 2, before any work
+# ----------------------------------------------------------------------------------------------------------
+
+def one_line_exit_2(main, argv, capsys) -> str:
+    """main(argv)'s error line, checked to be the only output and to come with exit code 2."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as error:
+        main(argv)
+    out, err = capsys.readouterr()
+    assert error.value.code == 2 and out == "" and err.count("\n") == 1 and ": error: " in err, err
+    return err
+
+
+def test_bad_options_are_one_line_and_exit_2_before_any_measuring(tmp_path, monkeypatch, capsys):
+    import amm_study
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the command line was checked")
+
+    monkeypatch.setattr(throughput, "build_inference_model", no_work)
+    monkeypatch.setattr(amm_study.EDTPipeline, "from_pretrained", no_work)
+    assert "unrecognized arguments: --bogus" in one_line_exit_2(amm_study.main, ["--bogus"], capsys)  # no usage
+    for argv in (["--repeats", "0"], ["--steps", "0"], ["--batch-size", "0"], ["--train-steps", "-1"]):
+        assert "expected an integer >=" in one_line_exit_2(throughput.main, argv, capsys)
+    assert "--budget-s: expected a number >= 5" in one_line_exit_2(
+        gpu_check.main, ["--json", str(tmp_path / "gpu.json"), "--budget-s", "-1"], capsys)
+    assert "invalid choice" in one_line_exit_2(throughput.main, ["--models", "EDT-Q/2"], capsys)
+    # An output path that is a folder is refused at the start, not after the whole run.
+    for main, argv in ((throughput.main, ["--json", str(tmp_path)]), (throughput.main, ["--profile", str(tmp_path)]),
+                       (amm_study.main, ["--json", str(tmp_path)])):
+        with pytest.raises(ValueError, match="is a folder, expected a file name"):
+            main(argv)
+
+
+def test_settings_sweep_refuses_a_bad_include_or_setting_with_exit_2(tmp_path, capsys):
+    not_a_sweep = tmp_path / "not_a_sweep.json"
+    not_a_sweep.write_text("{}")
+    for argv, message in ((["--include", str(tmp_path / "nope.json")], "not a sweep JSON"),
+                          (["--include", str(not_a_sweep)], "not a sweep JSON"),
+                          (["--samplers", "ddim"], "expected SAMPLER:STEPS"), (["--intervals", "900:100"], "LOW <="),
+                          (["--amm", "99"], "block 99 is out of range"), (["--amm-scales", "-1"], "above 0")):
+        assert message in one_line_exit_2(settings_sweep.main, ["assets/edt_t2_digits", *argv], capsys)
+
+
+def test_masking_study_and_label_use_check_their_paths_up_front(tmp_path, capsys):
+    assert "holds no trained arm" in one_line_exit_2(
+        masking_study.main, ["--eval-only", "--runs-dir", str(tmp_path / "nope")], capsys)
+    assert "is a folder" in one_line_exit_2(label_use.main, [str(tmp_path)], capsys)
+    assert "--steps: expected an integer >= 1" in one_line_exit_2(masking_study.main, ["--steps", "0"], capsys)
+
+
+def test_a_library_value_error_is_one_line_and_exit_2(tmp_path):
+    import subprocess
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "sampler_speed.py"
+    done = subprocess.run([sys.executable, str(script), "--pipeline", str(empty)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == f"sampler_speed.py: error: {empty}: no model_index.json (expected an EDTPipeline." \
+                          f"save_pretrained folder)\n"

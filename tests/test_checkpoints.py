@@ -1,6 +1,7 @@
 """Loading released and own files: formats, shape inference, refusal of pickled code, named errors."""
 
 import argparse
+import json
 import os
 import pickle
 
@@ -9,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from edt_lab.checkpoints import load_checkpoint, model_config
+from edt_lab.cli import main
 from edt_lab.models import DiT, EDT, create_model
 
 SMALL_EDT = dict(dims=(24, 32, 40, 32, 24), num_heads=(2, 1, 2, 1, 2), stages_depth=(1, 2, 1, 2, 1),
@@ -116,3 +118,16 @@ def test_unreadable_or_missing_files(tmp_path):
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not an EDT, DiT or MDTv2 state dict"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+def test_training_run_folder_is_named_with_what_to_pass_instead(tmp_path, capsys):
+    run = tmp_path / "run"  # as `edt-lab train` leaves it: config.json holds the run's arguments, not a model's
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"model": "EDT-T/2", "data": "mnist", "max_steps": 1}))
+    torch.save({"ema": create_model("EDT-T/2").state_dict()}, run / "checkpoints" / "step_0000001.pt")
+    expected = (f"{run}: a training run folder, not a model: pass one of its checkpoints "
+                f"({run}/checkpoints/step_*.pt), or write it as a pipeline folder first with `edt-lab export {run} "
+                f"OUT_DIR`")
+    for argv in (["sample", "--ckpt", str(run), "--out", str(tmp_path / "x.npz")], ["flops", str(run)]):
+        assert main(argv) == 2, argv
+        assert capsys.readouterr().err.splitlines() == [f"edt-lab {argv[0]}: error: {expected}"]

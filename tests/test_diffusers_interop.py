@@ -138,6 +138,30 @@ def test_export_diffusers_refuses_what_diffusers_would_compute_differently(tmp_p
     assert DiTTransformer2DModel.from_pretrained(tmp_path / "out").config.num_layers == 2
 
 
+def test_export_commands_overwrite_nothing_and_refuse_a_file_as_out_dir(diffusers_folder, tmp_path, capsys):
+    taken = tmp_path / "taken"  # a model folder already there: export-diffusers, as export, needs --force
+    taken.mkdir()
+    (taken / "config.json").write_text("{}")
+    (tmp_path / "afile.txt").write_text("mine")
+    cases = [
+        (["export-diffusers", str(diffusers_folder), str(taken)], f"{taken} already holds files: pass --force"),
+        (["export-diffusers", str(diffusers_folder), str(tmp_path / "afile.txt")], "afile.txt exists and is not a"),
+        (["export-diffusers", str(diffusers_folder), str(tmp_path / "afile.txt" / "x")],
+         f"cannot create this folder, {tmp_path / 'afile.txt'} is a file"),
+        # The out_dir is checked before the run is read, so no run is needed to see it refused.
+        (["export", str(tmp_path / "run"), str(tmp_path / "afile.txt" / "sub")],
+         f"cannot create this folder, {tmp_path / 'afile.txt'} is a file"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err and err.startswith(f"edt-lab {argv[0]}: error: "), err
+    assert [p.name for p in taken.iterdir()] == ["config.json"] and (taken / "config.json").read_text() == "{}"
+    assert (tmp_path / "afile.txt").read_text() == "mine"
+    assert main(["export-diffusers", str(diffusers_folder), str(taken), "--force"]) == 0
+    assert DiTTransformer2DModel.from_pretrained(taken).config.num_layers == TINY["num_layers"]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The AMM as a diffusers attention processor
 # ----------------------------------------------------------------------------------------------------------

@@ -191,7 +191,7 @@ def test_the_sweep_runs_each_variant_and_records_it(tmp_path, monkeypatch, capsy
     create_model("EDT-T/2", num_classes=5).save_pretrained(other_classes)
     create_model("DiT-T/2").save_pretrained(other_blocks)  # the same classes and size, every block on 16x16
     for bad in (["layer-skip", "--skip-blocks", "12"], ["frequency", "--low-pass-factor", "3"], ["cfg"],
-                ["rescale", "--rescale", "1.5"], ["rescale", "--rescale", "-0.1"],
+                ["rescale", "--rescale", "1.5"], ["rescale", "--rescale", "-0.1"], ["apg", "--rescale", "0.5"],
                 ["autoguidance"], ["autoguidance", "--bad-model", str(tmp_path / "none")],
                 ["autoguidance", "--bad-model", str(other_classes)],
                 ["autoguidance", "--bad-model", str(other_blocks)]):

@@ -173,10 +173,93 @@ def test_eval_command_missing_file(tmp_path, capsys):
     assert error.count("\n") == 1 and "nope.npz does not exist" in error
 
 
+def eval_error(argv, capsys) -> str:
+    """The stderr of `edt-lab eval ARGV`, which must fail with exit code 2."""
+    assert main(["eval", *map(str, argv)]) == 2
+    return capsys.readouterr().err
+
+
+@pytest.fixture
+def tiny_digits(tmp_path):
+    """An .npz of 4 digits: valid input, so that an error comes from the option under test."""
+    path = tmp_path / "digits.npz"
+    np.savez(path, np.zeros((4, 32, 32, 1), dtype=np.uint8))
+    return path
+
+
+@pytest.fixture
+def no_evaluation(monkeypatch):
+    """Bad options must be refused before the metrics are computed: computing them fails the test."""
+    def evaluate(*args, **kwargs):
+        raise AssertionError("the metrics were computed before the options were checked")
+    monkeypatch.setattr("edt_lab.metrics.evaluate_npz", evaluate)
+
+
+@pytest.mark.parametrize("size", [0, -3])
+def test_eval_command_refuses_batch_size_below_one(tiny_digits, size, no_evaluation, capsys):
+    error = eval_error([tiny_digits, "--batch-size", size], capsys)
+    assert error == f"edt-lab eval: error: --batch-size must be at least 1, got {size}\n"
+
+
+def test_eval_command_checks_the_device_as_sample_does(tiny_digits, no_evaluation, capsys, monkeypatch):
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", str(tiny_digits), "--device", "foo"])
+    error = capsys.readouterr().err
+    assert exit_.value.code == 2 and error.count("\n") == 1
+    assert error.startswith("edt-lab eval: error: argument --device: invalid choice: 'foo'")
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # also where this machine has a GPU
+    error = eval_error([tiny_digits, "--device", "cuda"], capsys)
+    assert error == "edt-lab eval: error: --device cuda: no CUDA device is available\n"
+
+
+def test_eval_command_refuses_a_folder_as_json(tiny_digits, tmp_path, no_evaluation, capsys):
+    error = eval_error([tiny_digits, "--json", tmp_path], capsys)
+    assert error == f"edt-lab eval: error: --json {tmp_path}: is a folder, expected a file name\n"
+
+
+def test_eval_command_given_inception_file_missing(tmp_path, no_evaluation, capsys):
+    np.savez(tmp_path / "size64.npz", np.zeros((4, 64, 64, 3), dtype=np.uint8))
+    error = eval_error([tmp_path / "size64.npz", "--ref", tmp_path / "size64.npz", "--inception",
+                        tmp_path / "nope.pt"], capsys)
+    assert error == (f"edt-lab eval: error: --inception {tmp_path / 'nope.pt'} does not exist: expected the "
+                     f"TorchScript inception-2015-12-05.pt of the StyleGAN2-ADA metrics\n")
+
+
+def test_eval_command_folder_instead_of_npz(tmp_path, capsys):
+    error = eval_error([tmp_path], capsys)
+    assert error == (f"edt-lab eval: error: {tmp_path} is a folder: expected an ADM-style .npz "
+                     f"(arr_0: uint8 N x H x W x 3 or x 1)\n")
+
+
+def test_eval_command_no_images(tmp_path, capsys):
+    for shape in [(0, 32, 32, 1), (0, 16, 16, 3)]:  # the digit metrics and the Inception metrics
+        np.savez(tmp_path / "empty.npz", np.zeros(shape, dtype=np.uint8))
+        error = eval_error([tmp_path / "empty.npz", "--ref", tmp_path / "empty.npz"], capsys)
+        assert error == f"edt-lab eval: error: {tmp_path / 'empty.npz'}: arr_0 holds no images\n"
+
+
+def test_eval_command_unreadable_npz(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not an archive")
+    np.savez(tmp_path / "digits.npz", np.zeros((4, 32, 32, 1), dtype=np.uint8))
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "digits.npz").read_bytes()[:300])
+    np.savez(tmp_path / "objects.npz", np.array([{"a": 1}], dtype=object))  # loading it would unpickle
+    reasons = {"notes.txt": "not a zip archive of .npy arrays", "cut.npz": "not a zip archive of .npy arrays",
+               "objects.npz": "arr_0 holds Python objects"}
+    for name, reason in reasons.items():
+        error = eval_error([tmp_path / name], capsys)
+        assert error == f"edt-lab eval: error: {tmp_path / name}: not a readable .npz of images ({reason})\n"
+
+
 def test_read_npz_errors(tmp_path):
     (tmp_path / "text.npz").write_text("not an archive")
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(ValueError, match="not a readable .npz of images"):
         read_npz(tmp_path / "text.npz")
+    np.savez(tmp_path / "good.npz", np.zeros((2, 8, 8, 3), dtype=np.uint8))
+    damaged = bytearray((tmp_path / "good.npz").read_bytes())
+    damaged[100] ^= 0xFF  # inside the array's bytes: the archive opens, its checksum fails
+    (tmp_path / "damaged.npz").write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match="not a readable .npz of images \\(Bad CRC-32"):
+        read_npz(tmp_path / "damaged.npz")
     np.savez(tmp_path / "floats.npz", np.zeros((2, 8, 8, 3), dtype=np.float32))
     with pytest.raises(ValueError, match="expected uint8"):
         read_npz(tmp_path / "floats.npz")
@@ -239,10 +322,13 @@ def test_inception_metrics_with_stand_in(tmp_path, inception_file):
     assert json.loads((tmp_path / "reports" / "out.json").read_text())["inception_score"] >= 1.0  # folder created
 
 
-def test_missing_inception_weights(tmp_path):
+def test_missing_inception_weights(tmp_path, monkeypatch):
     np.savez(tmp_path / "rgb.npz", np.zeros((4, 16, 16, 3), dtype=np.uint8))
-    with pytest.raises(ValueError, match="put inception-2015-12-05.pt .* or pass --inception PATH"):
+    with pytest.raises(ValueError, match="--inception .*missing.pt does not exist"):
         evaluate_npz(tmp_path / "rgb.npz", tmp_path / "rgb.npz", inception=tmp_path / "missing.pt")
+    monkeypatch.setattr("edt_lab.metrics.DEFAULT_INCEPTION_PATH", tmp_path / "absent.pt")
+    with pytest.raises(ValueError, match="put inception-2015-12-05.pt .* or pass --inception PATH"):
+        evaluate_npz(tmp_path / "rgb.npz", tmp_path / "rgb.npz")
     (tmp_path / "bad.pt").write_text("not a model")
     with pytest.raises(ValueError, match="not a TorchScript"):
         load_inception(tmp_path / "bad.pt")

@@ -2,11 +2,15 @@
 degradations people see (blurred, thickened, thinned, noisy, speckled real digits) where the classifier does not."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
+import edt_lab.classifier
+import edt_lab.realism
+from edt_lab.classifier import DEFAULT_CLASSIFIER_DIR
 from edt_lab.cli import main
 from edt_lab.data import diffusion_split, load_digits, split_digits, unseen_by_judges
 from edt_lab.metrics import BOOTSTRAP_MEASURES, bootstrap_digit_measures, digit_metrics, judge_digits
@@ -113,3 +117,37 @@ def test_bootstrap_intervals_resolve_a_degradation_and_not_a_tie():
     assert "diff" not in bootstrap_digit_measures(real_judged, resamples=5)["accuracy"]
     with pytest.raises(ValueError, match="same labels"):
         bootstrap_digit_measures(real_judged, judge_digits(real[:50], labels[chosen][:50]), resamples=5)
+
+
+class TrainingStarted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("command, what", [("train-classifier", "classifier"), ("train-autoencoder", "autoencoder")])
+def test_the_judges_training_commands_refuse_bad_input_before_training(tmp_path, capsys, monkeypatch, command,
+                                                                        what):
+    def training(*args, **kwargs):  # stands in for minutes of training, so a refusal must come before it
+        raise TrainingStarted
+
+    monkeypatch.setattr(edt_lab.classifier, "fit_on_digits", training)
+    monkeypatch.setattr(edt_lab.realism, "fit_on_digits", training)
+    model = tmp_path / "model"
+    shutil.copytree(DEFAULT_CLASSIFIER_DIR, model)
+    before = {path.name: path.read_bytes() for path in model.iterdir()}
+    afile = tmp_path / "afile.txt"
+    afile.write_text("kept")
+    cases = [
+        (["--out", str(afile)], f"--out {afile}: exists and is not a folder"),
+        (["--out", str(afile / "x")], f"cannot create the folder {afile / 'x'}"),
+        (["--out", str(model)], f"--out {model} already holds files: pass --force to write the {what} into it anyway"),
+        (["--out", str(tmp_path / "new"), "--seed", "-1"], "--seed must lie in [0, 2**31), got -1"),
+        (["--out", str(tmp_path / "new"), "--epochs", "0"], "--epochs must be at least 1, got 0"),
+    ]
+    for extra, match in cases:
+        assert main([command, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith(f"edt-lab {command}: error: ") and match in err, err
+    assert {path.name: path.read_bytes() for path in model.iterdir()} == before and afile.read_text() == "kept"
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(TrainingStarted):  # --force lets the model be replaced, as with export
+        main([command, "--out", str(model), "--force"])

@@ -160,6 +160,21 @@ def test_bad_input_is_one_line_and_exit_2(files, tmp_path, capsys, monkeypatch):
         ([*base, "--out", str(tmp_path / "x.jpg")], "expected a .png or .npz"),
         ([*base, "--classes", "ten", "--out", out], "this model has no class names"),
         ([*base, "--cfg-interval", "900", "100", "--out", out], "--cfg-interval 900 100: expected LOW <= HIGH"),
+        ([*base, "--classes", "1,,2", "--out", out], "--classes '1,,2': expected 'all' or a comma-separated list"),
+        ([*base, "--seed", "-1", "--out", out], "--seed must be an integer in 0..18446744073709551615, got -1"),
+        ([*base, "--cfg", "nan", "--out", out], "--cfg must be a finite number, got nan"),
+        ([*base, "--cfg", "inf", "--out", out], "--cfg must be a finite number, got inf"),
+        ([*base, "--amm", "preset", "--amm-scale", "nan", "--out", out], "--amm-scale must be a finite number"),
+        ([*base, "--amm", "preset", "--amm-radius=-inf", "--out", out], "--amm-radius must be a finite number"),
+        # The images alone (128 x 128 x 3 bytes each) would not fit in memory: refused before any allocation.
+        ([*base, "--num-samples", str(10**15), "--out", out],
+         f"--num-samples {10**15}: {10**15} images would take {10**15 * 128 * 128 * 3 / 2**30:.1f} GiB, more than"),
+        ([*base, "--classes", "3,1", "--per-class", str(10**15), "--out", out],
+         f"--per-class {10**15} of 2 classes: {2 * 10**15} images would take"),
+        # Options that would be ignored.
+        ([*base, "--label-draw", "balanced", "--out", out], "--label-draw balanced: has no effect without"),
+        ([*base, "--amm", "off", "--amm-scale", "0.7", "--out", out], "--amm-scale: has no effect with --amm off"),
+        ([*base, "--amm-radius", "2", "--out", out], "--amm-radius: has no effect with the AMM off (this model's"),
     ]
     monkeypatch.setattr("edt_lab.precision.native_bf16", lambda device: False)
     cases.append(([*base, "--precision", "bf16", "--out", out], "precision bf16 needs native bf16 hardware"))
@@ -179,3 +194,29 @@ def test_command_line_error_has_no_traceback(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     expected = f"edt-lab sample: error: {tmp_path / 'none.pt'}: no such file or folder"
     assert result.stderr.strip().splitlines() == [expected]
+
+
+def test_no_effect_options_and_output_folders_are_refused_before_sampling(files, tmp_path, capsys):
+    pixel = EDTPipeline(tiny_edt(in_channels=1, input_size=16), make_scheduler("ddim"), None, DIGITS)
+    pixel.save_pretrained(tmp_path / "pixel")
+    # A recommended radius and scale beside "off" are the folder's defaults, not the user's: no error.
+    recommended = {"sampler": "ddim", "steps": 1, "amm": "off", "amm_radius": 3.0, "amm_scale": 0.6}
+    (tmp_path / "pixel" / "recommended.json").write_text(json.dumps(recommended))
+    base = ["sample", "--ckpt", str(tmp_path / "pixel"), "--classes", "1", "--device", "cpu"]
+    assert main([*base, "--out", str(tmp_path / "ok.npz")]) == 0
+    capsys.readouterr()
+    (tmp_path / "taken.npz").mkdir()  # a folder named like the output file: kept as it is
+    (tmp_path / "taken.npz" / "keep.txt").write_text("mine")
+    cases = [
+        ([*base, "--vae", str(files / "vae"), "--out", str(tmp_path / "x.npz")],
+         f"--vae {files / 'vae'}: has no effect, this model works on 1-channel images"),
+        ([*base, "--amm-scale", "0.7", "--out", str(tmp_path / "x.npz")], "--amm-scale: has no effect with the AMM"),
+        ([*base, "--out", str(tmp_path / "taken.npz")], f"--out {tmp_path / 'taken.npz'}: is a folder"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err and err.startswith("edt-lab sample: error: "), err
+    assert not (tmp_path / "x.npz").exists()
+    assert [p.name for p in (tmp_path / "taken.npz").iterdir()] == ["keep.txt"]
+    assert (tmp_path / "taken.npz" / "keep.txt").read_text() == "mine"

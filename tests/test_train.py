@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from accelerate.state import AcceleratorState
 from PIL import Image
 
 from edt_lab.checkpoints import load_checkpoint, safe_torch_load
+from edt_lab.classifier import DEFAULT_CLASSIFIER_DIR
 from edt_lab.cli import main
 from edt_lab.export import export
 from edt_lab.models import EDT, registry
@@ -381,6 +383,37 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     assert main(train_argv(run, steps=1)) == 0
     capsys.readouterr()
     one_line_error(capsys, train_argv(run, steps=2), "already holds checkpoints")
+
+
+def test_a_results_dir_that_would_lose_files_is_refused_before_training(tmp_path, capsys):
+    model = tmp_path / "model"  # another model's folder: its config.json must not become the run's
+    shutil.copytree(DEFAULT_CLASSIFIER_DIR, model)
+    before = {path.name: path.read_bytes() for path in model.iterdir()}
+    afile = tmp_path / "afile.txt"
+    afile.write_text("kept")
+    cases = [
+        (train_argv(model), f"--results-dir {model} already holds files that are not a training run's (README.md, "
+         "config.json, diffusion_pytorch_model.safetensors): choose a new or empty folder"),
+        (train_argv(afile), f"--results-dir {afile}: exists and is not a folder"),
+        (train_argv(afile, "--resume"), f"--results-dir {afile}: exists and is not a folder"),
+        (train_argv(afile / "run"), f"--results-dir {afile / 'run'}: cannot create the folder {afile}"),
+    ]
+    for argv, match in cases:
+        one_line_error(capsys, argv, match)
+    assert {path.name: path.read_bytes() for path in model.iterdir()} == before  # no log or checkpoint either
+    assert afile.read_text() == "kept"
+
+    # A run stopped before its first checkpoint holds only what a run writes: it may start afresh, unless
+    # something else came in.
+    run = tmp_path / "run"
+    assert main(train_argv(run, steps=1)) == 0
+    shutil.rmtree(run / "checkpoints")
+    assert main(train_argv(run, steps=1)) == 0
+    shutil.rmtree(run / "checkpoints")
+    (run / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    one_line_error(capsys, train_argv(run, steps=1), "not a training run's (notes.txt)")
+    assert not (run / "checkpoints").exists()
 
 
 def test_bf16_mixed_precision_runs_under_autocast_where_native_and_is_refused_elsewhere(tmp_path, capsys,
