@@ -11,7 +11,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
 from edt_lab.assets import asset_dir
-from edt_lab.cli import make_parent_folder
+from edt_lab.cli import make_parent_folder, output_folder
 from edt_lab.data import load_digits, split_digits
 
 DEFAULT_CLASSIFIER_DIR = asset_dir("digit_classifier")
@@ -161,24 +161,20 @@ def add_arguments(parser):
                         "(its config.json, weights and README.md are replaced)")
 
 
-def check_fit_command(args, what: str) -> None:
-    """Check the command line of train-classifier or train-autoencoder (`what`: "classifier" or "autoencoder")
-    before the training: ValueError for a bad value. Creates the --out folder, so one that cannot be is refused
-    now, not after the training; one that holds files (another model, say) needs --force, as with export."""
+def check_fit_command(args) -> None:
+    """Check the command line of train-classifier or train-autoencoder before the training: ValueError for a bad
+    value. Creates the --out folder, so one that cannot be is refused now, not after the training; one that holds
+    files (another model, say) needs --force, as with export."""
     if args.epochs < 1:
         raise ValueError(f"--epochs must be at least 1, got {args.epochs}")
     if not 0 <= args.seed < 2 ** 31:  # as `edt-lab train`
         raise ValueError(f"--seed must lie in [0, 2**31), got {args.seed}")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not args.force:
-        raise ValueError(f"--out {out} already holds files: pass --force to write the {what} into it anyway")
+    out = output_folder(args.out, args.force, "--out")
     make_parent_folder(out / "config.json", "--out")
 
 
 def run(args):
-    check_fit_command(args, "classifier")
+    check_fit_command(args)
     results = train_digit_classifier(args.out, epochs=args.epochs, seed=args.seed)
     print(f"saved to {args.out}: held-out accuracy {100 * results['val_accuracy']:.2f} % "
           f"in {results['seconds']:.0f} s")

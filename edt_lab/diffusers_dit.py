@@ -227,8 +227,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from .checkpoints import load_checkpoint  # here: checkpoints imports this module to read diffusers folders
-    from .export import check_out_dir  # the same rule as `edt-lab export`: nothing overwritten unasked
+    from .cli import output_folder  # the same rule as `edt-lab export`: nothing overwritten unasked
 
-    out_dir = check_out_dir(args.out_dir, args.force)
+    out_dir = output_folder(args.out_dir, args.force)
     out_dir = save_diffusers_dit(load_checkpoint(args.ckpt), out_dir, args.allow_timestep_change)
     print(f"wrote {out_dir}: load it with diffusers.DiTTransformer2DModel.from_pretrained")

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from .checkpoints import model_from_checkpoint, safe_torch_load
+from .cli import output_folder
 from .pipeline import EDTPipeline, load_vae, make_scheduler
 from .train import checkpoint_path, list_checkpoints, load_latest_checkpoint
 
@@ -35,7 +36,7 @@ def export(run_dir, out_dir, step: int | None = None, force: bool = False, weigh
     """
     if weights not in CHECKPOINT_WEIGHTS:
         raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
-    out_dir = check_out_dir(out_dir, force)
+    out_dir = output_folder(out_dir, force)
     if step is None:
         _, checkpoint = load_latest_checkpoint(run_dir)
     else:
@@ -50,24 +51,6 @@ def export(run_dir, out_dir, step: int | None = None, force: bool = False, weigh
                        vae=load_vae(vae_dir) if vae_dir else None, id2label=dict(enumerate(checkpoint["classes"])))
     pipe.save_pretrained(out_dir)
     make_weights_readable(out_dir)
-    return out_dir
-
-
-def check_out_dir(out_dir, force: bool) -> Path:
-    """The folder `out_dir` that a model will be written to, checked before any work: refused when a file stands
-    where it or a folder above it should be (writing would fail at the end), or when it already holds files and
-    not `force` (nothing is overwritten unasked). Missing folders are left for the writing to create."""
-    out_dir = Path(out_dir)
-    for folder in (out_dir, *out_dir.parents):
-        if not folder.exists():
-            continue
-        if folder.is_dir():  # the nearest existing folder: what lies below it can be created
-            break
-        if folder == out_dir:
-            raise ValueError(f"{out_dir} exists and is not a folder")
-        raise ValueError(f"{out_dir}: cannot create this folder, {folder} is a file")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise ValueError(f"{out_dir} already holds files: pass --force to write the model into it anyway")
     return out_dir
 
 

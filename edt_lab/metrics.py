@@ -18,7 +18,7 @@ from edt_lab.cli import output_file
 from edt_lab.data import diffusion_split, load_digits
 from edt_lab.precision import PRECISIONS, autocast, resolve_precision
 from edt_lab.realism import STATISTICS, digit_statistics, encode_digits, load_digit_autoencoder
-from edt_lab.sample import _device
+from edt_lab.sample import process_device
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 DEFAULT_INCEPTION_PATH = CHECKOUT_ASSETS / INCEPTION_FILE
@@ -497,7 +497,7 @@ def run(args):
     # Every option is checked before the images are read and the networks run.
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    device = _device(args.device, PartialState(cpu=args.device == "cpu"))  # as `edt-lab sample` checks it
+    device = process_device(args.device, PartialState(cpu=args.device == "cpu"))  # as `edt-lab sample` checks it
     json_path = output_file(args.json, "--json") if args.json else None
     if args.inception is not None:
         inception_path(args.inception)

@@ -187,7 +187,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    check_fit_command(args, "autoencoder")
+    check_fit_command(args)
     results = train_digit_autoencoder(args.out, epochs=args.epochs, seed=args.seed)
     print(f"saved to {args.out}: held-out reconstruction MSE {results['held_out_mse']:.4f} "
           f"in {results['seconds']:.0f} s")

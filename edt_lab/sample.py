@@ -219,7 +219,7 @@ def check_fits_in_memory(pipe: EDTPipeline, num_images: int, option: str) -> Non
                          f"machine's {have / 2**30:.1f} GiB of memory: ask for fewer")
 
 
-def _device(name: str, state: PartialState) -> torch.device:
+def process_device(name: str, state: PartialState) -> torch.device:
     """--device: "cpu", "cuda" (this process's GPU) or "auto" (this process's GPU when there is one)."""
     if name == "cpu":
         return torch.device("cpu")
@@ -255,7 +255,7 @@ def run(args):
         raise ValueError(f"--cfg-interval {args.cfg_interval[0]} {args.cfg_interval[1]}: expected LOW <= HIGH, "
                          f"both in 0..999")
     state = PartialState(cpu=args.device == "cpu")
-    device = _device(args.device, state)
+    device = process_device(args.device, state)
     resolve_precision(args.precision, device)  # a bad choice fails before the model loads
     if device.type == "cuda":
         enable_tf32()  # as the released sampling scripts

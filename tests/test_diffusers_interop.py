@@ -145,12 +145,12 @@ def test_export_commands_overwrite_nothing_and_refuse_a_file_as_out_dir(diffuser
     (tmp_path / "afile.txt").write_text("mine")
     cases = [
         (["export-diffusers", str(diffusers_folder), str(taken)], f"{taken} already holds files: pass --force"),
-        (["export-diffusers", str(diffusers_folder), str(tmp_path / "afile.txt")], "afile.txt exists and is not a"),
+        (["export-diffusers", str(diffusers_folder), str(tmp_path / "afile.txt")], "afile.txt: exists and is not a"),
         (["export-diffusers", str(diffusers_folder), str(tmp_path / "afile.txt" / "x")],
-         f"cannot create this folder, {tmp_path / 'afile.txt'} is a file"),
+         f"cannot create the folder {tmp_path / 'afile.txt' / 'x'}, {tmp_path / 'afile.txt'} is a file"),
         # The out_dir is checked before the run is read, so no run is needed to see it refused.
         (["export", str(tmp_path / "run"), str(tmp_path / "afile.txt" / "sub")],
-         f"cannot create this folder, {tmp_path / 'afile.txt'} is a file"),
+         f"cannot create the folder {tmp_path / 'afile.txt' / 'sub'}, {tmp_path / 'afile.txt'} is a file"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv
