@@ -60,7 +60,10 @@ def app_server(app_args: list[str], timeout: float = 90.0, command=(sys.executab
             while True:
                 if process.poll() is not None:
                     log.seek(0)
-                    raise AssertionError(f"{command} exited with {process.returncode}:\n{log.read()}")
+                    output = log.read()
+                    if process.returncode == 2 and output.strip():  # the app refused its options in one line
+                        raise ValueError(f"the app refused its options ({output.strip().splitlines()[-1]})")
+                    raise RuntimeError(f"{command} exited with {process.returncode}:\n{output}")
                 try:
                     with urllib.request.urlopen(url, timeout=2) as response:
                         if response.status == 200:
@@ -68,7 +71,7 @@ def app_server(app_args: list[str], timeout: float = 90.0, command=(sys.executab
                 except OSError:
                     pass
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"{command} was not ready within {timeout:.0f} s")
+                    raise RuntimeError(f"{command} was not ready within {timeout:.0f} s")
                 time.sleep(0.1)
             yield url, time.perf_counter() - start
         finally:

@@ -30,7 +30,7 @@ import torch
 
 from edt_lab.cli import OneLineParser, output_file, run_script
 from edt_lab.cli import main as edt_lab
-from edt_lab.data import load_digits
+from edt_lab.data import diffusion_split, load_digits
 from edt_lab.diffusion import make_training_scheduler
 from edt_lab.metrics import bootstrap_digit_measures, digit_metrics, judge_digits
 from edt_lab.pipeline import EDTPipeline, make_scheduler
@@ -180,6 +180,9 @@ def main(argv=None) -> list[dict]:
         run_dir = arm_dir(args.runs_dir, *ARMS[name])
         if not (run_dir / "log.jsonl").is_file() or not list_checkpoints(run_dir):
             parser.error(f"--eval-only: {run_dir} holds no trained arm {name!r} (log.jsonl and a checkpoint)")
+    num_train = len(diffusion_split(load_digits()[1])[0])
+    if not args.eval_only and args.batch_size > num_train:  # else the trainer refuses it after the first arm's start
+        parser.error(f"--batch-size {args.batch_size} is larger than the data ({num_train} training digits)")
     for path, option in ((args.json, "--json"), (args.figure, "--figure")):
         if path:
             output_file(path, option)

@@ -76,9 +76,10 @@ def check_amm_blocks(parser, values, num_blocks: int, option: str = "--amm") -> 
 
 
 def check_device(parser, device: str) -> None:
-    """Refuse (parser.error) --device cuda on a machine without CUDA."""
-    if device == "cuda":
-        import torch
+    """Refuse (parser.error) a --device that `edt_lab.sample.process_device` refuses, e.g. cuda without CUDA."""
+    from edt_lab.sample import process_device
 
-        if not torch.cuda.is_available():
-            parser.error("--device cuda but no CUDA device is available")
+    try:
+        process_device(device)
+    except ValueError as error:
+        parser.error(str(error))

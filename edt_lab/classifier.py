@@ -11,7 +11,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
 from edt_lab.assets import asset_dir
-from edt_lab.cli import make_parent_folder, output_folder
+from edt_lab.cli import make_parent_folder, make_weights_readable, output_folder
 from edt_lab.data import load_digits, split_digits
 
 DEFAULT_CLASSIFIER_DIR = asset_dir("digit_classifier")
@@ -124,6 +124,7 @@ def train_digit_classifier(out_dir, epochs: int = 12, batch_size: int = 64, lr: 
         lambda m, x, y: ("accuracy", accuracy(m, x, y)), epochs, batch_size, lr, seed)
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
+    make_weights_readable(out_dir)
     results = {"val_accuracy": val_accuracy, "seconds": seconds, "epochs": epochs, "seed": seed,
                "num_train": num_train, "num_held_out": num_held_out}
     (out_dir / "README.md").write_text(_model_card(results, out_dir))
@@ -143,7 +144,7 @@ sample against the class it was asked for, and its 128-d penultimate features fo
 - Held-out accuracy: **{100 * results['val_accuracy']:.2f} %** after {results['epochs']} epochs
   (seed {results['seed']}).
 - Training time: {results['seconds']:.0f} s on {torch.get_num_threads()} CPU threads (torch {torch.__version__}).
-- Made with: `edt-lab train-classifier --out {out_dir} --epochs {results['epochs']} --seed {results['seed']}`
+- Made with: `edt-lab train-classifier --out {out_dir} --epochs {results['epochs']} --seed {results['seed']} --force`
 
 Load it with `edt_lab.classifier.load_digit_classifier()`.
 """

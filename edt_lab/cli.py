@@ -3,6 +3,7 @@ the commands share: bad input as one line and exit code 2, output folders create
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -32,6 +33,15 @@ def make_parent_folder(path, option: str) -> Path:
     except OSError as error:  # a file where a folder should be, no permission...
         raise ValueError(f"{option} {path}: cannot create the folder {path.parent} ({error.strerror})") from None
     return path
+
+
+def make_weights_readable(folder: Path) -> None:
+    """Give the .safetensors files in `folder` the mode any new file gets (0666 less the umask): safetensors
+    writes them with mode 0600, which would leave the weights unreadable to everyone else."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.rglob("*.safetensors"):
+        path.chmod(0o666 & ~umask)
 
 
 def output_file(path, option: str) -> Path:

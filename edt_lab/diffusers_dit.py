@@ -21,6 +21,7 @@ from diffusers import DiTTransformer2DModel
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from .amm import check_blocks, modulation_matrix
+from .cli import make_weights_readable
 from .models import DiT
 from .models.attention import attention_probs
 
@@ -158,6 +159,7 @@ def save_diffusers_dit(model, folder, allow_timestep_change: bool = False) -> Pa
     transformer.load_state_dict(diffusers_state_dict(model.state_dict(), model.config.depth), strict=True,
                                 assign=True)
     transformer.save_pretrained(folder)
+    make_weights_readable(Path(folder))
     return Path(folder)
 
 

@@ -2,11 +2,10 @@
 layout)."""
 
 import argparse
-import os
 from pathlib import Path
 
 from .checkpoints import model_from_checkpoint, safe_torch_load
-from .cli import output_folder
+from .cli import make_weights_readable, output_folder
 from .pipeline import EDTPipeline, load_vae, make_scheduler
 from .train import checkpoint_path, list_checkpoints, load_latest_checkpoint
 
@@ -52,12 +51,3 @@ def export(run_dir, out_dir, step: int | None = None, force: bool = False, weigh
     pipe.save_pretrained(out_dir)
     make_weights_readable(out_dir)
     return out_dir
-
-
-def make_weights_readable(folder: Path) -> None:
-    """Give the .safetensors files in `folder` the mode any new file gets (0666 less the umask): safetensors
-    writes them with mode 0600, which would leave the weights unreadable to everyone else."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in folder.rglob("*.safetensors"):
-        path.chmod(0o666 & ~umask)

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import scipy.linalg
 import torch
-from accelerate import PartialState
 from scipy.stats import wasserstein_distance
 
 from edt_lab.assets import CHECKOUT_ASSETS
@@ -497,7 +496,7 @@ def run(args):
     # Every option is checked before the images are read and the networks run.
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    device = process_device(args.device, PartialState(cpu=args.device == "cpu"))  # as `edt-lab sample` checks it
+    device = process_device(args.device)  # as `edt-lab sample` checks it
     json_path = output_file(args.json, "--json") if args.json else None
     if args.inception is not None:
         inception_path(args.inception)

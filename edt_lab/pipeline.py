@@ -219,7 +219,7 @@ class EDTPipeline(DiffusionPipeline):
         return self.numpy_to_pil(images) if output_type == "pil" else images
 
     def _check_call(self, num_inference_steps, guidance_scale, output_type, generator, batch_size, cfg_schedule,
-                    guidance_interval):
+                    guidance_interval, guided_channels):
         config = self.transformer.config
         if num_inference_steps < 1:
             raise ValueError(f"the number of sampling steps must be at least 1, got {num_inference_steps}")
@@ -238,6 +238,8 @@ class EDTPipeline(DiffusionPipeline):
             if not 0 <= low <= high < self.scheduler.config.num_train_timesteps:
                 raise ValueError(f"guidance_interval must be (low, high) with 0 <= low <= high < "
                                  f"{self.scheduler.config.num_train_timesteps}, got {guidance_interval!r}")
+        if guided_channels is not None and not 1 <= guided_channels <= config.in_channels:
+            raise ValueError(f"guided_channels must lie in [1, {config.in_channels}], got {guided_channels}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"unknown output_type {output_type!r}: expected one of {', '.join(OUTPUT_TYPES)}")
         if self.vae is None and config.in_channels == 4:
@@ -298,7 +300,7 @@ class EDTPipeline(DiffusionPipeline):
         labels = self.class_ids(class_labels)
         batch_size = len(labels)
         self._check_call(num_inference_steps, guidance_scale, output_type, generator, batch_size, cfg_schedule,
-                         guidance_interval)
+                         guidance_interval, guided_channels)
         model, device = self.transformer, self._execution_device
         dtype = resolve_precision(precision, device)
         channels, size = model.config.in_channels, model.config.input_size

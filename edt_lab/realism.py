@@ -23,6 +23,7 @@ from diffusers.configuration_utils import register_to_config
 
 from edt_lab.assets import asset_dir
 from edt_lab.classifier import check_fit_command, fit_on_digits
+from edt_lab.cli import make_weights_readable
 
 DEFAULT_AUTOENCODER_DIR = asset_dir("digit_autoencoder")
 INK_THRESHOLD = 0.5  # ink in [0, 1] above this is stroke (stroke width)
@@ -95,6 +96,7 @@ def train_digit_autoencoder(out_dir, epochs: int = 30, batch_size: int = 64, lr:
                "num_train": num_train, "num_held_out": num_held_out}
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
+    make_weights_readable(out_dir)
     (out_dir / "README.md").write_text(_model_card(results, out_dir))
     return results
 
@@ -113,7 +115,7 @@ stroke thickness, sharpness and shape, which the digit classifier's features are
 - Held-out reconstruction MSE (on [-1, 1] pixels): **{results['held_out_mse']:.4f}** after {results['epochs']}
   epochs (seed {results['seed']}).
 - Training time: {results['seconds']:.0f} s on {torch.get_num_threads()} CPU threads (torch {torch.__version__}).
-- Made with: `edt-lab train-autoencoder --out {out_dir} --epochs {results['epochs']} --seed {results['seed']}`
+- Made with: `edt-lab train-autoencoder --out {out_dir} --epochs {results['epochs']} --seed {results['seed']} --force`
 
 Load it with `edt_lab.realism.load_digit_autoencoder()`.
 """

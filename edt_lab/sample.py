@@ -219,13 +219,18 @@ def check_fits_in_memory(pipe: EDTPipeline, num_images: int, option: str) -> Non
                          f"machine's {have / 2**30:.1f} GiB of memory: ask for fewer")
 
 
-def process_device(name: str, state: PartialState) -> torch.device:
-    """--device: "cpu", "cuda" (this process's GPU) or "auto" (this process's GPU when there is one)."""
+def process_device(name: str, state: PartialState | None = None) -> torch.device:
+    """--device: "cpu", "cuda" or "auto" (a CUDA GPU when there is one, else the CPU); with an accelerate `state`,
+    this process's GPU. ValueError for another name, or "cuda" on a machine without one."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
     if name == "cpu":
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available")
-    return state.device
+    if state is not None:
+        return state.device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def run(args):
@@ -275,6 +280,13 @@ def run(args):
             why = "with --amm off" if args.amm is not None else "with the AMM off (this model's default)"
             raise ValueError(f"{' and '.join(given)}: {'has' if len(given) == 1 else 'have'} no effect {why}; turn "
                              f"the AMM on with --amm preset or block indices such as 7,10")
+    if call_kwargs["guidance_scale"] == 1:
+        given = [f"--{key.replace('_', '-')}" for key in ("cfg_schedule", "cfg_interval", "guided_channels")
+                 if getattr(args, key) is not None]
+        if given:
+            why = "at --cfg 1" if args.cfg is not None else "without guidance (this model's default is --cfg 1)"
+            raise ValueError(f"{' and '.join(given)}: {'has' if len(given) == 1 else 'have'} no effect {why}; "
+                             f"guide with --cfg above 1")
     if args.num_samples is not None:
         check_fits_in_memory(pipe, args.num_samples, f"--num-samples {args.num_samples}")
     else:

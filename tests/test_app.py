@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from gradio_client import Client
 from PIL import Image
 
@@ -108,9 +109,11 @@ def test_bad_options_are_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
         runpy.run_path(str(ROOT / "app.py"), run_name="__main__")
     assert exit_.value.code == 2
     assert capsys.readouterr().err == f"app.py: error: models folder {missing} does not exist or is not a folder\n"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     threads = f"--threads must lie in 1..{os.cpu_count()} (this machine's CPUs), got"
     for option, message in ((["--threads", "0"], f"{threads} 0"), (["--threads", "100000"], f"{threads} 100000"),
-                            (["--port", "99999"], "--port must lie in 0..65535, got 99999")):
+                            (["--port", "99999"], "--port must lie in 0..65535, got 99999"),
+                            (["--device", "cuda"], "--device cuda: no CUDA device is available")):
         assert main(["app", *option]) == 2
         assert capsys.readouterr().err == f"edt-lab app: error: {message}\n"
     monkeypatch.setattr(sys, "argv", ["app.py", "--bogus"])

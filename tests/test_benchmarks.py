@@ -363,6 +363,13 @@ def test_bad_options_are_one_line_and_exit_2_before_any_measuring(tmp_path, monk
     assert "--budget-s: expected a number >= 5" in one_line_exit_2(
         gpu_check.main, ["--json", str(tmp_path / "gpu.json"), "--budget-s", "-1"], capsys)
     assert "invalid choice" in one_line_exit_2(throughput.main, ["--models", "EDT-Q/2"], capsys)
+    import app_latency  # the app's own refusal of an option, passed on as one line
+
+    with pytest.raises(ValueError, match=r"^the app refused its options \(app.py: error: unrecognized arguments: "
+                                         r"--bogus\)$"):
+        app_latency.main(["--calls", "2", "--", "--bogus"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "--device cuda: no CUDA device is available" in one_line_exit_2(throughput.main, ["--device", "cuda"], capsys)
     # An output path that is a folder is refused at the start, not after the whole run.
     for main, argv in ((throughput.main, ["--json", str(tmp_path)]), (throughput.main, ["--profile", str(tmp_path)]),
                        (amm_study.main, ["--json", str(tmp_path)])):
@@ -385,6 +392,9 @@ def test_masking_study_and_label_use_check_their_paths_up_front(tmp_path, capsys
         masking_study.main, ["--eval-only", "--runs-dir", str(tmp_path / "nope")], capsys)
     assert "is a folder" in one_line_exit_2(label_use.main, [str(tmp_path)], capsys)
     assert "--steps: expected an integer >= 1" in one_line_exit_2(masking_study.main, ["--steps", "0"], capsys)
+    assert "--batch-size 4501 is larger than the data (4500 training digits)" in one_line_exit_2(
+        masking_study.main, ["--batch-size", "4501", "--runs-dir", str(tmp_path / "runs")], capsys)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_library_value_error_is_one_line_and_exit_2(tmp_path):

@@ -19,6 +19,7 @@ from edt_lab.flops import count_macs
 from edt_lab.models import DiT
 from edt_lab.pipeline import DEFAULT_MODEL_DIR, LOADER_MODULES, EDTPipeline
 from test_pipeline import tiny_edt, tiny_vae
+from test_train import assert_weights_readable
 
 # A norm_eps far from DiT's 1e-6, so that a conversion that dropped it would show.
 TINY = dict(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=3, sample_size=8,
@@ -123,6 +124,7 @@ def test_export_diffusers_writes_a_folder_diffusers_loads_with_the_same_outputs(
                 p.add_(torch.randn_like(p) * 0.05)
     model.save_pretrained(tmp_path / "edt_lab_dit")
     assert main(["export-diffusers", str(tmp_path / "edt_lab_dit"), str(tmp_path / "out")]) == 0
+    assert_weights_readable(tmp_path / "out")
     assert_same_outputs(DiTTransformer2DModel.from_pretrained(tmp_path / "out").eval(), model)
 
 

@@ -166,6 +166,7 @@ def test_bad_calls_raise_value_error(latent_pipe):
         (latent_pipe, dict(amm_blocks=[12]), "AMM block index 12 is out of range"),
         (latent_pipe, dict(amm_radius=2.0), "need amm_blocks"),
         (latent_pipe, dict(attention_blocks=[0], attention_step=5), "attention_step must lie in 0..1"),
+        (latent_pipe, dict(guided_channels=0), r"guided_channels must lie in \[1, 4\], got 0"),  # also unguided
         (pipe_without_vae, {}, "needs a VAE"),
     ]
     for pipe, kwargs, message in cases:

@@ -15,6 +15,7 @@ from edt_lab.cli import main
 from edt_lab.data import diffusion_split, load_digits, split_digits, unseen_by_judges
 from edt_lab.metrics import BOOTSTRAP_MEASURES, bootstrap_digit_measures, digit_metrics, judge_digits
 from edt_lab.realism import DEGRADATIONS, degrade, digit_statistics, encode_digits, load_digit_autoencoder
+from test_train import assert_weights_readable
 
 
 def blank(n=1):
@@ -151,3 +152,16 @@ def test_the_judges_training_commands_refuse_bad_input_before_training(tmp_path,
     assert not (tmp_path / "new").exists()
     with pytest.raises(TrainingStarted):  # --force lets the model be replaced, as with export
         main([command, "--out", str(model), "--force"])
+
+
+@pytest.mark.parametrize("command", ["train-classifier", "train-autoencoder"])
+def test_the_judges_training_commands_write_a_model_card_and_readable_weights(tmp_path, monkeypatch, command):
+    def no_training(model, *args):  # the model as initialised, with made-up results: this test is about the files
+        return 0.5, 0.0, 4500, 500
+
+    monkeypatch.setattr(edt_lab.classifier, "fit_on_digits", no_training)
+    monkeypatch.setattr(edt_lab.realism, "fit_on_digits", no_training)
+    assert main([command, "--out", str(tmp_path / "model"), "--epochs", "1"]) == 0
+    card = (tmp_path / "model" / "README.md").read_text()  # its command rewrites this very folder, so --force
+    assert f"`edt-lab {command} --out {tmp_path / 'model'} --epochs 1 --seed 0 --force`" in card
+    assert_weights_readable(tmp_path / "model")

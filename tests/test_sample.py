@@ -175,6 +175,12 @@ def test_bad_input_is_one_line_and_exit_2(files, tmp_path, capsys, monkeypatch):
         ([*base, "--label-draw", "balanced", "--out", out], "--label-draw balanced: has no effect without"),
         ([*base, "--amm", "off", "--amm-scale", "0.7", "--out", out], "--amm-scale: has no effect with --amm off"),
         ([*base, "--amm-radius", "2", "--out", out], "--amm-radius: has no effect with the AMM off (this model's"),
+        ([*base, "--cfg-interval", "0", "500", "--out", out],
+         "--cfg-interval: has no effect without guidance (this model's default is --cfg 1)"),
+        ([*base, "--cfg", "1", "--cfg-schedule", "power-cos", "--guided-channels", "3", "--out", out],
+         "--cfg-schedule and --guided-channels: have no effect at --cfg 1; guide with --cfg above 1"),
+        ([*base, "--cfg", "2", "--guided-channels", "-1", "--out", out], "guided_channels must lie in [1, 4], got -1"),
+        ([*base, "--cfg", "2", "--guided-channels", "5", "--out", out], "guided_channels must lie in [1, 4], got 5"),
     ]
     monkeypatch.setattr("edt_lab.precision.native_bf16", lambda device: False)
     cases.append(([*base, "--precision", "bf16", "--out", out], "precision bf16 needs native bf16 hardware"))

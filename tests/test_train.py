@@ -42,6 +42,14 @@ REAL_EDT_PREFIX = ("import sys, torch; torch.set_num_threads(1)\nfrom edt_lab.cl
                    "sys.exit(main(sys.argv[1:]))\n")
 
 
+def assert_weights_readable(folder):
+    """The .safetensors files in `folder` (at least one) have the mode any new file gets, not safetensors' 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    weights = list(Path(folder).rglob("*.safetensors"))
+    assert weights and all(path.stat().st_mode & 0o777 == 0o666 & ~umask for path in weights), weights
+
+
 @pytest.fixture(autouse=True)
 def tiny_edt(monkeypatch):
     """EDT-T/2 is the tiny stand-in, and torch uses one thread (fast and deterministic on a shared CPU)."""
@@ -175,10 +183,7 @@ def test_cli_end_to_end_checkpoints_previews_and_export(tmp_path, capsys):
 
     out = tmp_path / "pipeline"
     assert main(["export", str(run), str(out), "--step", "2"]) == 0
-    weights = out / "transformer" / "diffusion_pytorch_model.safetensors"
-    umask = os.umask(0)
-    os.umask(umask)
-    assert weights.stat().st_mode & 0o777 == 0o666 & ~umask  # readable as any new file, not safetensors' 0600
+    assert_weights_readable(out)
     capsys.readouterr()
     one_line_error(capsys, ["export", str(run), str(out)], "already holds files: pass --force")
     (out / "README.md").write_text("model card")

@@ -19,8 +19,9 @@ import torch
 
 from ..cli import OneLineParser
 from ..pipeline import SAMPLERS
+from ..sample import process_device
 from . import controls, views
-from .models import DEFAULT_NAME, DEMO_NOTE, ModelStore, resolve_device
+from .models import DEFAULT_NAME, DEMO_NOTE, ModelStore
 from .sampling import compare, sample
 
 MAX_GROUPS = 5  # EDT has five stages; a DiT uses the first group only
@@ -544,7 +545,7 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError(f"--port must lie in 0..65535, got {args.port}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    store = ModelStore(args.models_dir, resolve_device(args.device), demo=args.demo)
+    store = ModelStore(args.models_dir, process_device(args.device), demo=args.demo)
     demo = build_app(store)
     queue_requests(demo)
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],

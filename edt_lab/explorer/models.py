@@ -34,15 +34,6 @@ def class_names_for(num_classes: int) -> dict[int, str]:
     return {10: DIGIT_NAMES, 1000: imagenet_class_names()}.get(num_classes, {})
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' (CUDA when available), 'cpu' or 'cuda'."""
-    if name not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda: no CUDA device is available")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Finding models
 # ----------------------------------------------------------------------------------------------------------
