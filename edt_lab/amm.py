@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .checks import finite_number, whole_number
+
 
 def grid_distances(n: int) -> torch.Tensor:
     """Euclidean distances between the cells of an n x n grid, row-major tokens: (n*n, n*n), float64."""
@@ -37,9 +39,10 @@ def modulation_matrix(n: int, radius: float | None = None, scale: float = 0.5, f
     """The AMM of an n x n grid: (n*n, n*n) float32; radius None means the released `default_radius(n)`."""
     if n < 2:
         raise ValueError(f"AMM needs a token grid of at least 2 x 2, got {n} x {n}")
-    radius = default_radius(n) if radius is None else float(radius)
+    radius = default_radius(n) if radius is None else finite_number(radius, "AMM radius")
     if radius <= 0:
         raise ValueError(f"AMM radius must be positive, got {radius}")
+    scale = finite_number(scale, "AMM scale")
     if scale <= 0:
         raise ValueError(f"AMM scale must be positive, got {scale}")
     distances = grid_distances(n)
@@ -52,7 +55,9 @@ def modulation_matrix(n: int, radius: float | None = None, scale: float = 0.5, f
 
 def check_blocks(blocks, num_blocks: int) -> list[int]:
     """Sorted distinct AMM block indices (counted from 0 over all blocks); ValueError for one out of range."""
-    blocks = sorted(set(int(b) for b in blocks))
+    if isinstance(blocks, (str, bytes)) or not hasattr(blocks, "__iter__"):  # "10" would be blocks 1 and 0
+        raise ValueError(f"AMM blocks must be a list of block indices, got {blocks!r}")
+    blocks = sorted(set(whole_number(b, "an AMM block index") for b in blocks))
     bad = [b for b in blocks if not 0 <= b < num_blocks]
     if bad:
         raise ValueError(f"AMM block index {bad[0]} is out of range: expected 0..{num_blocks - 1}")

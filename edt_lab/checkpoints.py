@@ -8,7 +8,6 @@ pipeline folder (its `transformer/`), ours or diffusers' (e.g. `DiTPipeline.save
 
 import argparse
 import inspect
-import json
 import math
 import pickle
 import zipfile
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from .checks import available_device, read_json_object
 from .diffusers_dit import DIFFUSERS_DIT_CLASSES, dit_config, dit_state_dict
 from .models import DiT, EDT, MDTv2
 from .models.registry import MODEL_CONFIGS
@@ -184,13 +184,14 @@ def _load_diffusers_dit(folder: Path, config: dict):
 
 def load_checkpoint(path, device="cpu"):
     """A ready EDT, DiT or MDTv2 (eval mode) from any accepted file or folder."""
+    device = available_device(device)  # before any reading: torch's own message comes only at the move
     path = Path(path)
     if path.is_dir():
         folder = path / "transformer" if (path / "model_index.json").is_file() else path
         config_file = folder / "config.json"
         if not config_file.is_file():
             raise ValueError(f"{path}: no config.json (expected a save_pretrained model or pipeline folder)")
-        config = json.loads(config_file.read_text())
+        config = read_json_object(config_file)
         name = config.get("_class_name")
         if name is None and (path / "checkpoints").is_dir():  # config.json then holds the run's arguments
             raise ValueError(f"{path}: a training run folder, not a model: pass one of its checkpoints "

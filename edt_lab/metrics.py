@@ -120,12 +120,28 @@ def to_digit_images(images):
         images = images.unsqueeze(-1) if images.ndim == 3 else images
         images = images.permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (N, H, W, 1) -> (N, 1, H, W)
     images = images.float()
-    if images.ndim != 4 or tuple(images.shape[1:]) != (1, 32, 32):
-        raise ValueError(f"expected digits of shape (N, 1, 32, 32) in [-1, 1] or uint8 (N, 32, 32, 1), "
+    if images.ndim != 4 or tuple(images.shape[1:]) != (1, 32, 32) or not len(images):
+        raise ValueError(f"expected digits of shape (N, 1, 32, 32) in [-1, 1] or uint8 (N, 32, 32, 1), N >= 1, "
                          f"got {tuple(images.shape)}")
-    if images.min() < -1.01 or images.max() > 1.01:
-        raise ValueError(f"expected float digits in [-1, 1], got values in [{images.min():.3g}, {images.max():.3g}]")
+    low, high = images.min().item(), images.max().item()
+    if not -1.01 <= low <= high <= 1.01:  # also NaN
+        raise ValueError(f"expected float digits in [-1, 1], got values in [{low:.3g}, {high:.3g}]")
+    if low >= 0:  # digits have a background of -1
+        raise ValueError(f"expected float digits in [-1, 1] with a background of -1, got values in [{low:.3g}, "
+                         f"{high:.3g}]: images in [0, 1], such as the pipeline's output_type 'pt', go in as "
+                         f"images * 2 - 1")
     return images
+
+
+def digit_labels(labels, num_images: int) -> torch.Tensor:
+    """Requested digit classes as a (N,) int64 tensor, one per image, each in 0..9; ValueError otherwise."""
+    array = np.asarray(labels)
+    if array.dtype.kind not in "iu" or array.size != num_images:
+        raise ValueError(f"expected {num_images} integer labels in 0..9, got {array.size} of type {array.dtype}")
+    labels = torch.from_numpy(array.astype(np.int64)).flatten()
+    if labels.min() < 0 or labels.max() > 9:
+        raise ValueError(f"expected {num_images} labels in 0..9, got labels in {labels.min()}..{labels.max()}")
+    return labels
 
 
 @torch.no_grad()
@@ -200,10 +216,13 @@ def digit_metrics(images, labels=None, classifier=None, reference=None, seed: in
     classifier under bf16 autocast (the autoencoder of the realism measures always runs in float32).
     """
     images = to_digit_images(images)
+    labels = None if labels is None else digit_labels(labels, len(images))
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype!r}")
     classifier = load_digit_classifier() if classifier is None else classifier.eval()
-    digits, digit_labels = load_digits()
-    train, held_out = diffusion_split(digit_labels)
-    real_labels = digit_labels[held_out] if reference is None else None  # another reference's are unknown
+    digits, all_labels = load_digits()
+    train, held_out = diffusion_split(all_labels)
+    real_labels = all_labels[held_out] if reference is None else None  # another reference's are unknown
     reference = digits[held_out] if reference is None else to_digit_images(reference)
     if len(images) < 2 or len(reference) < 4:
         raise ValueError(f"need at least 2 samples and 4 reference digits, got {len(images)} and {len(reference)}")
@@ -212,10 +231,6 @@ def digit_metrics(images, labels=None, classifier=None, reference=None, seed: in
     results = {"num_samples": len(images), "accuracy": None, "per_class_accuracy": None, "accuracy_real": None,
                "per_class_accuracy_real": None}
     if labels is not None:
-        labels = torch.as_tensor(np.asarray(labels)).long().flatten()
-        if len(labels) != len(images) or labels.min() < 0 or labels.max() > 9:
-            raise ValueError(f"expected {len(images)} labels in 0..9, got {len(labels)} in "
-                             f"{labels.min().item()}..{labels.max().item()}")
         results["accuracy"], results["per_class_accuracy"] = class_accuracy(logits, labels)
 
     reference_logits, reference_features = _classify(classifier, reference, dtype=dtype)
@@ -248,13 +263,11 @@ def judge_digits(images, labels, classifier=None, autoencoder=None, seed: int = 
     `digit_metrics`) they are compared against. The classifier-feature FID is left out: it is blind to
     appearance, and its 128-dimensional matrix square root is too slow to resample."""
     images = to_digit_images(images)
-    labels = torch.as_tensor(np.asarray(labels)).long().flatten()
-    if len(labels) != len(images):
-        raise ValueError(f"expected {len(images)} labels, got {len(labels)}")
+    labels = digit_labels(labels, len(images))
     classifier = load_digit_classifier() if classifier is None else classifier.eval()
     autoencoder = load_digit_autoencoder() if autoencoder is None else autoencoder
-    digits, digit_labels = load_digits()
-    reference = digits[diffusion_split(digit_labels)[1]]
+    digits, all_labels = load_digits()
+    reference = digits[diffusion_split(all_labels)[1]]
     _, rest = reference_split(len(images), len(reference), seed)
     logits, _ = _classify(classifier, images)
     return {"labels": labels.numpy(), "correct": (logits.argmax(dim=1) == labels).double().numpy(),

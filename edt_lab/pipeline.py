@@ -23,6 +23,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from .amm import AMM_PRESETS, preset_for
 from .assets import asset_dir
 from .checkpoints import load_checkpoint
+from .checks import available_device, finite_number, read_json_object, whole_number
 from .data import LATENT_SCALE
 from .diffusion import make_training_scheduler
 from .models import capture_attention
@@ -109,11 +110,12 @@ class EDTPipeline(DiffusionPipeline):
     def from_pretrained(cls, folder, device="cpu") -> "EDTPipeline":
         """Load a folder written by `save_pretrained` or diffusers' `DiTPipeline.save_pretrained`, offline; the
         transformer goes through `load_checkpoint`. Reading the few parts directly needs no trust_remote_code."""
+        device = available_device(device)
         folder = Path(folder)
         index_file = folder / "model_index.json"
         if not index_file.is_file():
             raise ValueError(f"{folder}: no model_index.json (expected an EDTPipeline.save_pretrained folder)")
-        index = json.loads(index_file.read_text())
+        index = read_json_object(index_file)
         scheduler_class = getattr(diffusers, str(index.get("scheduler", [None, None])[1]), None)
         if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, SchedulerMixin)):
             raise ValueError(f"{index_file}: scheduler {index.get('scheduler')} is not a diffusers scheduler")
@@ -133,7 +135,7 @@ class EDTPipeline(DiffusionPipeline):
         for name, text in LOADER_MODULES.items():
             (folder / name).write_text(text)
         index_file = folder / "model_index.json"
-        index = json.loads(index_file.read_text())
+        index = read_json_object(index_file)
         index["_class_name"] = ["pipeline", "EDTPipeline"]
         index["transformer"] = ["edt_lab_models", type(self.transformer).__name__]
         index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
@@ -160,9 +162,12 @@ class EDTPipeline(DiffusionPipeline):
     def class_ids(self, class_labels) -> list[int]:
         """Class indices (checked against the model's range) of ints, names or a mix; one label or a list."""
         single = isinstance(class_labels, (int, str, np.integer))
-        if single or (torch.is_tensor(class_labels) and class_labels.ndim == 0):
+        if single or (isinstance(class_labels, (torch.Tensor, np.ndarray)) and class_labels.ndim == 0):
             class_labels = [class_labels]
-        ids = [self.get_label_ids(c)[0] if isinstance(c, str) else int(c) for c in class_labels]
+        if isinstance(class_labels, (str, bytes)) or not hasattr(class_labels, "__iter__"):
+            raise ValueError(f"class labels must be class indices or names, one or a list, got {class_labels!r}")
+        ids = [self.get_label_ids(c)[0] if isinstance(c, str) else whole_number(c, "a class label")
+               for c in class_labels]
         num_classes = self.transformer.config.num_classes
         if not ids:
             raise ValueError("no class labels given: expected at least one class")
@@ -219,8 +224,10 @@ class EDTPipeline(DiffusionPipeline):
         return self.numpy_to_pil(images) if output_type == "pil" else images
 
     def _check_call(self, num_inference_steps, guidance_scale, output_type, generator, batch_size, cfg_schedule,
-                    guidance_interval, guided_channels):
+                    guidance_interval, guided_channels, callback_on_step_end):
         config = self.transformer.config
+        whole_number(num_inference_steps, "num_inference_steps")
+        finite_number(guidance_scale, "guidance_scale")  # NaN would skip the guidance unnoticed, inf ruin every image
         if num_inference_steps < 1:
             raise ValueError(f"the number of sampling steps must be at least 1, got {num_inference_steps}")
         if num_inference_steps > self.scheduler.config.num_train_timesteps:
@@ -238,7 +245,8 @@ class EDTPipeline(DiffusionPipeline):
             if not 0 <= low <= high < self.scheduler.config.num_train_timesteps:
                 raise ValueError(f"guidance_interval must be (low, high) with 0 <= low <= high < "
                                  f"{self.scheduler.config.num_train_timesteps}, got {guidance_interval!r}")
-        if guided_channels is not None and not 1 <= guided_channels <= config.in_channels:
+        channels = config.in_channels
+        if guided_channels is not None and not 1 <= whole_number(guided_channels, "guided_channels") <= channels:
             raise ValueError(f"guided_channels must lie in [1, {config.in_channels}], got {guided_channels}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"unknown output_type {output_type!r}: expected one of {', '.join(OUTPUT_TYPES)}")
@@ -248,8 +256,17 @@ class EDTPipeline(DiffusionPipeline):
         if self._scheduler_takes_variance() and not config.learn_sigma:
             raise ValueError("the scheduler expects a learned variance but the model predicts only the noise; "
                              "use a fixed-variance scheduler")
+        if self.vae is not None and self.vae.config.latent_channels != config.in_channels:
+            raise ValueError(f"the VAE encodes {self.vae.config.latent_channels}-channel latents, but this model works "
+                             f"on {config.in_channels} channels")
+        generators = generator if isinstance(generator, list) else [generator]
+        if generator is not None and not all(isinstance(g, torch.Generator) for g in generators):
+            raise ValueError(f"generator must be a torch.Generator or a list of them, one per image, got "
+                             f"{type(generator).__name__}")
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(f"expected one generator per image ({batch_size}), got {len(generator)}")
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise ValueError(f"callback_on_step_end must be a function, got {type(callback_on_step_end).__name__}")
 
     @torch.no_grad()
     def __call__(
@@ -300,7 +317,7 @@ class EDTPipeline(DiffusionPipeline):
         labels = self.class_ids(class_labels)
         batch_size = len(labels)
         self._check_call(num_inference_steps, guidance_scale, output_type, generator, batch_size, cfg_schedule,
-                         guidance_interval, guided_channels)
+                         guidance_interval, guided_channels, callback_on_step_end)
         model, device = self.transformer, self._execution_device
         dtype = resolve_precision(precision, device)
         channels, size = model.config.in_channels, model.config.input_size
@@ -354,7 +371,11 @@ class EDTPipeline(DiffusionPipeline):
                 step_output = out if self._scheduler_takes_variance() else eps
                 x = self.scheduler.step(step_output, t, x, **step_noise).prev_sample
                 if callback_on_step_end is not None:
-                    x = (callback_on_step_end(self, i, t, {"latents": x}) or {}).get("latents", x)
+                    returned = callback_on_step_end(self, i, t, {"latents": x})
+                    if returned is not None and not isinstance(returned, dict):
+                        raise ValueError(f"callback_on_step_end must return a dict or None, got "
+                                         f"{type(returned).__name__}")
+                    x = (returned or {}).get("latents", x)
 
         images = self._to_images(x, output_type)
         self.maybe_free_model_hooks()

@@ -8,7 +8,6 @@ libraries' kernels round differently for different batch shapes (by ~1e-7), whic
 one level of 255.
 """
 
-import json
 import math
 import os
 import zipfile
@@ -20,6 +19,7 @@ from accelerate import PartialState
 from PIL import Image, ImageDraw, ImageFont
 
 from .checkpoints import load_checkpoint
+from .checks import available_device, finite_number, read_json_object, whole_number
 from .cli import output_file
 from .models.base import CFG_SCHEDULES
 from .pipeline import (DEFAULT_MODEL_DIR, SAMPLERS, EDTPipeline, image_generators, load_default, load_vae,
@@ -81,15 +81,39 @@ def sampling_kwargs(settings: dict) -> dict:
 
 
 def read_recommended(folder) -> dict:
-    """The sampling settings a pipeline folder recommends (its recommended.json), or {}."""
+    """The sampling settings a pipeline folder recommends (its recommended.json, checked), or {}."""
     path = Path(folder) / "recommended.json"
     if not path.is_file():
         return {}
-    try:
-        settings = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
-    return {key: settings[key] for key in FALLBACK_SETTINGS if key in settings}
+    settings = {key: value for key, value in read_json_object(path).items() if key in FALLBACK_SETTINGS}
+    for key, value in settings.items():
+        try:
+            check_setting(key, value)
+        except ValueError as error:
+            raise ValueError(f"{path}: {key}: {error}") from None
+    return settings
+
+
+def check_setting(key: str, value) -> None:
+    """ValueError unless `value` is a usable value of the FALLBACK_SETTINGS key `key` (as a recommended.json
+    holds it)."""
+    if key == "sampler" and value not in SAMPLERS:
+        raise ValueError(f"expected one of {', '.join(SAMPLERS)}, got {value!r}")
+    if key == "steps" and whole_number(value, "the step count") < 1:
+        raise ValueError(f"expected at least 1 step, got {value}")
+    if key == "cfg" and finite_number(value, "the guidance scale") < 1:
+        raise ValueError(f"expected a guidance scale of at least 1, got {value}")
+    if key == "cfg_schedule" and value not in CFG_SCHEDULES:
+        raise ValueError(f"expected one of {', '.join(CFG_SCHEDULES)}, got {value!r}")
+    if key == "cfg_interval" and value is not None:
+        pair = value if isinstance(value, list) and len(value) == 2 else [-1, -1]
+        low, high = (whole_number(t, "a timestep") for t in pair)
+        if not 0 <= low <= high <= 999:
+            raise ValueError(f"expected null or [LOW, HIGH] with 0 <= LOW <= HIGH <= 999, got {value!r}")
+    if key == "amm":
+        parse_amm(value)
+    if key in ("amm_radius", "amm_scale") and value is not None and finite_number(value, "the value") <= 0:
+        raise ValueError(f"expected null or a positive number, got {value}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -226,8 +250,8 @@ def process_device(name: str, state: PartialState | None = None) -> torch.device
         raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
     if name == "cpu":
         return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
+    if name == "cuda":
+        available_device(name, "--device")
     if state is not None:
         return state.device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

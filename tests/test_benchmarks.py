@@ -369,7 +369,8 @@ def test_bad_options_are_one_line_and_exit_2_before_any_measuring(tmp_path, monk
                                          r"--bogus\)$"):
         app_latency.main(["--calls", "2", "--", "--bogus"])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert "--device cuda: no CUDA device is available" in one_line_exit_2(throughput.main, ["--device", "cuda"], capsys)
+    assert "--device cuda: no CUDA device is available" in one_line_exit_2(throughput.main, ["--device", "cuda"],
+                                                                           capsys)
     # An output path that is a folder is refused at the start, not after the whole run.
     for main, argv in ((throughput.main, ["--json", str(tmp_path)]), (throughput.main, ["--profile", str(tmp_path)]),
                        (amm_study.main, ["--json", str(tmp_path)])):

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from edt_lab.checkpoints import load_checkpoint, model_config
 from edt_lab.cli import main
 from edt_lab.models import DiT, EDT, create_model
+from edt_lab.pipeline import EDTPipeline, load_default
 
 SMALL_EDT = dict(dims=(24, 32, 40, 32, 24), num_heads=(2, 1, 2, 1, 2), stages_depth=(1, 2, 1, 2, 1),
                  input_size=16, in_channels=4, num_classes=7)
@@ -118,6 +119,29 @@ def test_unreadable_or_missing_files(tmp_path):
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not an EDT, DiT or MDTv2 state dict"):
         load_checkpoint(tmp_path / "other.pt")
+    # A model folder whose config.json is not a JSON object names the file, not json's position alone.
+    for text, message in (("{'a': 1", r"config.json: not valid JSON \(Expecting property name"),
+                          ("[1, 2]", r"config.json: expected a JSON object \(\{...\}\), got a list")):
+        (tmp_path / "folder").mkdir(exist_ok=True)
+        (tmp_path / "folder" / "config.json").write_text(text)
+        with pytest.raises(ValueError, match=message):
+            load_checkpoint(tmp_path / "folder")
+        (tmp_path / "folder" / "model_index.json").write_text(text)
+        with pytest.raises(ValueError, match=message.replace("config", "model_index")):
+            EDTPipeline.from_pretrained(tmp_path / "folder")
+        (tmp_path / "folder" / "model_index.json").unlink()
+
+
+def test_a_device_this_machine_lacks_is_refused_before_loading(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    tiny = tmp_path / "absent.pt"  # not read: the device is checked first
+    for load in (load_checkpoint, EDTPipeline.from_pretrained):
+        with pytest.raises(ValueError, match="^device cuda: no CUDA device is available$"):
+            load(tiny, "cuda")
+        with pytest.raises(ValueError, match="^device 'gpu': expected 'cpu', 'cuda' or 'cuda:N'$"):
+            load(tiny, "gpu")
+    with pytest.raises(ValueError, match="^device cuda: no CUDA device is available$"):
+        load_default("cuda")
 
 
 def test_training_run_folder_is_named_with_what_to_pass_instead(tmp_path, capsys):

@@ -9,7 +9,7 @@ from edt_lab.classifier import DigitClassifier, augment, load_digit_classifier
 from edt_lab.cli import main
 from edt_lab.data import diffusion_split, load_digits, split_digits, unseen_by_judges
 from edt_lab.metrics import (digit_metrics, evaluate_npz, feature_statistics, frechet_distance, inception_score,
-                             load_inception, precision_recall, read_npz)
+                             judge_digits, load_inception, precision_recall, read_npz)
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +140,20 @@ def test_digit_metrics_bad_input(held_out):
         digit_metrics(images[:4] * 255, labels[:4])
     with pytest.raises(ValueError, match="labels in 0..9"):
         digit_metrics(images[:4], torch.tensor([0, 1, 2, 10]))
+    # The pipeline's [0, 1] images would otherwise be judged as far too inky digits, without a word.
+    with pytest.raises(ValueError, match=r"with a background of -1, got values in \[0, 1\]: .* images \* 2 - 1"):
+        digit_metrics((images[:4] + 1) / 2, labels[:4])
+    with pytest.raises(ValueError, match=r"got values in \[nan, nan\]"):
+        digit_metrics(torch.full((4, 1, 32, 32), float("nan")), labels[:4])
+    with pytest.raises(ValueError, match=r"N >= 1, got \(0, 1, 32, 32\)"):
+        digit_metrics(images[:0], labels[:0])
+    for bad in ([0.5, 1, 2, 3], ["0", "1", "2", "3"], labels[:3]):
+        with pytest.raises(ValueError, match="expected 4 integer labels in 0..9"):
+            digit_metrics(images[:4], bad)
+    with pytest.raises(ValueError, match="labels in 0..9, got labels in 0..42"):
+        judge_digits(images[:4], torch.tensor([0, 1, 2, 42]))
+    with pytest.raises(ValueError, match="dtype must be torch.float32 or torch.bfloat16, got 'bf16'"):
+        digit_metrics(images[:4], labels[:4], dtype="bf16")
 
 
 # ------------------------------------------------------------------ the eval command

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -168,11 +169,55 @@ def test_bad_calls_raise_value_error(latent_pipe):
         (latent_pipe, dict(attention_blocks=[0], attention_step=5), "attention_step must lie in 0..1"),
         (latent_pipe, dict(guided_channels=0), r"guided_channels must lie in \[1, 4\], got 0"),  # also unguided
         (pipe_without_vae, {}, "needs a VAE"),
+        # Numbers that would be truncated, skip the guidance unnoticed (NaN) or ruin every image (inf).
+        (latent_pipe, dict(num_inference_steps=2.0), "num_inference_steps must be a whole number, got 2.0"),
+        (latent_pipe, dict(guidance_scale=float("nan")), "guidance_scale must be a finite number, got nan"),
+        (latent_pipe, dict(guidance_scale=float("inf")), "guidance_scale must be a finite number, got inf"),
+        (latent_pipe, dict(guidance_scale="2"), "guidance_scale must be a finite number, got '2'"),
+        (latent_pipe, dict(amm_blocks=[7], amm_scale=float("nan")), "AMM scale must be a finite number, got nan"),
+        (latent_pipe, dict(amm_blocks=[7], amm_radius=float("nan")), "AMM radius must be a finite number, got nan"),
+        (latent_pipe, dict(amm_blocks=7), "AMM blocks must be a list of block indices, got 7"),
+        (latent_pipe, dict(generator=0), "generator must be a torch.Generator or a list of them, one per image, "
+                                         "got int"),
+        (latent_pipe, dict(callback_on_step_end="print"), "callback_on_step_end must be a function, got str"),
+        (latent_pipe, dict(callback_on_step_end=lambda *args: 1), "callback_on_step_end must return a dict or None"),
     ]
     for pipe, kwargs, message in cases:
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(ValueError, match=message if message.startswith("guided_channels") else re.escape(message)):
             pipe([0], **{"num_inference_steps": 2, **kwargs})
     assert latent_pipe.transformer.amm_blocks == ()
+    # A refused AMM leaves the model's own AMM as it was.
+    latent_pipe.transformer.set_amm([0, 1])
+    for kwargs in (dict(amm_blocks=[7], amm_radius=-1.0), dict(amm_blocks=[7], amm_scale="x")):
+        with pytest.raises(ValueError, match="AMM"):
+            latent_pipe([0], num_inference_steps=1, **kwargs)
+    with pytest.raises(ValueError, match="AMM form must be 'exp' or 'cos'"):
+        latent_pipe.transformer.set_amm([7], form="sin")
+    assert latent_pipe.transformer.amm_blocks == (0, 1)
+    latent_pipe.transformer.set_amm([])
+    # A VAE whose latents have other channels than the model's: refused before sampling, not at the decoding.
+    pixel = EDTPipeline(tiny_edt(in_channels=1, input_size=16), make_scheduler("ddim"), latent_pipe.vae)
+    with pytest.raises(ValueError, match="the VAE encodes 4-channel latents, but this model works on 1 channels"):
+        pixel([0], num_inference_steps=1)
+
+
+@pytest.mark.parametrize("labels, message", [
+    (3.0, "class labels must be class indices or names, one or a list, got 3.0"),
+    (None, "class labels must be class indices or names, one or a list, got None"),
+    (b"1", "class labels must be class indices or names, one or a list, got b'1'"),
+    ([3.5], "a class label must be a whole number, got 3.5"),
+    ([True], "a class label must be a whole number, got True"),
+    ([[1, 2]], "a class label must be a whole number, got [1, 2]"),
+    (torch.tensor([1.5]), "a class label must be a whole number, got 1.5"),
+])
+def test_class_labels_that_are_not_classes_are_refused_not_truncated(latent_pipe, labels, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        latent_pipe(labels, num_inference_steps=1)
+
+
+def test_integer_class_labels_of_numpy_and_torch_are_classes(latent_pipe):
+    for labels in (np.array(3), np.int64(3), torch.tensor(3), torch.tensor([3]), np.array([3])):
+        assert latent_pipe.class_ids(labels) == [3], labels
 
 
 def test_amm_per_call_changes_images_and_is_restored():

@@ -226,3 +226,26 @@ def test_no_effect_options_and_output_folders_are_refused_before_sampling(files,
     assert not (tmp_path / "x.npz").exists()
     assert [p.name for p in (tmp_path / "taken.npz").iterdir()] == ["keep.txt"]
     assert (tmp_path / "taken.npz" / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("recommended, message", [
+    ({"sampler": "euler"}, "sampler: expected one of ddpm, ddim"),
+    ({"steps": 2.5}, "steps: the step count must be a whole number, got 2.5"),
+    ({"cfg": 0.5}, "cfg: expected a guidance scale of at least 1, got 0.5"),
+    ({"cfg_schedule": "linear"}, "cfg_schedule: expected one of constant, power-cos, got 'linear'"),
+    ({"cfg_interval": [0]}, "cfg_interval: expected null or [LOW, HIGH] with 0 <= LOW <= HIGH <= 999, got [0]"),
+    ({"cfg_interval": [800, 0]}, "cfg_interval: expected null or [LOW, HIGH]"),
+    ({"amm": "7,x"}, "amm: --amm '7,x': expected 'preset', 'off' or comma-separated block indices"),
+    ({"amm_scale": -1}, "amm_scale: expected null or a positive number, got -1"),
+])
+def test_a_folders_bad_recommended_settings_are_named_before_sampling(tmp_path, capsys, recommended, message):
+    pipe = EDTPipeline(tiny_edt(in_channels=1, input_size=16), make_scheduler("ddim"), None, DIGITS)
+    pipe.save_pretrained(tmp_path / "pixel")
+    (tmp_path / "pixel" / "recommended.json").write_text(json.dumps(recommended))
+    argv = ["sample", "--ckpt", str(tmp_path / "pixel"), "--classes", "1", "--device", "cpu",
+            "--out", str(tmp_path / "x.npz")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    path = tmp_path / "pixel" / "recommended.json"
+    assert err.startswith(f"edt-lab sample: error: {path}: {message}") and err.count("\n") == 1, err
+    assert not (tmp_path / "x.npz").exists()

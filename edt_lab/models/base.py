@@ -48,8 +48,11 @@ class ClassConditionalTransformer(ModelMixin, ConfigMixin):
         """
         blocks = check_blocks(blocks, self.num_blocks)
         info = self.block_info()
-        for i, block in enumerate(self.blocks):
-            block.attn.amm = modulation_matrix(info[i]["grid"], radius, scale, form) if i in blocks else None
+        # Every matrix first: a refused radius, scale or form leaves the AMM as it was.
+        matrices = [modulation_matrix(info[i]["grid"], radius, scale, form) if i in blocks else None
+                    for i in range(len(self.blocks))]
+        for block, matrix in zip(self.blocks, matrices):
+            block.attn.amm = matrix
 
     def compile_blocks(self, **compile_kwargs) -> None:
         """torch.compile every transformer block in place, so each runs as a few fused kernels rather than dozens.
