@@ -12,6 +12,7 @@ import torch
 from scipy.stats import wasserstein_distance
 
 from edt_lab.assets import CHECKOUT_ASSETS
+from edt_lab.checks import finite_number, whole_number
 from edt_lab.classifier import load_digit_classifier
 from edt_lab.cli import output_file
 from edt_lab.data import diffusion_split, load_digits
@@ -292,6 +293,8 @@ def bootstrap_digit_measures(judgement: dict, baseline: dict | None = None, resa
     within each class (the designs are balanced). With a `baseline` judged on the same labels and seeds, the same
     resamples give the paired difference (this minus baseline) as "diff", "diff_low", "diff_high": an interval
     that excludes 0 resolves the difference."""
+    if whole_number(resamples, "resamples") < 2 or not 0 < finite_number(level, "level") < 1:
+        raise ValueError(f"need at least 2 resamples and a level in (0, 1), e.g. 0.95; got {resamples} and {level}")
     labels = judgement["labels"]
     if baseline is not None and not np.array_equal(baseline["labels"], labels):
         raise ValueError("the baseline must be judged on the same labels, in the same order")

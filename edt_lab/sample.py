@@ -50,6 +50,8 @@ def draw_labels(classes, num_samples: int, draw: str, seed: int) -> np.ndarray:
     """Labels (num_samples,) int64 for an FID-style run: "uniform" draws each uniformly at random from `classes`
     (the released generator's way, seeded by `seed`); "balanced" gives every class the same count (+-1), class-major."""
     classes = np.asarray(classes, dtype=np.int64)
+    if not len(classes):
+        raise ValueError("no classes to draw labels from: expected at least one class")
     if draw == "uniform":
         picks = torch.randint(len(classes), (num_samples,), generator=torch.Generator().manual_seed(seed))
         return classes[picks.numpy()]
@@ -129,6 +131,8 @@ def generate(pipe: EDTPipeline, labels, indices, seed: int = 0, batch_size: int 
     """uint8 images (len(indices), H, W, C): image `indices[j]` of class `labels[j]` with the noise of (seed, index)."""
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    if len(labels) != len(indices):
+        raise ValueError(f"expected one image index per label, got {len(labels)} labels and {len(indices)} indices")
     batches = []
     for start in range(0, len(indices), batch_size):
         batch = list(indices[start:start + batch_size])

@@ -423,3 +423,16 @@ def test_compare_button_waits_for_amm_blocks():
         update = compare_button_state(text)
         assert update["interactive"] is chosen
         assert update["value"] == COMPARE_LABEL if chosen else update["value"].endswith("choose AMM blocks first")
+
+
+def test_montage_and_model_store_refuse_what_they_cannot_use(monkeypatch):
+    with pytest.raises(ValueError, match="a montage needs at least one image and one column, got 0 and 4"):
+        views.montage(np.zeros((0, 8, 8, 1)))
+    with pytest.raises(ValueError, match="a montage needs at least one image and one column, got 2 and 0"):
+        views.montage(np.zeros((2, 8, 8, 1)), columns=0)
+    with pytest.raises(ValueError, match="keep must be at least 1 \\(the model in use\\), got 0"):
+        ModelStore(keep=0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="^device cuda: no CUDA device is available$"):
+        ModelStore(device="cuda")
+

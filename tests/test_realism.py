@@ -118,6 +118,9 @@ def test_bootstrap_intervals_resolve_a_degradation_and_not_a_tie():
     assert "diff" not in bootstrap_digit_measures(real_judged, resamples=5)["accuracy"]
     with pytest.raises(ValueError, match="same labels"):
         bootstrap_digit_measures(real_judged, judge_digits(real[:50], labels[chosen][:50]), resamples=5)
+    for kwargs in (dict(resamples=0), dict(level=95)):
+        with pytest.raises(ValueError, match="need at least 2 resamples and a level in \\(0, 1\\), e.g. 0.95"):
+            bootstrap_digit_measures(real_judged, **kwargs)
 
 
 class TrainingStarted(Exception):

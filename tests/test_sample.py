@@ -14,7 +14,7 @@ from PIL import Image
 from edt_lab.cli import main
 from edt_lab.metrics import read_npz
 from edt_lab.pipeline import SAMPLERS, EDTPipeline, make_scheduler
-from edt_lab.sample import draw_labels
+from edt_lab.sample import draw_labels, generate
 from test_pipeline import DIGITS, tiny_edt, tiny_vae
 
 
@@ -249,3 +249,12 @@ def test_a_folders_bad_recommended_settings_are_named_before_sampling(tmp_path, 
     path = tmp_path / "pixel" / "recommended.json"
     assert err.startswith(f"edt-lab sample: error: {path}: {message}") and err.count("\n") == 1, err
     assert not (tmp_path / "x.npz").exists()
+
+
+
+def test_generate_and_draw_labels_refuse_mismatched_or_missing_input():
+    pipe = EDTPipeline(tiny_edt(in_channels=1, input_size=16), make_scheduler("ddim"))
+    with pytest.raises(ValueError, match="expected one image index per label, got 1 labels and 3 indices"):
+        generate(pipe, np.array([1]), [0, 1, 2], batch_size=1, num_inference_steps=1)
+    with pytest.raises(ValueError, match="no classes to draw labels from"):
+        draw_labels([], 5, "uniform", 0)

@@ -19,6 +19,7 @@ import torch
 
 from ..cli import OneLineParser
 from ..pipeline import SAMPLERS
+from ..precision import PRECISIONS
 from ..sample import process_device
 from . import controls, views
 from .models import DEFAULT_NAME, DEMO_NOTE, ModelStore
@@ -198,7 +199,7 @@ def request_panel(values: dict) -> dict:
         "guided_timesteps": gr.Textbox(init["guided_timesteps"], label="guided timesteps",
                                        info="all, or LOW-HIGH: guide only the steps whose timestep t lies in it "
                                             "(999 = pure noise); the others run the conditional model alone"),
-        "precision": gr.Radio(list(controls.PRECISIONS), value=controls.PRECISION_DEFAULT, label="precision",
+        "precision": gr.Radio(list(PRECISIONS), value=controls.PRECISION_DEFAULT, label="precision",
                               info="auto: bf16 where the hardware computes it natively (faster), else fp32"),
     }
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..amm import AMM_PRESETS, default_radius, preset_for
 from ..pipeline import SAMPLERS
-from ..precision import PRECISIONS, resolve_precision
+from ..precision import resolve_precision
 from ..sample import FALLBACK_SETTINGS
 
 MAX_IMAGES = 16

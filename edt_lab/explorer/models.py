@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import torch
 from safetensors import safe_open
 
 from ..checkpoints import load_checkpoint
+from ..checks import available_device, whole_number
 from ..models import create_model, randomize_weights
 from ..pipeline import DEFAULT_MODEL_DIR, EDTPipeline, load_default, load_vae, make_scheduler
 from ..sample import read_recommended
@@ -150,7 +150,9 @@ class ModelStore:
     """The entries the app offers and the loaded pipelines (loaded once, the last two kept)."""
 
     def __init__(self, models_dir=None, device="cpu", demo: bool = False, keep: int = 2):
-        self.device = torch.device(device)
+        if whole_number(keep, "keep") < 1:
+            raise ValueError(f"keep must be at least 1 (the model in use), got {keep}")
+        self.device = available_device(device)
         self.demo = demo  # serve the demo model as the default even when the trained one exists (tests)
         self.models_dir = Path(models_dir).resolve() if models_dir is not None else None
         entries = [ModelEntry(DEFAULT_NAME, "default")]

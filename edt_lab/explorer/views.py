@@ -40,6 +40,8 @@ def image_tiles(images: np.ndarray) -> list[Image.Image]:
 def montage(images: np.ndarray, columns: int = 4, gap: int = 2) -> Image.Image:
     """(B, H, W, C) in [0, 1] -> one image: a grid of `columns` columns with white gaps."""
     tiles = image_tiles(images)
+    if not tiles or columns < 1:
+        raise ValueError(f"a montage needs at least one image and one column, got {len(tiles)} and {columns}")
     columns = min(columns, len(tiles))
     rows = math.ceil(len(tiles) / columns)
     width, height = tiles[0].size
