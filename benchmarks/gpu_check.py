@@ -283,6 +283,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--section", choices=tuple(SECTIONS), help=argparse.SUPPRESS)  # a child process
     args = parser.parse_args(argv)
     check_device(parser, args.device)  # not every section logging that it has no GPU
+    if args.device == "auto" and not args.tiny and not args.section:
+        import torch
+
+        if not torch.cuda.is_available():  # else every section would run the GPU setting on the CPU, to its limit
+            parser.error("no CUDA device: this check measures a GPU (--tiny --device cpu runs its CPU smoke test)")
     args.batch_size = args.batch_size or (2 if args.tiny else 256)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 2)
     args.repeats = args.repeats or (1 if args.tiny else 5)

@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .checks import available_device, read_json_object
@@ -155,7 +156,10 @@ def check_state_dict(model, state_dict: dict, source) -> None:
 def _weights_from_file(path: Path):
     """(state dict, config or None, args or None) of a .pt/.pth/.safetensors file."""
     if path.suffix == ".safetensors":
-        return load_file(path), None, None
+        try:
+            return load_file(path), None, None
+        except SafetensorError as error:  # a cut-short or foreign file
+            raise ValueError(f"{path}: not a readable .safetensors file ({error})") from None
     content = safe_torch_load(path)
     if not isinstance(content, dict):
         raise ValueError(f"{path}: expected a dict of tensors or a training checkpoint, got {type(content).__name__}")

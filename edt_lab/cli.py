@@ -54,10 +54,10 @@ def output_file(path, option: str) -> Path:
 
 
 def output_folder(path, force: bool, option: str | None = None) -> Path:
-    """The folder `path` (given as `option`, if an option) that a model will be written to, checked before any
-    work: refused when a file stands where it or a folder above it should be (writing would fail at the end), or
-    when it already holds files and not `force` (nothing is overwritten unasked); ValueError. Missing folders are
-    left for the writing to create."""
+    """The folder `path` (given as `option`, if an option) that a model or data will be written to, checked before
+    any work: refused when a file stands where it or a folder above it should be (writing would fail at the end),
+    or when it already holds files and not `force` (nothing is overwritten unasked); ValueError. Missing folders
+    are left for the writing to create."""
     path = Path(path)
     named = f"{option} {path}" if option else str(path)
     for folder in (path, *path.parents):
@@ -69,7 +69,7 @@ def output_folder(path, force: bool, option: str | None = None) -> Path:
             raise ValueError(f"{named}: exists and is not a folder")
         raise ValueError(f"{named}: cannot create the folder {path}, {folder} is a file")
     if path.is_dir() and any(path.iterdir()) and not force:
-        raise ValueError(f"{named} already holds files: pass --force to write the model into it anyway")
+        raise ValueError(f"{named} already holds files: pass --force to write into it anyway")
     return path
 
 

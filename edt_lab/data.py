@@ -127,8 +127,11 @@ class ImageFolder(Dataset):
 
     def __getitem__(self, index):
         path, label = self.samples[index]
-        with Image.open(path) as image:
-            array = center_crop_arr(image.convert("RGB"), self.image_size)
+        try:
+            with Image.open(path) as image:
+                array = center_crop_arr(image.convert("RGB"), self.image_size)
+        except OSError as error:  # also PIL's UnidentifiedImageError: a damaged or mislabelled file
+            raise ValueError(f"{path}: not a readable image ({error})") from None
         image = torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 127.5 - 1.0  # (3, H, W)
         return image, label
 

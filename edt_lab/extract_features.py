@@ -6,10 +6,10 @@
 
 import argparse
 
-import torch
-
+from .cli import output_folder
 from .data import extract_features, make_dataset
 from .pipeline import load_vae
+from .sample import process_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-flip", action="store_true",
                         help="encode every image as it is (default, as released: each flipped left-right with "
                         "probability 1/2, once)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto",
+                        help="where the VAE encodes (auto: a CUDA GPU when there is one)")
+    parser.add_argument("--force", action="store_true", help="write into an --out folder that already holds files")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -33,8 +35,12 @@ def run(args: argparse.Namespace) -> None:
                          f"got {args.image_size}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if not 0 <= args.seed < 2**64:  # the range torch's generators take
+        raise ValueError(f"--seed must be an integer in 0..{2**64 - 1}, got {args.seed}")
+    device = process_device(args.device)
+    output_folder(args.out, args.force, "--out")
     dataset = make_dataset(args.data, image_size=args.image_size)
-    features = extract_features(dataset, load_vae(args.vae), args.out, args.batch_size, args.device, args.seed,
+    features = extract_features(dataset, load_vae(args.vae), args.out, args.batch_size, device, args.seed,
                                 flip=not args.no_flip)
     print(f"wrote {len(features)} latents of shape {tuple(features.latents.shape[1:])} "
           f"({len(features.classes)} classes) to {args.out}")

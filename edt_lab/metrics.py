@@ -514,6 +514,9 @@ def run(args):
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     device = process_device(args.device)  # as `edt-lab sample` checks it
     json_path = output_file(args.json, "--json") if args.json else None
+    for option, path in (("the samples", args.samples), ("--ref", args.ref)):
+        if json_path is not None and path is not None and json_path.resolve() == Path(path).resolve():
+            raise ValueError(f"--json {args.json}: is {option} file, which it would overwrite: choose another name")
     if args.inception is not None:
         inception_path(args.inception)
     results = evaluate_npz(args.samples, args.ref, inception=args.inception, batch_size=args.batch_size,

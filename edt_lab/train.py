@@ -64,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the newest readable checkpoint")
     parser.add_argument("--init-weights", default=None,
                         help="start a new run from these weights (any file or folder `load_checkpoint` reads, of the "
-                        "same model) instead of a fresh initialisation; the EMA starts from them too")
+                        "same model) instead of a fresh initialisation, which leaves the recipe; the EMA starts from "
+                        "them too")
     parser.add_argument("--masking", choices=MASKING_STRATEGIES, default=None,
                         help="masked pass: edt (default for EDT), mdt (token removal, default for MDTv2), input-zero "
                         "(MDT's counts zeroed at the input, EDT or DiT) or none (default for DiT)")
@@ -80,7 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"{NO_MASKING_LR_UPDATE_EVERY} with --masking none, the schedule of the no-masking script)")
     parser.add_argument("--ema-decay", type=float, default=0.9999)
     parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step")
-    parser.add_argument("--timestep-sampler", choices=sorted(TIMESTEP_SAMPLERS), default="loss-second-moment")
+    parser.add_argument("--timestep-sampler", choices=sorted(TIMESTEP_SAMPLERS), default="loss-second-moment",
+                        help="loss-second-moment (as released: t drawn by its recent losses) or uniform (leaves the "
+                        "recipe)")
     parser.add_argument("--log-every", type=int, default=100, help="write a log.jsonl line every N steps")
     parser.add_argument("--sample-every", type=int, default=0, help="write an EMA preview every N steps (0: never)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -316,6 +319,24 @@ def truncate_log(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
+# What --resume may change: how far the run goes, how it reports, and nothing it learns from.
+CHANGEABLE_ON_RESUME = ("max_steps", "ckpt_every", "keep_checkpoints", "log_every", "sample_every", "num_workers",
+                        "compile", "resume", "results_dir", "init_weights")
+
+
+def check_resumed_recipe(run: dict, now: dict) -> None:
+    """ValueError, before any work, when the options of a --resume differ from the run's (its checkpoint's
+    arguments, defaults filled in) in anything but CHANGEABLE_ON_RESUME: a resumed run continues the run's recipe,
+    which options left at their defaults would otherwise silently replace."""
+    changed = [key for key in run if key not in CHANGEABLE_ON_RESUME and key in now and now[key] != run[key]]
+    if changed:
+        given = " ".join(f"--{key.replace('_', '-')} {now[key]}" for key in changed)
+        wanted = " ".join(f"--{key.replace('_', '-')} {run[key]}" for key in changed)
+        raise ValueError(f"--resume: this run was trained with {wanted}, not {given}: pass the run's options to "
+                         f"continue it (only {', '.join('--' + k.replace('_', '-') for k in CHANGEABLE_ON_RESUME[:6])}"
+                         f" may change)")
+
+
 def plain_args(args: argparse.Namespace) -> argparse.Namespace:
     """The arguments without the command's function, so they pickle as plain values."""
     return argparse.Namespace(**{k: v for k, v in vars(args).items() if not callable(v)})
@@ -378,6 +399,9 @@ def train(args: argparse.Namespace) -> Path:
     masking = args.masking
     draw_masks(masking, raw_model, 1, torch.Generator(), "cpu")  # fail now if the strategy does not fit the model
     dataset = build_dataset(args.data, raw_model)
+    if args.vae is not None and not args.data.startswith("features:"):  # export would ship it with a pixel model
+        raise ValueError(f"--vae {args.vae}: has no effect with --data {args.data}, whose images are pixels; a VAE "
+                         f"decodes latents (--data features:DIR)")
     vae = load_vae(args.vae) if args.vae is not None else None  # for previews; export finds it via the args
     if vae is None and args.sample_every and raw_model.config.in_channels == 4:
         raise ValueError("--sample-every on latents needs --vae (the AutoencoderKL folder that encoded them)")
@@ -395,6 +419,7 @@ def train(args: argparse.Namespace) -> Path:
         checkpoint_file, checkpoint = load_latest_checkpoint(run_dir)
         if checkpoint["config"] != model_config(raw_model):
             raise ValueError(f"{checkpoint_file} holds a different model than --model {args.model}")
+        check_resumed_recipe(vars(checkpoint["args"]), vars(args))
 
     accelerator = Accelerator(mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.grad_accum)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes

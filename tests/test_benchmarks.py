@@ -371,6 +371,8 @@ def test_bad_options_are_one_line_and_exit_2_before_any_measuring(tmp_path, monk
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert "--device cuda: no CUDA device is available" in one_line_exit_2(throughput.main, ["--device", "cuda"],
                                                                            capsys)
+    assert "no CUDA device: this check measures a GPU (--tiny --device cpu runs its CPU smoke test)" in \
+        one_line_exit_2(gpu_check.main, ["--json", str(tmp_path / "gpu.json")], capsys)
     # An output path that is a folder is refused at the start, not after the whole run.
     for main, argv in ((throughput.main, ["--json", str(tmp_path)]), (throughput.main, ["--profile", str(tmp_path)]),
                        (amm_study.main, ["--json", str(tmp_path)])):

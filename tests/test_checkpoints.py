@@ -116,6 +116,9 @@ def test_unreadable_or_missing_files(tmp_path):
         assert "weights_only" not in str(error.value)
     with pytest.raises(ValueError, match="no such file"):
         load_checkpoint(tmp_path / "absent.pt")
+    (tmp_path / "cut.safetensors").write_bytes(bytes(range(100)))
+    with pytest.raises(ValueError, match="cut.safetensors: not a readable .safetensors file \\(Error while"):
+        load_checkpoint(tmp_path / "cut.safetensors")
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not an EDT, DiT or MDTv2 state dict"):
         load_checkpoint(tmp_path / "other.pt")

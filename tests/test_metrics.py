@@ -229,6 +229,10 @@ def test_eval_command_checks_the_device_as_sample_does(tiny_digits, no_evaluatio
 def test_eval_command_refuses_a_folder_as_json(tiny_digits, tmp_path, no_evaluation, capsys):
     error = eval_error([tiny_digits, "--json", tmp_path], capsys)
     assert error == f"edt-lab eval: error: --json {tmp_path}: is a folder, expected a file name\n"
+    before = tiny_digits.read_bytes()
+    error = eval_error([tiny_digits, "--json", tiny_digits], capsys)  # the samples would be replaced by the JSON
+    assert error == (f"edt-lab eval: error: --json {tiny_digits}: is the samples file, which it would overwrite: "
+                     f"choose another name\n") and tiny_digits.read_bytes() == before
 
 
 def test_eval_command_given_inception_file_missing(tmp_path, no_evaluation, capsys):

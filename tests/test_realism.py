@@ -143,7 +143,7 @@ def test_the_judges_training_commands_refuse_bad_input_before_training(tmp_path,
     cases = [
         (["--out", str(afile)], f"--out {afile}: exists and is not a folder"),
         (["--out", str(afile / "x")], f"cannot create the folder {afile / 'x'}"),
-        (["--out", str(model)], f"--out {model} already holds files: pass --force to write the model into it anyway"),
+        (["--out", str(model)], f"--out {model} already holds files: pass --force to write into it anyway"),
         (["--out", str(tmp_path / "new"), "--seed", "-1"], "--seed must lie in [0, 2**31), got -1"),
         (["--out", str(tmp_path / "new"), "--epochs", "0"], "--epochs must be at least 1, got 0"),
     ]

@@ -217,6 +217,24 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
     assert safe_torch_load(newest)["step"] == 4  # rewritten whole
 
 
+def test_resume_with_another_recipe_is_refused_and_changes_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(train_argv(run, "--ema-decay", "0.999", steps=2)) == 0
+    before = {path: path.read_bytes() for path in sorted(run.rglob("*")) if path.is_file()}
+    capsys.readouterr()
+    # Options left at their defaults (batch 256 here, EMA 0.9999) would silently replace the run's.
+    one_line_error(capsys, train_argv(run, "--resume", steps=4, batch=8),
+                   "--resume: this run was trained with --batch-size 4 --ema-decay 0.999, not --batch-size 8 "
+                   "--ema-decay 0.9999: pass the run's options to continue it")
+    one_line_error(capsys, train_argv(run, "--ema-decay", "0.999", "--masking", "none", "--resume", steps=4),
+                   "this run was trained with --masking edt --lr-update-every 1, not --masking none "
+                   "--lr-update-every 5000")
+    assert {path: path.read_bytes() for path in sorted(run.rglob("*")) if path.is_file()} == before
+    # How far it goes and how it reports may change.
+    assert main(train_argv(run, "--ema-decay", "0.999", "--log-every", "2", "--resume", steps=4)) == 0
+    assert [r["step"] for r in read_log(run)] == [1, 2, 4]
+
+
 def test_init_weights_starts_model_and_ema_from_given_weights(tmp_path, capsys):
     torch.manual_seed(123)
     start = registry.create_model("EDT-T/2")
@@ -325,7 +343,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert torch.equal(sampler[1]["loss_history"], sampler[0]["loss_history"])
 
 
-def test_features_pipeline_extract_train_export(tmp_path, monkeypatch):
+def test_features_pipeline_extract_train_export(tmp_path, monkeypatch, capsys):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
@@ -353,6 +371,21 @@ def test_features_pipeline_extract_train_export(tmp_path, monkeypatch):
     assert main(["export", str(run), str(tmp_path / "pipeline")]) == 0
     pipe = EDTPipeline.from_pretrained(tmp_path / "pipeline")
     assert pipe.vae is not None and pipe.id2label == {0: "cat", 1: "dog"}
+
+    # Bad input to extract-features: one line, before any encoding, and the features already there stay.
+    capsys.readouterr()
+    before = {path.name: path.read_bytes() for path in features.iterdir()}
+    (tmp_path / "images" / "dog" / "broken.png").write_bytes(b"not a png")
+    extract = ["extract-features", "--data", f"images:{tmp_path / 'images'}", "--image-size", "64", "--vae",
+               str(vae_dir)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for extra, match in ((["--out", str(features)], f"--out {features} already holds files: pass --force"),
+                         (["--out", str(run / "config.json")], "exists and is not a folder"),
+                         (["--out", str(tmp_path / "f"), "--seed", "-5"], "--seed must be an integer in 0.."),
+                         (["--out", str(tmp_path / "f"), "--device", "cuda"], "--device cuda: no CUDA device"),
+                         (["--out", str(tmp_path / "f")], "broken.png: not a readable image (cannot identify")):
+        one_line_error(capsys, [*extract, *extra], match)
+    assert {path.name: path.read_bytes() for path in features.iterdir()} == before
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -401,6 +434,8 @@ def test_a_results_dir_that_would_lose_files_is_refused_before_training(tmp_path
          "config.json, diffusion_pytorch_model.safetensors): choose a new or empty folder"),
         (train_argv(afile), f"--results-dir {afile}: exists and is not a folder"),
         (train_argv(afile, "--resume"), f"--results-dir {afile}: exists and is not a folder"),
+        (train_argv(tmp_path / "v", "--vae", str(tmp_path)), "has no effect with --data mnist, whose images are "
+         "pixels"),
         (train_argv(afile / "run"), f"--results-dir {afile / 'run'}: cannot create the folder {afile}"),
     ]
     for argv, match in cases:
