@@ -11,6 +11,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
 from edt_lab.assets import asset_dir
+from edt_lab.checks import read_json_object
 from edt_lab.cli import make_parent_folder, make_weights_readable, output_folder
 from edt_lab.data import load_digits, split_digits
 
@@ -53,10 +54,19 @@ class DigitClassifier(ModelMixin, ConfigMixin):
 
 def load_digit_classifier(path=None) -> DigitClassifier:
     """The classifier saved at path (default: the shipped assets/digit_classifier), in eval mode."""
-    path = Path(path) if path is not None else DEFAULT_CLASSIFIER_DIR
+    return load_judge(DigitClassifier, DEFAULT_CLASSIFIER_DIR if path is None else path, "train-classifier")
+
+
+def load_judge(model_class, path, command: str):
+    """The judging network of `model_class` saved at `path` (by `edt-lab COMMAND --out PATH`), in eval mode;
+    ValueError for a folder without one, or with another network, whose weights would load as random ones."""
+    path, what = Path(path), model_class.__name__
     if not (path / "config.json").is_file():
-        raise ValueError(f"no digit classifier at {path}: create it with `edt-lab train-classifier --out {path}`")
-    return DigitClassifier.from_pretrained(path).eval()
+        raise ValueError(f"no {what} at {path}: create it with `edt-lab {command} --out {path}`")
+    saved = read_json_object(path / "config.json").get("_class_name")
+    if saved != what:
+        raise ValueError(f"{path} holds a {saved}, not a {what}: create one with `edt-lab {command} --out DIR`")
+    return model_class.from_pretrained(path).eval()
 
 
 #################################################################################

@@ -22,7 +22,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
 from edt_lab.assets import asset_dir
-from edt_lab.classifier import check_fit_command, fit_on_digits
+from edt_lab.classifier import check_fit_command, fit_on_digits, load_judge
 from edt_lab.cli import make_weights_readable
 
 DEFAULT_AUTOENCODER_DIR = asset_dir("digit_autoencoder")
@@ -69,10 +69,7 @@ class DigitAutoencoder(ModelMixin, ConfigMixin):
 
 def load_digit_autoencoder(path=None) -> DigitAutoencoder:
     """The autoencoder saved at path (default: the shipped assets/digit_autoencoder), in eval mode."""
-    path = Path(path) if path is not None else DEFAULT_AUTOENCODER_DIR
-    if not (path / "config.json").is_file():
-        raise ValueError(f"no digit autoencoder at {path}: create it with `edt-lab train-autoencoder --out {path}`")
-    return DigitAutoencoder.from_pretrained(path).eval()
+    return load_judge(DigitAutoencoder, DEFAULT_AUTOENCODER_DIR if path is None else path, "train-autoencoder")
 
 
 @torch.no_grad()

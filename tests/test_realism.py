@@ -48,6 +48,12 @@ def test_autoencoder_reconstructs_held_out_digits():
     assert error < 0.04  # the model card gives its held-out MSE
     with pytest.raises(ValueError, match="train-autoencoder"):
         load_digit_autoencoder("/nonexistent/folder")
+    # Each judge's folder given as the other's: refused, not loaded as random weights.
+    with pytest.raises(ValueError, match="digit_classifier holds a DigitClassifier, not a DigitAutoencoder"):
+        load_digit_autoencoder(DEFAULT_CLASSIFIER_DIR)
+    with pytest.raises(ValueError, match="holds a DigitAutoencoder, not a DigitClassifier: create one with `edt-lab "
+                                         "train-classifier --out DIR`"):
+        edt_lab.classifier.load_digit_classifier(edt_lab.realism.DEFAULT_AUTOENCODER_DIR)
 
 
 @pytest.fixture(scope="module")
