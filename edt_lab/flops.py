@@ -95,6 +95,9 @@ def count_macs(model) -> CostReport:
     """Analytic MACs of one sample's forward (sampling: no masked pass) for an EDT, DiT or MDTv2 (meta-device models
     work). An MDTv2 block behind a long skip counts its `skip_linear` in the block's own item; the side-interpolator,
     which only the masked training pass runs, is listed at 0."""
+    if not isinstance(model, (EDT, DiT, MDTv2)):  # checked first: a model name has no .config
+        raise ValueError(f"count_macs expects an EDT, DiT or MDTv2 model (for a registered name, "
+                         f"count_macs(create_model(name))), got {type(model).__name__}")
     cfg = model.config
     patch, in_ch = cfg.patch_size, cfg.in_channels
     if isinstance(model, EDT):
@@ -132,8 +135,6 @@ def count_macs(model) -> CostReport:
             items += [CostItem(f"{prefix}.{i}", stage, block + skip * skip_macs(n_tokens, width), n_tokens, width,
                                attention_macs(n_tokens, width)) for i in range(len(getattr(model, prefix)))]
         items.append(CostItem("sideblocks.0", "side (training only)", 0, n_tokens, width))
-    else:
-        raise ValueError(f"count_macs expects an EDT, DiT or MDTv2, got {type(model).__name__}")
     items.append(CostItem("final_layer", "final", final_macs(n_tokens, patch, model.out_channels, width),
                           n_tokens, width))
     return CostReport(items)

@@ -52,6 +52,8 @@ def make_scheduler(name: str, num_train_timesteps: int = 1000) -> SchedulerMixin
     "unipc-karras" (UniPC, order 2, Zhao et al. 2023) or "deis-karras" (DEIS, order 2, Zhang and Chen 2023)."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}: expected one of {', '.join(SAMPLERS)}")
+    if not 2 <= whole_number(num_train_timesteps, "num_train_timesteps") <= 100_000:
+        raise ValueError(f"num_train_timesteps must lie in 2..100000 (the released 1000), got {num_train_timesteps}")
     training = make_training_scheduler(num_train_timesteps)
     if name == "ddpm":
         # ADM's respacing ("250" of 1000) keeps round(linspace(0, 999, S)), so the chain ends at t = 999 like
@@ -73,6 +75,8 @@ def make_scheduler(name: str, num_train_timesteps: int = 1000) -> SchedulerMixin
 
 def image_generators(seed: int, indices) -> list[torch.Generator]:
     """One CPU generator per image index, seeded from (seed, index): an image never depends on its batch."""
+    if whole_number(seed, "seed") < 0:
+        raise ValueError(f"seed must not be negative, got {seed}")
     return [torch.Generator().manual_seed(int(np.random.SeedSequence([seed, int(i)]).generate_state(1)[0]))
             for i in indices]
 

@@ -51,3 +51,10 @@ def test_flops_command_prints_the_table(capsys):
     assert "EDT-S/2: 2.667 GFLOPs" in out and "multiply-accumulates" in out and "down_blocks.1" in out
     assert "DiT-S/2: 6.056 GFLOPs" in out
     assert "attention products (QK^T and AV): 0.222 GMACs, 8.3% of the total" in out  # EDT-S/2
+
+
+def test_count_macs_names_what_it_expects():
+    with pytest.raises(ValueError, match=r"count_macs expects an EDT, DiT or MDTv2 model \(for a registered name, "
+                                         r"count_macs\(create_model\(name\)\)\), got str"):
+        count_macs("EDT-T/2")
+

@@ -225,6 +225,9 @@ def test_bad_inputs_raise_value_errors(name):
         model.set_amm([12])
     with pytest.raises(ValueError, match="unknown model"):
         create_model("EDT-Q/2")
+    with pytest.raises(ValueError, match="EDT-T/2 has no option 'hidden_size': expected some of input_size, "
+                                         "patch_size, in_channels, dims"):
+        create_model("EDT-T/2", hidden_size=64)  # a DiT's option
 
 
 def ran_fused_kernel(call) -> bool:

@@ -101,6 +101,12 @@ def test_make_scheduler_kinds_and_shared_betas():
     assert schedulers["unipc-karras"].config.solver_order == 2 and schedulers["deis-karras"].config.solver_order == 2
     with pytest.raises(ValueError, match="unknown sampler 'euler'"):
         make_scheduler("euler")
+    for steps in (10.5, "1000", None, 10**9):
+        with pytest.raises(ValueError, match="num_train_timesteps must"):
+            make_scheduler("ddim", num_train_timesteps=steps)
+    for seed, message in ((None, "seed must be a whole number, got None"), (-1, "seed must not be negative")):
+        with pytest.raises(ValueError, match=message):
+            image_generators(seed, [0])
 
 
 def test_respaced_ddpm_matches_adm_learned_range_steps():

@@ -1,5 +1,7 @@
 """Named configurations: the released EDT, DiT and MDTv2 sizes and the CPU-sized tiny ones used in this project."""
 
+import inspect
+
 from .dit import DiT
 from .edt import EDT
 from .mdt import MDTv2
@@ -32,4 +34,8 @@ def create_model(name: str, **overrides):
     if name not in MODEL_CONFIGS:
         raise ValueError(f"unknown model {name!r}: expected one of {', '.join(MODEL_NAMES)}")
     cls, kwargs = MODEL_CONFIGS[name]
+    accepted = [key for key in inspect.signature(cls).parameters if key not in ("self", "kwargs")]
+    unknown = [key for key in overrides if key not in accepted]
+    if unknown:
+        raise ValueError(f"{name} has no option {unknown[0]!r}: expected some of {', '.join(accepted)}")
     return cls(**{**kwargs, **overrides})
