@@ -251,7 +251,7 @@ class EDTPipeline(DiffusionPipeline):
                                  f"{self.scheduler.config.num_train_timesteps}, got {guidance_interval!r}")
         channels = config.in_channels
         if guided_channels is not None and not 1 <= whole_number(guided_channels, "guided_channels") <= channels:
-            raise ValueError(f"guided_channels must lie in [1, {config.in_channels}], got {guided_channels}")
+            raise ValueError(f"guided_channels must lie in [1, {channels}], got {guided_channels}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"unknown output_type {output_type!r}: expected one of {', '.join(OUTPUT_TYPES)}")
         if self.vae is None and config.in_channels == 4:
