@@ -26,6 +26,13 @@ def whole_number(value, what: str) -> int:
     return int(value)
 
 
+def generator_seed(value, what: str) -> int:
+    """A seed for torch's generators, which take 0..2**64 - 1."""
+    if not 0 <= whole_number(value, what) < 2**64:
+        raise ValueError(f"{what} must be an integer in 0..{2**64 - 1}, got {value}")
+    return int(value)
+
+
 def finite_number(value, what: str) -> float:
     """A real, finite number (int, float, numpy or one-element tensor) as a float; NaN, inf, bools and other
     types are refused."""

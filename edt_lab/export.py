@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from .checkpoints import model_from_checkpoint, safe_torch_load
-from .cli import make_weights_readable, output_folder
+from .cli import output_folder
 from .pipeline import EDTPipeline, load_vae, make_scheduler
 from .train import checkpoint_path, list_checkpoints, load_latest_checkpoint
 
@@ -49,5 +49,4 @@ def export(run_dir, out_dir, step: int | None = None, force: bool = False, weigh
     pipe = EDTPipeline(transformer=model, scheduler=make_scheduler("ddpm"),
                        vae=load_vae(vae_dir) if vae_dir else None, id2label=dict(enumerate(checkpoint["classes"])))
     pipe.save_pretrained(out_dir)
-    make_weights_readable(out_dir)
     return out_dir

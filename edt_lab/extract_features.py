@@ -6,6 +6,7 @@
 
 import argparse
 
+from .checks import generator_seed
 from .cli import output_folder
 from .data import extract_features, make_dataset
 from .pipeline import load_vae
@@ -35,8 +36,7 @@ def run(args: argparse.Namespace) -> None:
                          f"got {args.image_size}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if not 0 <= args.seed < 2**64:  # the range torch's generators take
-        raise ValueError(f"--seed must be an integer in 0..{2**64 - 1}, got {args.seed}")
+    generator_seed(args.seed, "--seed")
     device = process_device(args.device)
     output_folder(args.out, args.force, "--out")
     dataset = make_dataset(args.data, image_size=args.image_size)

@@ -24,6 +24,7 @@ from .amm import AMM_PRESETS, preset_for
 from .assets import asset_dir
 from .checkpoints import load_checkpoint
 from .checks import available_device, finite_number, read_json_object, whole_number
+from .cli import make_weights_readable
 from .data import LATENT_SCALE
 from .diffusion import make_training_scheduler
 from .models import capture_attention
@@ -133,6 +134,7 @@ class EDTPipeline(DiffusionPipeline):
 
         model_index.json names the folder's `pipeline.py` for the pipeline class and `transformer/edt_lab_models.py`
         for the transformer's; diffusers 0.42 imports modules that a folder names only with trust_remote_code.
+        The weights get the mode of any new file, not safetensors' 0600.
         """
         super().save_pretrained(save_directory, **kwargs)
         folder = Path(save_directory)
@@ -143,6 +145,7 @@ class EDTPipeline(DiffusionPipeline):
         index["_class_name"] = ["pipeline", "EDTPipeline"]
         index["transformer"] = ["edt_lab_models", type(self.transformer).__name__]
         index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        make_weights_readable(folder)
 
     # ------------------------------------------------------------------------------------------------------
     # Labels

@@ -8,7 +8,6 @@ libraries' kernels round differently for different batch shapes (by ~1e-7), whic
 one level of 255.
 """
 
-import math
 import os
 import zipfile
 from pathlib import Path
@@ -19,7 +18,7 @@ from accelerate import PartialState
 from PIL import Image, ImageDraw, ImageFont
 
 from .checkpoints import load_checkpoint
-from .checks import available_device, finite_number, read_json_object, whole_number
+from .checks import available_device, finite_number, generator_seed, read_json_object, whole_number
 from .cli import output_file
 from .models.base import CFG_SCHEDULES
 from .pipeline import (DEFAULT_MODEL_DIR, SAMPLERS, EDTPipeline, image_generators, load_default, load_vae,
@@ -261,6 +260,14 @@ def process_device(name: str, state: PartialState | None = None) -> torch.device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def refuse_unused(args, keys, why: str, remedy: str) -> None:
+    """ValueError naming the options among `keys` that the command line gave although they have no effect `why`
+    (the setting that makes them idle), with the `remedy`."""
+    given = [f"--{key.replace('_', '-')}" for key in keys if getattr(args, key) is not None]
+    if given:
+        raise ValueError(f"{' and '.join(given)}: {'has' if len(given) == 1 else 'have'} no effect {why}; {remedy}")
+
+
 def run(args):
     out = Path(args.out)
     if out.suffix not in (".png", ".npz"):
@@ -275,12 +282,10 @@ def run(args):
         raise ValueError(f"--per-class must be at least 1, got {args.per_class}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if not 0 <= args.seed < 2**64:  # the range torch's generators take
-        raise ValueError(f"--seed must be an integer in 0..{2**64 - 1}, got {args.seed}")
+    generator_seed(args.seed, "--seed")
     for key in ("cfg", "amm_radius", "amm_scale"):  # nan or inf would sample, and write garbage
-        value = getattr(args, key)
-        if value is not None and not math.isfinite(value):
-            raise ValueError(f"--{key.replace('_', '-')} must be a finite number, got {value}")
+        if getattr(args, key) is not None:
+            finite_number(getattr(args, key), f"--{key.replace('_', '-')}")
     if args.label_draw is not None and args.num_samples is None:
         raise ValueError(f"--label-draw {args.label_draw}: has no effect without --num-samples (--per-class "
                          f"gives every class its images, nothing is drawn)")
@@ -301,20 +306,15 @@ def run(args):
     pipe.set_progress_bar_config(disable=True)
     classes = parse_classes(args.classes, pipe)
     call_kwargs = sampling_kwargs(settings)  # a bad --amm fails here, before the sampling
+    # Only what the user typed counts: a recommended.json may well hold a radius next to "amm": "off".
     if not call_kwargs["amm_blocks"]:
-        # Only what the user typed counts: a recommended.json may well hold a radius next to "amm": "off".
-        given = [f"--{key.replace('_', '-')}" for key in ("amm_radius", "amm_scale") if getattr(args, key) is not None]
-        if given:
-            why = "with --amm off" if args.amm is not None else "with the AMM off (this model's default)"
-            raise ValueError(f"{' and '.join(given)}: {'has' if len(given) == 1 else 'have'} no effect {why}; turn "
-                             f"the AMM on with --amm preset or block indices such as 7,10")
+        refuse_unused(args, ("amm_radius", "amm_scale"),
+                      "with --amm off" if args.amm is not None else "with the AMM off (this model's default)",
+                      "turn the AMM on with --amm preset or block indices such as 7,10")
     if call_kwargs["guidance_scale"] == 1:
-        given = [f"--{key.replace('_', '-')}" for key in ("cfg_schedule", "cfg_interval", "guided_channels")
-                 if getattr(args, key) is not None]
-        if given:
-            why = "at --cfg 1" if args.cfg is not None else "without guidance (this model's default is --cfg 1)"
-            raise ValueError(f"{' and '.join(given)}: {'has' if len(given) == 1 else 'have'} no effect {why}; "
-                             f"guide with --cfg above 1")
+        refuse_unused(args, ("cfg_schedule", "cfg_interval", "guided_channels"),
+                      "at --cfg 1" if args.cfg is not None else "without guidance (this model's default is --cfg 1)",
+                      "guide with --cfg above 1")
     if args.num_samples is not None:
         check_fits_in_memory(pipe, args.num_samples, f"--num-samples {args.num_samples}")
     else:
