@@ -128,5 +128,16 @@ def test_a_busy_port_is_one_line_and_exit_2(capsys):
         busy.listen()
         port = busy.getsockname()[1]
         assert main(["app", "--port", str(port), "--demo", "--device", "cpu"]) == 2
-    assert capsys.readouterr().err == (f"edt-lab app: error: cannot serve on 127.0.0.1:{port}: the port is in use, "
-                                       "or the address is not one of this machine's\n")
+    assert capsys.readouterr().err == f"edt-lab app: error: cannot serve on 127.0.0.1:{port}: the port is in use\n"
+
+
+@pytest.mark.parametrize("host, message", [
+    ("999.1.1.1", "cannot serve on 999.1.1.1:0: not an address of this machine"),
+    ("192.0.2.1", "cannot serve on 192.0.2.1:0: not an address of this machine"),  # TEST-NET-1, never local
+    ("::1", "--host ::1: IPv6 addresses are not supported"),
+])
+def test_an_address_the_app_cannot_serve_on_is_one_line_before_loading(host, message, capsys, monkeypatch):
+    monkeypatch.setattr("edt_lab.explorer.app.ModelStore", None)  # the check comes before any model loads
+    assert main(["app", "--host", host, "--port", "0", "--demo", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"edt-lab app: error: {message}") and err.count("\n") == 1

@@ -228,6 +228,31 @@ def test_bad_inputs_raise_value_errors(name):
     with pytest.raises(ValueError, match="EDT-T/2 has no option 'hidden_size': expected some of input_size, "
                                          "patch_size, in_channels, dims"):
         create_model("EDT-T/2", hidden_size=64)  # a DiT's option
+    with pytest.raises(ValueError, match="expected timesteps as a tensor, got int 1"):
+        model(torch.randn(1, 1, 32, 32), 1, y)
+    with pytest.raises(ValueError, match=r"expected labels as a tensor, got list \[1\]"):
+        model(torch.randn(1, 1, 32, 32), t, [1])
+
+
+def test_a_model_without_null_label_refuses_it():
+    model = create_model("EDT-T/2", class_dropout_prob=0.0)  # no null row: no unconditional prediction
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 9\] \(this model has no null label\), got 10..10"):
+        model(torch.randn(1, 1, 32, 32), torch.tensor([1]), torch.tensor([10]))
+
+
+@pytest.mark.parametrize("name, option, message", [
+    ("DiT-T/2", {"hidden_size": 0}, "hidden_size must be positive, got 0"),
+    ("DiT-T/2", {"depth": 2.0}, "depth must be a whole number, got 2.0"),
+    ("MDTv2-S/2", {"num_heads": -6}, "num_heads must be positive, got -6"),
+    ("EDT-T/2", {"dims": (64, 0, 128, 96, 64)}, r"dims must be positive, got \(64, 0, 128, 96, 64\)"),
+    ("EDT-T/2", {"stages_depth": (2, 2, 0, 3, 3)}, "stages_depth must be positive"),
+    ("EDT-T/2", {"num_classes": 0}, "num_classes must be positive, got 0"),
+    ("EDT-T/2", {"mlp_ratio": -1.0}, "mlp_ratio must be positive, got -1.0"),
+    ("EDT-T/2", {"class_dropout_prob": 1.0}, r"class_dropout_prob must lie in \[0, 1\), got 1.0"),
+])
+def test_configurations_torch_would_fail_on_are_refused(name, option, message):
+    with pytest.raises(ValueError, match=message):
+        create_model(name, **option)
 
 
 def ran_fused_kernel(call) -> bool:

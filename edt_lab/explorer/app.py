@@ -9,8 +9,10 @@ e.g. gradio_client.Client(url).predict(api_name="/compare").
 
 import argparse
 import functools
+import errno
 import math
 import os
+import socket
 import sys
 from dataclasses import dataclass
 
@@ -538,12 +540,28 @@ def queue_requests(demo: gr.Blocks) -> None:
     set_queue_polling(demo, QUEUE_POLL_S)
 
 
+def check_address(host: str, port: int) -> None:
+    """Bind host:port once and let it go, so that an address that is not this machine's, or a busy port, is one
+    line before the models load (at launch, uvicorn would print its own error first)."""
+    if ":" in host:  # gradio writes the server's URL as http://HOST:PORT, which an IPv6 address breaks
+        raise ValueError(f"--host {host}: IPv6 addresses are not supported (gradio's server URL has no brackets); "
+                         f"use 127.0.0.1, 0.0.0.0 or a host name")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind(address)
+    except OSError as error:
+        why = "the port is in use" if error.errno == errno.EADDRINUSE else "not an address of this machine"
+        raise ValueError(f"cannot serve on {host}:{port}: {why}") from None
+
+
 def run(args: argparse.Namespace) -> None:
     """Serve the page until interrupted; ValueError for options no server can use."""
     if args.threads is not None and not 1 <= args.threads <= os.cpu_count():
         raise ValueError(f"--threads must lie in 1..{os.cpu_count()} (this machine's CPUs), got {args.threads}")
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must lie in 0..65535, got {args.port}")
+    check_address(args.host, args.port)
     if args.threads:
         torch.set_num_threads(args.threads)
     store = ModelStore(args.models_dir, process_device(args.device), demo=args.demo)
@@ -553,7 +571,7 @@ def run(args: argparse.Namespace) -> None:
                               font_mono=["ui-monospace", "monospace"])  # local fonts only: the page works offline
     try:
         demo.launch(server_name=args.host, server_port=args.port, share=args.share, theme=theme)
-    except OSError:  # gradio reports every failed bind as "Cannot find empty port"
+    except OSError:  # taken since check_address; gradio reports every failed bind as "Cannot find empty port"
         raise ValueError(f"cannot serve on {args.host}:{args.port}: the port is in use, or the address is not one "
                          f"of this machine's") from None
 

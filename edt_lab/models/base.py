@@ -7,6 +7,7 @@ from diffusers.configuration_utils import ConfigMixin
 from diffusers.models.modeling_utils import ModelMixin
 
 from ..amm import check_blocks, modulation_matrix
+from ..checks import finite_number, whole_number
 
 CFG_SCHEDULES = ("constant", "power-cos")
 
@@ -23,6 +24,20 @@ def guidance_scales(t: torch.Tensor, cfg_scale: float, schedule: str = "constant
         return torch.full_like(t, cfg_scale)
     rise = (1 - torch.cos(math.pi * (1 - t / num_train_timesteps) ** power)) / 2
     return 1 + (cfg_scale - 1) * rise
+
+
+def check_config(mlp_ratio, class_dropout_prob, **sizes) -> None:
+    """Refuse a configuration that torch would fail on deep inside a layer, or build wrong without a word: every
+    size a positive whole number (a tuple of them for EDT's five stages), mlp_ratio > 0, class_dropout_prob in
+    [0, 1)."""
+    for name, value in sizes.items():
+        for each in value if isinstance(value, (tuple, list)) else (value,):
+            if whole_number(each, name) < 1:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+    if not finite_number(mlp_ratio, "mlp_ratio") > 0:
+        raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio!r}")
+    if not 0 <= finite_number(class_dropout_prob, "class_dropout_prob") < 1:
+        raise ValueError(f"class_dropout_prob must lie in [0, 1), got {class_dropout_prob!r}")
 
 
 class ClassConditionalTransformer(ModelMixin, ConfigMixin):
@@ -62,7 +77,11 @@ class ClassConditionalTransformer(ModelMixin, ConfigMixin):
             block.compile(**compile_kwargs)
 
     def check_inputs(self, x, t, y):
-        """Raise ValueError unless x is (B, in_channels, input_size, input_size) with matching t (B,), y (B,)."""
+        """Raise ValueError unless x is (B, in_channels, input_size, input_size) with matching t (B,), y (B,), all
+        tensors, and y within the label embedding's rows."""
+        for name, value in (("input", x), ("timesteps", t), ("labels", y)):
+            if not torch.is_tensor(value):
+                raise ValueError(f"expected {name} as a tensor, got {type(value).__name__} {value!r:.40}")
         size, channels = self.config.input_size, self.config.in_channels
         if x.ndim != 4 or x.shape[1] != channels or x.shape[2] != size or x.shape[3] != size:
             raise ValueError(f"expected input of shape (B, {channels}, {size}, {size}), got {tuple(x.shape)}")
@@ -71,11 +90,10 @@ class ClassConditionalTransformer(ModelMixin, ConfigMixin):
                 raise ValueError(f"expected {name} of shape ({x.shape[0]},), got {tuple(value.shape)}")
         if torch.compiler.is_compiling():  # the label range needs host values: a graph break per step
             return
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) > self.config.num_classes):
-            raise ValueError(
-                f"labels must lie in [0, {self.config.num_classes}] ({self.config.num_classes} is the null label), "
-                f"got {int(y.min())}..{int(y.max())}"
-            )
+        top = self.y_embedder.embedding_table.num_embeddings - 1  # num_classes is the null label, if the model has one
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) > top):
+            null = f"{top} is the null label" if top == self.config.num_classes else "this model has no null label"
+            raise ValueError(f"labels must lie in [0, {top}] ({null}), got {int(y.min())}..{int(y.max())}")
 
     def forward_with_cfg(self, x, t, y, cfg_scale: float, guided_channels: int | None = None,
                          cfg_schedule: str = "constant"):

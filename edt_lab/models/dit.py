@@ -3,7 +3,7 @@
 import torch.nn as nn
 from diffusers.configuration_utils import register_to_config
 
-from .base import ClassConditionalTransformer
+from .base import ClassConditionalTransformer, check_config
 from .block import TransformerBlock
 from .layers import (FinalLayer, LabelEmbedder, PatchEmbed, TimestepEmbedder, fixed_pos_embed, init_transformer_weights,
                      unpatchify)
@@ -34,6 +34,9 @@ class DiT(ClassConditionalTransformer):
         mlp_norm_eps: float = 1e-6,
     ):
         super().__init__()
+        check_config(mlp_ratio, class_dropout_prob, input_size=input_size, patch_size=patch_size,
+                     in_channels=in_channels, hidden_size=hidden_size, depth=depth, num_heads=num_heads,
+                     num_classes=num_classes)
         if input_size % patch_size:
             raise ValueError(f"input_size {input_size} is not divisible by patch_size {patch_size}")
         self.out_channels = in_channels * 2 if learn_sigma else in_channels

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from diffusers.configuration_utils import register_to_config
 
-from .base import ClassConditionalTransformer
+from .base import ClassConditionalTransformer, check_config
 from .block import TransformerBlock
 from .layers import (FinalLayer, LabelEmbedder, Linear, PatchEmbed, TimestepEmbedder, adaln_modulation,
                      fixed_pos_embed, init_transformer_weights, modulate, unpatchify)
@@ -117,6 +117,9 @@ class EDT(ClassConditionalTransformer):
         super().__init__()
         if not (len(dims) == len(stages_depth) == len(num_heads) == 5):
             raise ValueError("EDT needs five stages: dims, stages_depth and num_heads of length 5")
+        check_config(mlp_ratio, class_dropout_prob, input_size=input_size, patch_size=patch_size,
+                     in_channels=in_channels, dims=dims, stages_depth=stages_depth, num_heads=num_heads,
+                     num_classes=num_classes)
         grid = input_size // patch_size
         if input_size % patch_size or grid % 4:
             raise ValueError(f"input_size / patch_size must be a whole multiple of 4, got {input_size}/{patch_size}")

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from diffusers.configuration_utils import register_to_config
 
-from .base import ClassConditionalTransformer
+from .base import ClassConditionalTransformer, check_config
 from .block import TransformerBlock
 from .layers import FinalLayer, LabelEmbedder, Linear, PatchEmbed, TimestepEmbedder, init_transformer_weights, \
     sincos_2d, unpatchify
@@ -86,6 +86,9 @@ class MDTv2(ClassConditionalTransformer):
         decode_layer: int = 4,
     ):
         super().__init__()
+        check_config(mlp_ratio, class_dropout_prob, input_size=input_size, patch_size=patch_size,
+                     in_channels=in_channels, hidden_size=hidden_size, depth=depth, num_heads=num_heads,
+                     num_classes=num_classes)
         if input_size % patch_size:
             raise ValueError(f"input_size {input_size} is not divisible by patch_size {patch_size}")
         if not 0 <= decode_layer <= depth - 2:
