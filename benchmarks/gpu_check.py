@@ -1,4 +1,4 @@
-"""GPU check: EDT-S/2 against DiT-S/2 (and MDTv2-S/2 once registered) in fp32, TF32, bf16 and bf16 with compiled
+"""GPU check: EDT-S/2 against DiT-S/2 and MDTv2-S/2 in fp32, TF32, bf16 and bf16 with compiled
 blocks (SDPA, then flex attention), inference and training, bounded in time, the JSON rewritten as it goes.
 
     python benchmarks/gpu_check.py --json OUT.json [--device cuda|cpu] [--tiny] [--sections fp32 bf16 ...]
@@ -16,6 +16,10 @@ Rows stream to the parent as they are measured, so a section cut short keeps wha
 - training: it/s of the `edt-lab train` iteration (loss pass(es), backward, Adan step) on random latents; EDT and
   MDTv2 with their masked pass (two passes, as trained) and without, DiT plain.
 - peak_memory_mb: the GPU's peak allocated memory during that row alone.
+- profile (section bf16-profile): where one bf16 eval forward spends its time, for the question the speed numbers
+  leave open (why EDT-S/2 is no faster than DiT-S/2 in bf16): its median time without the profiler, the kernels it
+  launches and their summed time (a GPU busy for a small part of the forward is waiting on launches from the CPU,
+  not on arithmetic), and the ops with the most self time (the GPU's, or the CPU's on a CPU).
 
 --tiny measures EDT-T/2 and DiT-T/2 at batch 2 with one timed call: the CPU smoke run of the same code.
 """
@@ -48,14 +52,16 @@ class Section:
     tf32: bool = False
     compile_blocks: bool = False
     attention: str = "sdpa"  # or "flex": bias and AMM inside flex_attention (fused when compiled)
+    profile: bool = False  # profile rows instead of the speed rows
 
 
-# In priority order: the paper's fp32 setting, then bf16, TF32 and the compiled paths (which spend most of their
-# time compiling, so they go last and take what the budget has left). On an H200 a section's process needs about
-# 12 s to import and start CUDA before its first row.
+# In priority order: the paper's fp32 setting, then bf16 and its profile, TF32 and the compiled paths (which spend
+# most of their time compiling, so they go last and take what the budget has left). On an H200 a section's process
+# needs about 12 s to import and start CUDA before its first row.
 SECTIONS = {
     "fp32": Section(limit_s=50),
     "bf16": Section(limit_s=45, precision="bf16"),
+    "bf16-profile": Section(limit_s=30, precision="bf16", profile=True),
     "tf32": Section(limit_s=45, tf32=True),
     "bf16-compiled-flex": Section(limit_s=70, precision="bf16", compile_blocks=True, attention="flex"),
     "bf16-compiled": Section(limit_s=70, precision="bf16", compile_blocks=True),
@@ -142,6 +148,40 @@ def training_row(name: str, masking: str, section: Section, device, batch_size: 
     return {"iters_per_s": 1 / statistics.median(seconds), "peak_memory_mb": peak_memory_mb(device)}
 
 
+def profile_row(name: str, section: Section, device, batch_size: int, warmup: int, repeats: int,
+                top: int = 15) -> dict:
+    """Where one eval forward of model `name` on the section's path spends its time: wall time (median, without
+    the profiler), device kernels launched and their summed time (GPU), and the `top` ops by self time."""
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    from edt_lab.precision import autocast
+    from throughput import DTYPES, build_inference_model, inputs
+    from timing import synchronize, time_calls
+
+    on_gpu = device.type == "cuda"
+    model = build_inference_model(name, device, section.attention, section.compile_blocks)
+    x, t, y = inputs(model, batch_size, device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    with torch.no_grad(), autocast(device, DTYPES[section.precision]):
+        seconds = time_calls(lambda: model(x, t, y), device, warmup + 1, repeats)
+        with profile(activities=activities) as profiled:
+            model(x, t, y)
+            synchronize(device)
+    ops = profiled.key_averages()
+    self_us = (lambda op: op.self_device_time_total) if on_gpu else (lambda op: op.self_cpu_time_total)
+    row = {"wall_ms": 1e3 * statistics.median(seconds), "time_of": "gpu" if on_gpu else "cpu",
+           "top_ops": [{"name": op.key, "calls": op.count, "self_ms": self_us(op) / 1e3}
+                       for op in sorted(ops, key=self_us, reverse=True)[:top]]}
+    if on_gpu:
+        kernels = [op for op in ops if op.device_type == DeviceType.CUDA]
+        row["kernel_launches"] = sum(op.count for op in kernels)
+        row["kernel_ms"] = sum(op.self_device_time_total for op in kernels) / 1e3
+        row["gpu_busy_share"] = row["kernel_ms"] / row["wall_ms"]
+    return row
+
+
 def measure_section(section: Section, device, batch_size: int, warmup: int, repeats: int, tiny: bool) -> None:
     """Inference, then training rows of every model on the section's path; a failed row carries its error."""
     import torch
@@ -151,14 +191,19 @@ def measure_section(section: Section, device, batch_size: int, warmup: int, repe
     if section.compile_blocks:
         torch._dynamo.config.recompile_limit = 64  # a compiled block per shape and mode: never fall back to eager
     models = models_to_measure(tiny)
-    cases = [(name, "inference", None) for name in models]
-    cases += [(name, "training", masking) for name in models for masking in training_cases(name)]
+    if section.profile:
+        cases = [(name, "profile", None) for name in models]
+    else:
+        cases = [(name, "inference", None) for name in models]
+        cases += [(name, "training", masking) for name in models for masking in training_cases(name)]
     for name, kind, masking in cases:
         row = {"model": name, "kind": kind, "batch_size": batch_size}
-        row.update({"guided": False} if kind == "inference" else {"masking": masking})
+        row.update({"masking": masking} if kind == "training" else {"guided": False})
         try:
             if kind == "inference":
                 row.update(inference_row(name, section, device, batch_size, warmup, repeats))
+            elif kind == "profile":
+                row.update(profile_row(name, section, device, batch_size, warmup, repeats))
             else:
                 row.update(training_row(name, masking, section, device, batch_size, warmup, repeats))
         except Exception as error:  # recorded; the other rows still run
@@ -257,6 +302,12 @@ def describe(row: dict) -> str:
     if row.get("kind") == "inference":
         return (f"{row['model']} inference {row['steps_per_s']:.2f} steps/s, peak {row['peak_memory_mb']} MiB, "
                 f"max |diff| vs fp32 {row['max_abs_diff_vs_fp32']:.2e} (of {row['reference_max_abs']:.2f})")
+    if row.get("kind") == "profile":
+        busy = (f", {row['kernel_launches']} kernels, GPU busy {row['gpu_busy_share']:.0%}"
+                if "kernel_launches" in row else "")
+        first = row["top_ops"][0] if row["top_ops"] else {"name": "-", "self_ms": 0.0}
+        return (f"{row['model']} profile {row['wall_ms']:.1f} ms a forward{busy}; most self time: {first['name']} "
+                f"{first['self_ms']:.1f} ms")
     if row.get("kind") == "training":
         return (f"{row['model']} training ({row['masking']}) {row['iters_per_s']:.2f} it/s, "
                 f"peak {row['peak_memory_mb']} MiB")

@@ -98,6 +98,23 @@ def test_gpu_check_runs_each_section_in_its_own_process_and_survives_a_hang(tmp_
     assert "== bf16" in capsys.readouterr().out
 
 
+def test_gpu_check_profile_says_where_a_forward_spends_its_time(capsys):
+    section = gpu_check.SECTIONS["bf16-profile"]
+    gpu_check.measure_section(section, torch.device("cpu"), batch_size=2, warmup=0, repeats=1, tiny=True)
+    rows = [json.loads(line[len(gpu_check.RESULT_PREFIX):]) for line in capsys.readouterr().out.splitlines()
+            if line.startswith(gpu_check.RESULT_PREFIX)]
+    assert {row["model"] for row in rows} >= {"EDT-T/2", "DiT-T/2"} and all(row["kind"] == "profile" for row in rows)
+    for row in rows:
+        assert "error" not in row and row["time_of"] == "cpu" and len(row["top_ops"]) == 15
+        self_ms = [op["self_ms"] for op in row["top_ops"]]
+        assert self_ms == sorted(self_ms, reverse=True) and 0 < self_ms[0] and sum(self_ms) < 2 * row["wall_ms"]
+        names = [op["name"] for op in row["top_ops"]]
+        assert any("linear" in name or "addmm" in name for name in names)  # the blocks' linears are measured
+        assert "profile" in gpu_check.describe(row)
+    edt = next(row for row in rows if row["model"] == "EDT-T/2")
+    assert next(op["calls"] for op in edt["top_ops"] if "linear" in op["name"] or "addmm" in op["name"]) > 12
+
+
 def test_app_latency_times_generate_at_the_app_defaults(tmp_path, monkeypatch):
     import app_latency
     import gradio_client
