@@ -85,6 +85,7 @@ def environment(device) -> dict:
     info = {"kind": "machine", "python": platform.python_version(), "platform": platform.platform(),
             "torch": torch.__version__, "cuda": torch.version.cuda, "cpu_count": os.cpu_count(),
             "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M"), "device": str(device),
+            "load_average_1_5_15_min": os.getloadavg(),  # what else the machine was doing
             "native_bf16": native_bf16(device), "models": list(MODEL_NAMES)}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

@@ -82,6 +82,7 @@ def test_gpu_check_runs_each_section_in_its_own_process_and_survives_a_hang(tmp_
                     "--budget-s", "500"])
     report = json.loads(out.read_text())
     assert report["machine"]["device"] == "cpu" and report["settings"]["batch_size"] == 2
+    assert len(report["machine"]["load_average_1_5_15_min"]) == 3
     assert report["sections"]["fp32"]["status"] == "timeout" and report["sections"]["fp32"]["rows"] == []
     bf16 = report["sections"]["bf16"]
     assert bf16["status"] == "ok"
