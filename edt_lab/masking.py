@@ -102,6 +102,14 @@ def mdt_masks(model, batch_size: int, generator: torch.Generator, device) -> Tok
     return TokenRemoval(random_subset(batch_size, num_tokens, num_keep, generator).to(device))
 
 
+def masking_strategies(model) -> tuple[str, ...]:
+    """The masked passes `model` can train with: "edt" and "input-zero" for an EDT, "mdt" for an MDTv2,
+    "input-zero" for a DiT; "none" (no masked pass) for any."""
+    if isinstance(model, EDT):
+        return "edt", "input-zero", "none"
+    return ("mdt", "none") if isinstance(model, MDTv2) else ("input-zero", "none")
+
+
 def default_masking(model) -> str:
     """The masking a model trains with as released: "edt" for EDT, "mdt" for MDTv2, "none" for DiT."""
     return "edt" if isinstance(model, EDT) else "mdt" if isinstance(model, MDTv2) else "none"

@@ -40,6 +40,7 @@ def test_compare_button_shows_both_image_sets_and_each_tab_its_view_of_the_run(t
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 page.goto(url)
                 page.locator("#model-note").get_by_text("untrained demo model").wait_for(timeout=30_000)
+                started_with = page.locator("#amm-field textarea").input_value()  # the page's own AMM blocks
                 page.locator("#compare-button").click()
                 for gallery in ("#off-gallery", "#on-gallery"):
                     page.locator(f"{gallery} img").first.wait_for(state="visible", timeout=60_000)
@@ -62,5 +63,22 @@ def test_compare_button_shows_both_image_sets_and_each_tab_its_view_of_the_run(t
                 expect(page.locator("#compare-button")).to_contain_text("choose AMM blocks first")
                 field.fill("10")
                 expect(page.locator("#compare-button")).to_be_enabled(timeout=30_000)
+                # leaving the field applies it (tidied, and the toggles follow), as Generate reads it
+                field.fill(" 3 ,")
+                page.locator("#status").click()
+                expect(field).to_have_value("3", timeout=30_000)
+                expect(page.get_by_role("checkbox", name="3 · 8×8 · down")).to_be_checked()
+                expect(page.get_by_role("checkbox", name="10 · 16×16 · up")).not_to_be_checked()
+                page.get_by_role("button", name="as the page started").click()  # and back
+                expect(field).to_have_value(started_with, timeout=30_000)
+                # the radius slider waits while each block's released radius applies
+                radius = page.locator("#radius input[type=number]")
+                expect(radius).to_be_disabled()
+                page.locator("#released-radius input").uncheck()
+                expect(radius).to_be_enabled(timeout=30_000)
+                # an EDT is offered the masked passes it can train with, not MDT's token removal
+                page.get_by_role("tab", name="Masking (training)").click()
+                expect(page.locator("#strategy")).to_contain_text("input-zero")
+                expect(page.locator("#strategy")).not_to_contain_text("mdt")
             finally:
                 browser.close()

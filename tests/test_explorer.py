@@ -169,6 +169,7 @@ def test_presets(pipe):
     assert controls.preset_blocks(model, "released", 4.0) == [8]
     assert controls.preset_blocks(model, "off", 1.0) == []
     assert controls.preset_blocks(model, "up", 1.0) == [6, 7, 8, 9, 10, 11]
+    assert controls.preset_blocks(model, "recommended", 4.0, [10]) == [10]  # the page's start, at any guidance
     with pytest.raises(ValueError, match="no up-sampling blocks"):
         controls.preset_blocks(create_model("DiT-T/2", depth=2, hidden_size=12, num_heads=1), "up", 1.0)
 
@@ -275,7 +276,7 @@ def test_precision_reaches_the_pipeline(pipe, monkeypatch):
 def test_recommended_guidance_interval_and_schedule_reach_the_pipeline(pipe, monkeypatch):
     plain = request(pipe)
     assert (plain.cfg_schedule, plain.guidance_interval) == ("constant", None)
-    shaped = request(pipe, recommended={"cfg": 3.0, "cfg_interval": [300, 999], "cfg_schedule": "power-cos"})
+    shaped = request(pipe, guidance=3.0, recommended={"cfg_interval": [300, 999], "cfg_schedule": "power-cos"})
     assert (shaped.cfg_schedule, shaped.guidance_interval) == ("power-cos", (300, 999))
     calls = []
     real_call = type(pipe).__call__
@@ -291,6 +292,10 @@ def test_recommended_guidance_interval_and_schedule_reach_the_pipeline(pipe, mon
                                                                  "as the model recommends, guided at t 300-999 only) "
                                                                  "· trained EDT-T/2 digits model")
     assert status_line(loaded, plain, "x") == "x · trained EDT-T/2 digits model"
+    # without guidance there is no guided interval or schedule to report
+    unguided = request(pipe, guidance=1.0, recommended={"cfg_interval": [0, 800], "cfg_schedule": "power-cos"})
+    assert unguided.guidance_interval == (0, 800)
+    assert status_line(loaded, unguided, "x") == "x · trained EDT-T/2 digits model"
 
 
 def test_guided_timesteps_on_the_page_replace_the_recommended_ones(pipe):
@@ -384,7 +389,9 @@ def test_runs_record_the_views_only_for_a_page(page_events):
     quick = dict(model=DEFAULT_NAME, class_name="0", seed=0, num_images=2, sampler="dpm", steps=3, guidance_scale=3.0,
                  amm_blocks="", released_radius=True, radius=15.0, scale=0.5, precision="fp32", guided_timesteps="all")
     tiles, status, api_runs = generate(**quick, view=None)  # an API client: no view to show
-    assert len(tiles) == 2 and "2 images" in status
+    assert len(tiles) == 2 and status.startswith("2 images in ") and " s · AMM off" in status
+    _, status, _ = generate(**{**quick, "num_images": 1, "amm_blocks": "7, 10"}, view=None)
+    assert status.startswith("1 image in ") and " s · AMM in blocks 7, 10" in status
     assert api_runs["runs"][0][1] == {} and api_runs["previews"] == []
     _, _, runs = generate(**quick, view=IMAGES_TAB)  # a page, on another tab: its views can be opened later
     assert len(runs["runs"][0][1]) == 12 and len(runs["previews"]) == 3

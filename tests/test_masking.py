@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from edt_lab.masking import draw_masks, edt_masks, input_zero_masks, mask_grids
+from edt_lab.masking import MASKING_STRATEGIES, draw_masks, edt_masks, input_zero_masks, mask_grids, masking_strategies
 from edt_lab.models import TokenMasks, create_model
 
 TINY = dict(dims=(16, 24, 32, 24, 16), num_heads=(1, 1, 1, 1, 1), stages_depth=(1, 1, 1, 1, 1))
@@ -171,3 +171,19 @@ def test_mask_grids(edt):
     assert set(mask_grids(input_zero_masks(edt, 2, torch.Generator(), "cpu"), edt)) == {"input"}
     with pytest.raises(ValueError, match="mask must be"):
         mask_grids(TokenMasks(input=torch.ones(2, 100, dtype=torch.bool)), edt)
+
+
+def test_each_model_is_offered_the_masked_passes_it_can_train_with():
+    edt, dit = create_model("EDT-T/2"), create_model("DiT-T/2", depth=2, hidden_size=12, num_heads=1)
+    mdt = create_model("MDTv2-T/2", mask_ratio=0.3)
+    assert masking_strategies(edt) == ("edt", "input-zero", "none")
+    assert masking_strategies(dit) == ("input-zero", "none")
+    assert masking_strategies(mdt) == ("mdt", "none")
+    generator = torch.Generator().manual_seed(0)
+    for model in (edt, dit, mdt):  # each strategy offered draws masks for its model; the others are refused
+        for strategy in MASKING_STRATEGIES:
+            if strategy in masking_strategies(model):
+                draw_masks(strategy, model, 2, generator, "cpu")
+            else:
+                with pytest.raises(ValueError):
+                    draw_masks(strategy, model, 2, generator, "cpu")

@@ -20,6 +20,7 @@ import gradio as gr
 import torch
 
 from ..cli import OneLineParser
+from ..masking import default_masking, masking_strategies
 from ..pipeline import SAMPLERS
 from ..precision import PRECISIONS
 from ..sample import process_device
@@ -98,6 +99,8 @@ def model_page(loaded) -> dict:
             "blocks": [(controls.block_label(info), info["block"]) for info in model.block_info()],
             "block": init["blocks"][-1] if init["blocks"] else model.num_blocks - 1,
             "cost": views.cost_markdown(model),
+            "strategies": [name for name in masking_strategies(model) if name != "none"],  # "none" draws nothing
+            "strategy": default_masking(model) if default_masking(model) != "none" else "input-zero",
             # what the views need later without loading the model again
             "facts": {"grids": grids, "image_grid": max(grids)}}
 
@@ -219,11 +222,11 @@ def amm_panel(values: dict) -> dict:
             "presets": presets, "boxes": boxes,
             "amm_field": gr.Textbox(controls.format_blocks(init["blocks"]), label="AMM blocks", elem_id="amm-field",
                                     info="block indices (toggles above: block · token grid · phase); empty = off; "
-                                         "press Enter to apply"),
-            "released_radius": gr.Checkbox(init["released_radius"],
+                                         "applied on Enter or on leaving the field"),
+            "released_radius": gr.Checkbox(init["released_radius"], elem_id="released-radius",
                                            label="released radius of each block's grid, R = √((n−1)² + 4)"),
             "radius": slider_field(*controls.RADIUS_RANGE, value=round(init["radius"], 3), step=0.001,
-                                label="radius R (tokens)",
+                                label="radius R (tokens)", interactive=not init["released_radius"], elem_id="radius",
                                 info=f"paper default on the 16×16 grid: √229 ≈ {controls.RADIUS_DEFAULT:.2f}; "
                                      f"used for every AMM block when the box above is off"),
             "scale": slider_field(*controls.SCALE_RANGE, value=init["scale"], step=0.01, label="scale k",
@@ -263,7 +266,8 @@ def attention_tab(values: dict) -> dict:
                      "row": slider_field(0, last, value=middle, step=1, label="query token row"),
                      "col": slider_field(0, last, value=middle, step=1, label="query token column")}
         gr.Markdown("The query token is on the image's token grid; a block with a coarser grid uses the token that "
-                    "covers the same place.")
+                    "covers the same place. The AMM row follows the controls at once; the attention below it is "
+                    "that of the last Generate or Compare (none before the first).")
         return {**query,
                 "amm_plot": gr.Plot(label="the AMM row of the query token (current R and k)", show_label=False),
                 "attention_plot": gr.Plot(label="attention of the query token (last Generate or Compare)",
@@ -273,6 +277,8 @@ def attention_tab(values: dict) -> dict:
 def denoising_tab() -> dict:
     """The predicted clean images after each sampling step."""
     with gr.Tab(DENOISING_TAB):
+        gr.Markdown("The model's prediction of the clean image after each sampling step of the last Generate or "
+                    "Compare (none before the first), one row per image.")
         return {"previews": gr.Gallery(label="predicted clean images x̂₀ during sampling (last run; pixel models)",
                                        columns=2, height="auto", object_fit="contain", format="png",
                                        elem_id="previews")}
@@ -284,14 +290,15 @@ def cost_tab(values: dict) -> dict:
         return {"cost": gr.Markdown(values["cost"])}
 
 
-def masking_tab() -> dict:
+def masking_tab(values: dict) -> dict:
     """The keep-masks of one masked training pass."""
     with gr.Tab("Masking (training)"):
         gr.Markdown("EDT trains with a second, masked pass: tokens entering each down-sampling module are dropped at "
                     "random, so the blocks before must spread information across tokens; MDTv2 removes tokens from "
                     "its encoder instead (mdt). These are the masks one such pass would draw (over the last image).")
         with gr.Row():
-            inputs = {"strategy": gr.Radio(["edt", "mdt", "input-zero"], value="edt", label="strategy"),
+            inputs = {"strategy": gr.Radio(values["strategies"], value=values["strategy"], label="strategy",
+                                           info="the masked passes this model can train with", elem_id="strategy"),
                       "mask_seed": number_field(0, label="mask seed", precision=0, minimum=0,
                                                 maximum=controls.MAX_SEED),
                       "mask_button": gr.Button("Draw masks")}
@@ -357,11 +364,11 @@ def wire_model_picker(demo: gr.Blocks, store: ModelStore, page: Page) -> None:
                 init["released_radius"], round(init["radius"], 3), init["scale"],
                 gr.update(choices=values["blocks"], value=values["block"]),
                 gr.update(maximum=last, value=last // 2), gr.update(maximum=last, value=last // 2),
-                values["cost"], values["facts"]]
+                values["cost"], values["facts"], gr.update(choices=values["strategies"], value=values["strategy"])]
 
     outputs = [page.model, page.note, page.class_name, page.sampler, page.steps, page.guidance,
                page.guided_timesteps, *page.boxes, page.amm_field, page.released_radius, page.radius, page.scale,
-               page.block, page.row, page.col, page.cost, page.facts]
+               page.block, page.row, page.col, page.cost, page.facts, page.strategy]
     page.model.select(show_model, page.model, outputs, concurrency_id="model", api_visibility="private")
     demo.load(show_model, page.model, outputs, concurrency_id="model", api_visibility="private")
 
@@ -382,9 +389,10 @@ def wire_amm_blocks(store: ModelStore, page: Page) -> None:
     @warns(outputs=MAX_GROUPS + 1)
     def field_to_boxes(name, amm_blocks, guidance_scale, preset=None):
         """The toggles (and the tidied field) from the AMM field, or from a preset."""
-        model = store.get(name).pipe.transformer
-        blocks = (controls.preset_blocks(model, preset, guidance_scale) if preset
-                  else controls.parse_blocks(amm_blocks, model, guidance_scale))
+        loaded = store.get(name)
+        model = loaded.pipe.transformer
+        blocks = (controls.preset_blocks(model, preset, guidance_scale, controls.initial_settings(loaded)["blocks"])
+                  if preset else controls.parse_blocks(amm_blocks, model, guidance_scale))
         values = controls.split_by_group(model, blocks)
         return [*values, *[[]] * (MAX_GROUPS - len(values)), controls.format_blocks(blocks)]
 
@@ -394,16 +402,28 @@ def wire_amm_blocks(store: ModelStore, page: Page) -> None:
                           api_visibility="private")
     inputs, outputs = [page.model, page.amm_field, page.guidance], [*page.boxes, page.amm_field]
     page.amm_field.submit(field_to_boxes, inputs, outputs, api_visibility="private")
+    # Generate reads the field as it is, so leaving it applies it too: the toggles never show other blocks
+    page.amm_field.blur(field_to_boxes, inputs, outputs, api_visibility="private")
     for key, button in page.presets.items():
         button.click(functools.partial(field_to_boxes, preset=key), inputs, outputs, api_visibility="private")
+    # the released radius of each block's grid replaces the slider's: the slider waits while it is ticked
+    page.released_radius.change(lambda released: gr.update(interactive=not released), page.released_radius,
+                                page.radius, queue=False, api_visibility="private")
+
+
+def block_words(blocks) -> str:
+    """"block 10", "blocks 7, 10" or "no block"."""
+    blocks = list(blocks)
+    return f"block{'s' if len(blocks) > 1 else ''} {controls.format_blocks(blocks)}" if blocks else "no block"
 
 
 def status_line(loaded, request, timings: str) -> str:
-    """The timings, the guidance shape (a schedule the model's folder recommends, the guided timesteps) and which
-    model ran."""
+    """The timings, the guidance shape (a schedule the model's folder recommends, the guided timesteps; only with
+    guidance) and which model ran."""
+    guided = request.guidance > 1
     shape = [f"{request.cfg_schedule} guidance schedule, as the model recommends"] \
-        if request.cfg_schedule != "constant" else []
-    if request.guidance_interval is not None:
+        if guided and request.cfg_schedule != "constant" else []
+    if guided and request.guidance_interval is not None:
         shape.append("guided at t {}-{} only".format(*request.guidance_interval))
     shape = f" ({', '.join(shape)})" if shape else ""
     return f"{timings}{shape} · {DEMO_NOTE if loaded.is_demo else loaded.note}"
@@ -427,9 +447,10 @@ def wire_sampling(store: ModelStore, page: Page) -> None:
                                   amm_blocks, released_radius, radius, scale, precision, guided_timesteps)
         run = sample(loaded.pipe, request, progress=lambda done, text: progress(done, desc=text),
                      record_views=view is not None)
-        runs = {"runs": [(f"AMM in {controls.format_blocks(run.amm_blocks) or 'no block'}", run.attention)],
-                "previews": run.previews, "image": run.images[0]}
-        timings = f"{len(run.images)} images in {run.seconds:.2f} s"
+        amm = f"AMM in {block_words(run.amm_blocks)}" if run.amm_blocks else "AMM off"
+        runs = {"runs": [(amm, run.attention)], "previews": run.previews, "image": run.images[0]}
+        count = len(run.images)
+        timings = f"{count} image{'s' if count > 1 else ''} in {run.seconds:.2f} s · {amm}"
         return views.image_tiles(run.images), status_line(loaded, request, timings), runs
 
     @shows_errors
@@ -443,7 +464,8 @@ def wire_sampling(store: ModelStore, page: Page) -> None:
         heat, largest = views.difference_map(off.images, on.images)
         runs = {"runs": [("AMM off", off.attention), ("AMM on", on.attention)], "previews": on.previews,
                 "image": on.images[0]}
-        timings = f"AMM off {off.seconds:.2f} s · AMM on {on.seconds:.2f} s · largest |on − off| = {largest:.3f}"
+        timings = (f"AMM off {off.seconds:.2f} s · AMM on ({block_words(on.amm_blocks)}) {on.seconds:.2f} s · "
+                   f"largest |on − off| = {largest:.3f}")
         status = status_line(loaded, request, timings)
         return views.image_tiles(off.images), views.image_tiles(on.images), heat, status, runs
 
@@ -490,7 +512,7 @@ def build_app(store: ModelStore) -> gr.Blocks:
             with gr.Column(scale=1, min_width=320):
                 parts |= request_panel(values) | amm_panel(values) | run_buttons()
             with gr.Column(scale=2), gr.Tabs() as tabs:
-                parts |= images_tab() | attention_tab(values) | denoising_tab() | cost_tab(values) | masking_tab()
+                parts |= images_tab() | attention_tab(values) | denoising_tab() | cost_tab(values) | masking_tab(values)
         page = Page(**parts, tabs=tabs, facts=gr.State(values["facts"]), runs=gr.State(None), view=gr.State(None))
         wire_model_picker(demo, store, page)
         wire_amm_blocks(store, page)

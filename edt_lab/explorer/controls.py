@@ -20,7 +20,8 @@ SCALE_DEFAULT = 0.5  # k, the released scale of the "exp" form
 RADIUS_RANGE = (1.0, 22.0)  # 22 > the 16 x 16 grid's largest distance 15 * sqrt(2), so the top keeps every pair
 SCALE_RANGE = (0.05, 2.0)
 PRESETS = {
-    "released": "released arrangement for this guidance",
+    "recommended": "as the page started (the model's recommendation)",
+    "released": "released EDT-S/B arrangement for this guidance",
     "off": "off",
     "up": "every up-sampling block",
 }
@@ -91,8 +92,11 @@ def split_by_group(model, blocks) -> list[list[int]]:
     return [[b for _, b in group["choices"] if b in chosen] for group in stage_groups(model)]
 
 
-def preset_blocks(model, preset: str, guidance: float) -> list[int]:
-    """Blocks of a preset: "released" (edt_lab.amm.preset_for at this guidance), "off" or "up" (up-sampling)."""
+def preset_blocks(model, preset: str, guidance: float, recommended=()) -> list[int]:
+    """Blocks of a preset: "recommended" (the `recommended` blocks, those `initial_settings` starts the page
+    with), "released" (edt_lab.amm.preset_for at this guidance), "off" or "up" (up-sampling)."""
+    if preset == "recommended":
+        return list(recommended)
     if preset == "released":
         return list(AMM_PRESETS[preset_for(model, guidance)].blocks)
     if preset == "off":

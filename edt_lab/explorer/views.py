@@ -135,7 +135,8 @@ def attention_figure(panels: list[tuple[str, np.ndarray]], row: int, col: int, n
     for axis, (title, _), heat in zip(axes, panels, rows):
         picture = _heatmap(axis, heat, title, (row, col), cmap="magma", vmin=0, vmax=vmax)
     figure.colorbar(picture, ax=list(axes), shrink=0.85)
-    figure.suptitle(f"block {block}: attention of token ({row}, {col}), mean over heads, first image, middle step",
+    # two lines: one panel is narrower than the one-line title
+    figure.suptitle(f"block {block}: attention of token ({row}, {col})\nmean over heads, first image, middle step",
                     fontsize=10)
     return figure
 
@@ -222,6 +223,6 @@ def mask_figure(model, seed: int = 0, strategy: str = "edt", image: np.ndarray |
         axis.set_title(f"{place}: {len(keep)}×{len(keep)} tokens\n{1 - keep.mean():.0%} dropped", fontsize=9)
         axis.set_xticks([])
         axis.set_yticks([])
-    figure.suptitle(f"{strategy.upper()} masks of one masked training pass (seed {seed}; red = dropped)",
-                    fontsize=10)
+    dropped = "red = dropped" if image is not None else "black = dropped"
+    figure.suptitle(f"{strategy.upper()} masks of one masked\ntraining pass (seed {seed}; {dropped})", fontsize=10)
     return figure
