@@ -131,6 +131,20 @@ def test_a_busy_port_is_one_line_and_exit_2(capsys):
     assert capsys.readouterr().err == f"edt-lab app: error: cannot serve on 127.0.0.1:{port}: the port is in use\n"
 
 
+def test_a_port_just_freed_by_a_stopped_server_is_not_busy():
+    from edt_lab.explorer.app import check_address
+
+    with socket.socket() as listener:  # a server that served one connection and stopped
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)):
+            served, _ = listener.accept()
+            served.close()  # the server's side closes first: its port stays in TIME_WAIT for a while
+    check_address("127.0.0.1", port)  # uvicorn can bind it (SO_REUSEADDR), so the app does not refuse it
+
+
 @pytest.mark.parametrize("host, message", [
     ("999.1.1.1", "cannot serve on 999.1.1.1:0: not an address of this machine"),
     ("192.0.2.1", "cannot serve on 192.0.2.1:0: not an address of this machine"),  # TEST-NET-1, never local
