@@ -82,7 +82,10 @@ def test_bad_requests_show_errors_and_the_server_keeps_serving(client):
                          (dict(steps=None), "steps must be a number, got None"),
                          (dict(released_radius=False, radius="x"), "radius R \\(tokens\\) must be a number"),
                          (dict(class_name="\u00b2"), "unknown class"),  # a digit to str.isdigit, not to int()
-                         (dict(guided_timesteps="1-\u00b2"), "guided timesteps must be all, or LOW-HIGH")):
+                         (dict(guided_timesteps="1-\u00b2"), "guided timesteps must be all, or LOW-HIGH"),
+                         # gradio's own range check, with the field's name
+                         (dict(seed=-1), r"seed \(the same seed gives the same noise\): Value -1 is less than"),
+                         (dict(released_radius=False, radius=0), r"radius R \(tokens\): Value 0 is less than")):
         with pytest.raises(Exception, match=message):
             client.predict(api_name="/generate", **bad)
     samples, _ = client.predict(num_images=2, steps=3, api_name="/generate")

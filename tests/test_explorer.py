@@ -163,6 +163,13 @@ def test_stage_groups_show_stage_grid_and_phase(pipe):
     assert controls.split_by_group(pipe.transformer, [7, 10]) == [[], [], [], [7], [10]]
 
 
+def test_the_mask_seed_is_named_in_its_error():
+    with pytest.raises(ValueError, match="mask seed is empty: enter a number"):
+        controls.check_seed(None, "mask seed")
+    with pytest.raises(ValueError, match="mask seed must lie in 0..2147483647, got -1"):
+        controls.check_seed(-1, "mask seed")
+
+
 def test_presets(pipe):
     model = pipe.transformer
     assert controls.preset_blocks(model, "released", 1.0) == [7, 10]
@@ -200,6 +207,7 @@ def test_check_request_accepts_names_and_indices(pipe):
     (dict(num_images=17), "number of images must lie in 1..16"),
     (dict(seed=-1), "seed must lie in"),
     (dict(seed="abc"), "seed must be a number"),
+    (dict(seed=None), "seed is empty: enter a number"),
     (dict(guidance=0.5), "guidance scale must lie in"),
     (dict(guidance=float("nan")), "guidance scale must lie in"),
     (dict(sampler="euler"), "unknown sampler 'euler'"),

@@ -61,7 +61,10 @@ def refuses_non_numbers(component):
         number = isinstance(payload, (int, float)) and not isinstance(payload, bool) and math.isfinite(payload)
         if not number and (payload is not None or isinstance(component, gr.Slider)):  # the handlers refuse a None
             raise gr.Error(f"{component.label} must be a number, got {payload!r}")
-        return preprocess(payload)
+        try:
+            return preprocess(payload)
+        except gr.Error as error:  # gradio's range check, "Value 0 is less than minimum value 1.0.", names no field
+            raise gr.Error(f"{component.label}: {error.message}") from None
 
     component.preprocess = checked
     return component
@@ -485,7 +488,8 @@ def wire_views(demo: gr.Blocks, store: ModelStore, page: Page) -> None:
     def show_masks(model, strategy, seed, runs):
         """The training masks of one masked pass, over the last image."""
         image = runs["image"] if runs else None
-        return views.mask_figure(store.get(model).pipe.transformer, controls.check_seed(seed), strategy, image)
+        return views.mask_figure(store.get(model).pipe.transformer, controls.check_seed(seed, "mask seed"), strategy,
+                                 image)
 
     query = (page.block, page.row, page.col)
     for control in query:

@@ -158,6 +158,8 @@ def initial_settings(loaded) -> dict:
 
 def _number(name: str, value, low, high, integer: bool = False):
     """value as a number inside [low, high], else ValueError naming the control."""
+    if value is None:  # an emptied field
+        raise ValueError(f"{name} is empty: enter a number")
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -169,9 +171,9 @@ def _number(name: str, value, low, high, integer: bool = False):
     return int(number) if integer else number
 
 
-def check_seed(seed) -> int:
-    """A noise or mask seed: a whole number in 0..MAX_SEED, else ValueError."""
-    return _number("seed", seed, 0, MAX_SEED, integer=True)
+def check_seed(seed, name: str = "seed") -> int:
+    """A noise or mask seed (named `name` in the error): a whole number in 0..MAX_SEED, else ValueError."""
+    return _number(name, seed, 0, MAX_SEED, integer=True)
 
 
 def check_request(pipe, class_name, seed, num_images, sampler, steps, guidance, amm_blocks, released_radius,
