@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from edt_lab.amm import modulation_matrix
 from edt_lab.explorer import controls, views
 from edt_lab.explorer.app import (ATTENTION_TAB, COMPARE_LABEL, DENOISING_TAB, IMAGES_TAB, QUEUE_POLL_S, build_app,
-                                  compare_button_state, model_page, open_tab, queue_requests, show_views,
+                                  compare_button_state, model_page, number_field, open_tab, queue_requests, show_views,
                                   status_line)
 from edt_lab.explorer.models import (DEFAULT_NAME, DEMO_NOTE, LoadedModel, ModelStore, demo_pipeline,
                                      imagenet_class_names, randomize_weights, scan_models)
@@ -390,6 +390,16 @@ def page_events():
     events = {block_fn.api_name: block_fn.fn for block_fn in build_app(store).fns.values()
               if block_fn.api_name in ("generate", "compare")}
     return events | {"facts": model_page(store.get(DEFAULT_NAME))["facts"]}
+
+
+def test_a_bad_input_is_an_error_without_a_server_traceback(page_events):
+    with pytest.raises(gr.Error) as error:
+        page_events["generate"](DEFAULT_NAME, "banana", 0, 2, "dpm", 3, 3.0, "", True, 15.0, 0.5, "fp32", "all", None)
+    assert "unknown class 'banana'" in error.value.message and not error.value.print_exception
+    seed = number_field(0, label="mask seed", precision=0, minimum=0, maximum=10)
+    with pytest.raises(gr.Error) as error:  # gradio's own range check, named
+        seed.preprocess(-1)
+    assert error.value.message.startswith("mask seed: Value -1 is less than") and not error.value.print_exception
 
 
 def test_runs_record_the_views_only_for_a_page(page_events):

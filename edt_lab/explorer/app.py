@@ -38,6 +38,12 @@ nearby tokens count more, tokens beyond the radius R not at all. Compare the sam
 look at the matrix and at where a token attends, and see what the model costs and how it was trained (masking)."""
 
 
+def input_error(message: str) -> gr.Error:
+    """The error a bad input becomes: shown in the page and the API, without a traceback in the server's log (a
+    user's typo is not a server fault)."""
+    return gr.Error(message, print_exception=False)
+
+
 def shows_errors(function):
     """Turn a ValueError (a bad input) into an error message in the page and the API; the server keeps serving."""
     @functools.wraps(function)
@@ -45,7 +51,7 @@ def shows_errors(function):
         try:
             return function(*args, **kwargs)
         except ValueError as error:
-            raise gr.Error(str(error)) from None
+            raise input_error(str(error)) from None
     return wrapper
 
 
@@ -60,11 +66,11 @@ def refuses_non_numbers(component):
     def checked(payload):
         number = isinstance(payload, (int, float)) and not isinstance(payload, bool) and math.isfinite(payload)
         if not number and (payload is not None or isinstance(component, gr.Slider)):  # the handlers refuse a None
-            raise gr.Error(f"{component.label} must be a number, got {payload!r}")
+            raise input_error(f"{component.label} must be a number, got {payload!r}")
         try:
             return preprocess(payload)
         except gr.Error as error:  # gradio's range check, "Value 0 is less than minimum value 1.0.", names no field
-            raise gr.Error(f"{component.label}: {error.message}") from None
+            raise input_error(f"{component.label}: {error.message}") from None
 
     component.preprocess = checked
     return component
