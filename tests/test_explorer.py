@@ -351,9 +351,10 @@ def test_difference_map_and_images():
     assert len(tiles) == 3 and tiles[0].size == (128, 128) and tiles[0].mode == "RGB"
 
 
-def test_preview_strips_pick_evenly_spaced_steps_ending_at_the_last():
+def test_preview_sheet_picks_evenly_spaced_steps_ending_at_the_last():
+    assert views.preview_sheet([]) is None  # a latent model records none
     previews = [np.full((2, 32, 32, 1), s / 9) for s in range(10)]
-    [(sheet, caption)] = views.preview_strips(previews, count=4)
+    sheet, caption = views.preview_sheet(previews, count=4)
     assert caption == "predicted clean images, one row per step: after steps 1, 4, 7, 10 of 10"
     rows = np.asarray(sheet)[:, 0, 0]  # the first pixel column: one grey level per row of tiles (white gaps)
     levels = sorted(set(rows.tolist()) - {255})
@@ -421,11 +422,12 @@ def test_only_the_open_tab_draws_its_view(page_events):
     query = (runs, page_events["facts"], 11, 8, 8)
     assert all(isinstance(out, type(gr.skip())) for out in show_views(IMAGES_TAB, *query))
     previews, attention = show_views(DENOISING_TAB, *query)
-    assert previews[0][1].endswith("of 3") and isinstance(attention, type(gr.skip()))
+    assert previews["label"].endswith("of 3") and previews["value"].size == (2 * views.TILE + 2, 3 * views.TILE + 4)
+    assert isinstance(attention, type(gr.skip()))
     previews, attention = show_views(ATTENTION_TAB, *query)
     assert isinstance(attention, Figure) and isinstance(previews, type(gr.skip()))
     view, previews, _ = open_tab(*query, gr.SelectData(None, {"index": 2, "value": DENOISING_TAB}))
-    assert view == DENOISING_TAB and len(previews) == 1  # opening a tab draws the last run's view
+    assert view == DENOISING_TAB and previews["label"].endswith("of 3")  # opening a tab draws the last run's view
 
 
 def test_queue_polls_calmly():

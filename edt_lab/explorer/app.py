@@ -31,6 +31,7 @@ from .sampling import compare, sample
 MAX_GROUPS = 5  # EDT has five stages; a DiT uses the first group only
 IMAGES_TAB, ATTENTION_TAB, DENOISING_TAB = "Images", "AMM and attention", "Denoising"
 COMPARE_LABEL = "Compare AMM off vs on"
+PREVIEWS_LABEL = "predicted clean images x̂₀ during sampling (last run; pixel models)"
 INTRO = """# EDT explorer
 EDT (Efficient Diffusion Transformer) samples images with a U-shaped token pyramid. Its **Attention Modulation
 Matrix (AMM)** multiplies the attention of chosen blocks by a distance-based matrix, without any training:
@@ -287,10 +288,10 @@ def denoising_tab() -> dict:
     """The predicted clean images after each sampling step."""
     with gr.Tab(DENOISING_TAB):
         gr.Markdown("The model's prediction of the clean image after each sampling step of the last Generate or "
-                    "Compare (none before the first), one row per image.")
-        return {"previews": gr.Gallery(label="predicted clean images x̂₀ during sampling (last run; pixel models)",
-                                       columns=2, height="auto", object_fit="contain", format="png",
-                                       elem_id="previews")}
+                    "Compare (none before the first): one row per step, one column per image.")
+        # an Image, not a Gallery: a gallery crops a tall sheet to its tile and hides the last steps
+        return {"previews": gr.Image(label=PREVIEWS_LABEL, type="pil", format="png", interactive=False,
+                                     elem_id="previews")}
 
 
 def cost_tab(values: dict) -> dict:
@@ -331,7 +332,11 @@ def show_attention(runs, facts, block, row, col):
 def show_views(view, runs, facts, block, row, col) -> tuple:
     """The last run's previews or attention figure, whichever tab is open; a closed tab's view is drawn when it is
     opened (`open_tab`), so a run does not draw and send figures that no one sees."""
-    previews = views.preview_strips(runs["previews"]) if runs and view == DENOISING_TAB else gr.skip()
+    if runs and view == DENOISING_TAB:
+        sheet = views.preview_sheet(runs["previews"])
+        previews = gr.update(value=sheet[0], label=sheet[1]) if sheet else gr.update(value=None, label=PREVIEWS_LABEL)
+    else:
+        previews = gr.skip()
     attention = show_attention(runs, facts, block, row, col) if view == ATTENTION_TAB else gr.skip()
     return previews, attention
 

@@ -62,16 +62,16 @@ def difference_map(off: np.ndarray, on: np.ndarray) -> tuple[Image.Image, float]
     return montage(heat), largest
 
 
-def preview_strips(previews: list, count: int = 6) -> list[tuple[Image.Image, str]]:
-    """About `count` evenly spaced steps (always the last) of per-step previews as one captioned image, a row of
-    the images per step: one file for the page to send rather than one per step."""
+def preview_sheet(previews: list, count: int = 6) -> tuple[Image.Image, str] | None:
+    """About `count` evenly spaced steps (always the last) of per-step previews as one image and its caption, a
+    row of the images per step: one file for the page to send rather than one per step; None without previews."""
     if not previews:
-        return []
+        return None
     total = len(previews)
     steps = sorted({round(s) for s in np.linspace(0, total - 1, min(count, total))})
     sheet = montage(np.concatenate([previews[s] for s in steps]), columns=len(previews[0]))
-    return [(sheet, f"predicted clean images, one row per step: after steps "
-                    f"{', '.join(str(s + 1) for s in steps)} of {total}")]
+    return sheet, f"predicted clean images, one row per step: after steps {', '.join(str(s + 1) for s in steps)} " \
+                  f"of {total}"
 
 
 # ----------------------------------------------------------------------------------------------------------
