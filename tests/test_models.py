@@ -130,6 +130,22 @@ def test_compiled_blocks_compute_what_eager_blocks_compute():
     assert list(model.state_dict()) == keys and all(block._compiled_call_impl is not None for block in model.blocks)
 
 
+def test_flex_blocks_compile_into_kernels_on_a_cpu():
+    # Inductor's CPU flex kernel takes the score modification's tensors only as graph inputs: the bias is read from
+    # its table and index there (a bias computed inside the graph failed to compile). Without AMM: on a CPU inductor
+    # has no log-sum-exp output, which the AMM's exact form needs.
+    model = randomize_weights(create_model("EDT-T/2"))
+    x, t, y = torch.randn(2, 1, 32, 32), torch.tensor([3, 700]), torch.tensor([1, 10])
+    with torch.no_grad():
+        set_attention_path(model, fused=False)
+        explicit = model(x, t, y)
+        set_attention_path(model, fused=True, flex=True)
+        model.compile_blocks()
+        compiled = model(x, t, y)
+    assert explicit.abs().max() > 1
+    torch.testing.assert_close(compiled, explicit, atol=1e-5, rtol=0)
+
+
 def test_amm_acts_only_in_eval_mode_and_can_be_turned_off():
     torch.manual_seed(0)
     model = create_model("EDT-T/2", class_dropout_prob=0.0)

@@ -4,7 +4,8 @@ Three ways to compute the same thing, which agree to float32 rounding:
 - fused: `scaled_dot_product_attention` with the position bias as its additive mask (default, no AMM);
 - explicit: scores, softmax, AMM, @ v written out (AMM blocks in eval mode, attention capture, comparison);
 - flex: `flex_attention` with the bias (and the AMM's logarithm) as a score modification, fused into one kernel
-  under torch.compile (the GPU fast path; without compiling it runs an unfused reference). The AMM's weights are
+  under torch.compile (the GPU fast path; without compiling it runs an unfused reference; on a CPU inductor
+  compiles it without the AMM only, as it has no log-sum-exp output there). The AMM's weights are
   not renormalised, so the modulated output is rescaled by exp(lse(s + log M) - lse(s)), the sum of the
   modulated weights per query, which a second pass for lse(s) gives: exact, where SDPA has no exact form.
 `Attention.use_fused = False` on a module (or `set_attention_path`) selects the explicit path everywhere,
@@ -41,6 +42,9 @@ class RelativePositionBias(nn.Module):
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)  # as released (cut at +-2)
         if beit_layout:
             self.register_buffer("relative_position_index", self.index(None))
+        # the same index as a buffer outside the state dict, for the flex path's score modification: a compiled
+        # graph then reads the table and this input instead of a bias computed inside it
+        self.register_buffer("pair_index", self.index(None), persistent=False)
         self._eval_cache = None  # (key, bias): reused across sampling steps while the table is unchanged
 
     def index(self, device) -> torch.Tensor:
@@ -61,7 +65,7 @@ class RelativePositionBias(nn.Module):
         table = self.relative_position_bias_table
         dtype = dtype or table.dtype
         if keep_ids is not None:
-            return table[kept_pairs(self.index(table.device), keep_ids)].permute(0, 3, 1, 2).to(dtype)
+            return table[kept_pairs(self.pair_index, keep_ids)].permute(0, 3, 1, 2).to(dtype)
         if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return self._bias(table).to(dtype)  # a compiled graph computes it in place: a gather, fused with its use
         # The version counter moves on every in-place write (load_state_dict, optimiser steps), so a stale
@@ -74,7 +78,7 @@ class RelativePositionBias(nn.Module):
 
     def _bias(self, table):
         n2 = self.grid_size**2
-        return table[self.index(table.device).flatten()].view(n2, n2, -1).permute(2, 0, 1).unsqueeze(0).contiguous()
+        return table[self.pair_index.flatten()].view(n2, n2, -1).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
 def attention_probs(q, k, scale: float, bias=None):
@@ -113,13 +117,13 @@ class Attention(nn.Module):
         q, k, v = qkv.unbind(0)  # (B, heads, N, head_dim)
         # The bias and the AMM in the dtype of q (bf16 under autocast): mixing float32 into the scores would send
         # every score through a slower mixed-dtype float32 path.
-        bias = self.rel_pos_bias(keep_ids, q.dtype) if hasattr(self, "rel_pos_bias") else None
         amm = self._amm_for(q) if (self.amm is not None and not self.training) else None
         if amm is not None and keep_ids is not None:
             amm = kept_pairs(amm, keep_ids).unsqueeze(1)  # (B, 1, N, N)
         if self.use_flex and self.capture is None:
-            out = self._flex(q, k, v, bias, amm)
-        elif self.use_fused and amm is None and self.capture is None:
+            return self.proj(self._flex(q, k, v, keep_ids, amm).transpose(1, 2).reshape(B, N, C))
+        bias = self.rel_pos_bias(keep_ids, q.dtype) if hasattr(self, "rel_pos_bias") else None
+        if self.use_fused and amm is None and self.capture is None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         else:
             out = self._explicit(q, k, v, bias, amm)
@@ -133,22 +137,36 @@ class Attention(nn.Module):
             self.capture["modulated"] = modulated.detach() if modulated is not None else None
         return (modulated if modulated is not None else probs) @ v
 
-    def _flex(self, q, k, v, bias, amm):
+    def _flex(self, q, k, v, keep_ids, amm):
         """flex_attention of q, k, v (B, heads, N, head_dim): scores + bias, and with the AMM the modulated weights
         (not renormalised, as released) through log M and a rescaling by the modulated weights' sum per query.
-        bias and amm broadcast to (B, heads, N, N) as views, so per-sample ones index the same way."""
-        shape = (*q.shape[:2], q.shape[2], k.shape[2])
-        bias = bias.expand(shape) if bias is not None else None
 
-        def add_bias(score, b, h, q_index, k_index):
-            return score if bias is None else score + bias[b, h, q_index, k_index]
+        The score modification reads the bias from its table (table[pair_index[q, k], h]) and takes the AMM's log
+        itself, so a compiled graph captures only the table, the index and the AMM, never a (heads, N, N) tensor
+        computed inside it (inductor's CPU kernel refuses one). An MDT masked pass (keep_ids) reads its own bias
+        and AMM of the kept pairs, broadcast to (B, heads, N, N) as views."""
+        shape, dtype = (*q.shape[:2], q.shape[2], k.shape[2]), q.dtype
+        if not hasattr(self, "rel_pos_bias"):
+            def add_bias(score, b, h, q_index, k_index):
+                return score
+        elif keep_ids is None:
+            table, pairs = self.rel_pos_bias.relative_position_bias_table, self.rel_pos_bias.pair_index
+
+            def add_bias(score, b, h, q_index, k_index):  # in q's dtype, as the other paths add it
+                return score + table[pairs[q_index, k_index], h].to(dtype)
+        else:
+            bias = self.rel_pos_bias(keep_ids, dtype).expand(shape)
+
+            def add_bias(score, b, h, q_index, k_index):
+                return score + bias[b, h, q_index, k_index]
 
         if amm is None:
             return flex_attention(q, k, v, score_mod=add_bias)
-        log_amm = amm.log().expand(shape)  # -inf where the AMM is 0: those keys drop out
+        amm = amm.expand(shape) if amm.ndim == 4 else amm
 
-        def add_bias_and_log_amm(score, b, h, q_index, k_index):
-            return add_bias(score, b, h, q_index, k_index) + log_amm[b, h, q_index, k_index]
+        def add_bias_and_log_amm(score, b, h, q_index, k_index):  # log 0 = -inf: those keys drop out
+            weight = amm[b, h, q_index, k_index] if amm.ndim == 4 else amm[q_index, k_index]
+            return add_bias(score, b, h, q_index, k_index) + torch.log(weight)
 
         out, lse_modulated = flex_attention(q, k, v, score_mod=add_bias_and_log_amm, return_lse=True)
         _, lse = flex_attention(q, k, v, score_mod=add_bias, return_lse=True)
