@@ -20,7 +20,7 @@ import gradio as gr
 import torch
 
 from ..cli import OneLineParser
-from ..masking import default_masking, masking_strategies
+from ..masking import masking_strategies
 from ..pipeline import SAMPLERS
 from ..precision import PRECISIONS
 from ..sample import process_device
@@ -110,7 +110,6 @@ def model_page(loaded) -> dict:
             "block": init["blocks"][-1] if init["blocks"] else model.num_blocks - 1,
             "cost": views.cost_markdown(model),
             "strategies": [name for name in masking_strategies(model) if name != "none"],  # "none" draws nothing
-            "strategy": default_masking(model) if default_masking(model) != "none" else "input-zero",
             # what the views need later without loading the model again
             "facts": {"grids": grids, "image_grid": max(grids)}}
 
@@ -307,7 +306,7 @@ def masking_tab(values: dict) -> dict:
                     "random, so the blocks before must spread information across tokens; MDTv2 removes tokens from "
                     "its encoder instead (mdt). These are the masks one such pass would draw (over the last image).")
         with gr.Row():
-            inputs = {"strategy": gr.Radio(values["strategies"], value=values["strategy"], label="strategy",
+            inputs = {"strategy": gr.Radio(values["strategies"], value=values["strategies"][0], label="strategy",
                                            info="the masked passes this model can train with", elem_id="strategy"),
                       "mask_seed": number_field(0, label="mask seed", precision=0, minimum=0,
                                                 maximum=controls.MAX_SEED),
@@ -378,7 +377,7 @@ def wire_model_picker(demo: gr.Blocks, store: ModelStore, page: Page) -> None:
                 init["released_radius"], round(init["radius"], 3), init["scale"],
                 gr.update(choices=values["blocks"], value=values["block"]),
                 gr.update(maximum=last, value=last // 2), gr.update(maximum=last, value=last // 2),
-                values["cost"], values["facts"], gr.update(choices=values["strategies"], value=values["strategy"])]
+                values["cost"], values["facts"], gr.update(choices=values["strategies"], value=values["strategies"][0])]
 
     outputs = [page.model, page.note, page.class_name, page.sampler, page.steps, page.guidance,
                page.guided_timesteps, *page.boxes, page.amm_field, page.released_radius, page.radius, page.scale,
