@@ -28,9 +28,10 @@ def whole_number(value, what: str) -> int:
 
 def generator_seed(value, what: str) -> int:
     """A seed for torch's generators, which take 0..2**64 - 1."""
-    if not 0 <= whole_number(value, what) < 2**64:
+    seed = whole_number(value, what)
+    if not 0 <= seed < 2**64:
         raise ValueError(f"{what} must be an integer in 0..{2**64 - 1}, got {value}")
-    return int(value)
+    return seed
 
 
 def finite_number(value, what: str) -> float:

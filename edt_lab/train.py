@@ -319,9 +319,10 @@ def truncate_log(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
-# What --resume may change: how far the run goes, how it reports, and nothing it learns from.
-CHANGEABLE_ON_RESUME = ("max_steps", "ckpt_every", "keep_checkpoints", "log_every", "sample_every", "num_workers",
-                        "compile", "resume", "results_dir", "init_weights")
+# What --resume may change: how far the run goes, how it reports, and nothing it learns from. The error names the
+# first group; the second holds how the run is started and run.
+RESUME_MAY_CHANGE = ("max_steps", "ckpt_every", "keep_checkpoints", "log_every", "sample_every", "num_workers")
+CHANGEABLE_ON_RESUME = RESUME_MAY_CHANGE + ("compile", "resume", "results_dir", "init_weights")
 
 
 def check_resumed_recipe(run: dict, now: dict) -> None:
@@ -333,7 +334,7 @@ def check_resumed_recipe(run: dict, now: dict) -> None:
         given = " ".join(f"--{key.replace('_', '-')} {now[key]}" for key in changed)
         wanted = " ".join(f"--{key.replace('_', '-')} {run[key]}" for key in changed)
         raise ValueError(f"--resume: this run was trained with {wanted}, not {given}: pass the run's options to "
-                         f"continue it (only {', '.join('--' + k.replace('_', '-') for k in CHANGEABLE_ON_RESUME[:6])}"
+                         f"continue it (only {', '.join('--' + k.replace('_', '-') for k in RESUME_MAY_CHANGE)}"
                          f" may change)")
 
 

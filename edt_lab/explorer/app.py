@@ -8,8 +8,8 @@ e.g. gradio_client.Client(url).predict(api_name="/compare").
 """
 
 import argparse
-import functools
 import errno
+import functools
 import math
 import os
 import socket

@@ -41,16 +41,16 @@ class RelativePositionBias(nn.Module):
         self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)  # as released (cut at +-2)
         if beit_layout:
-            self.register_buffer("relative_position_index", self.index(None))
+            self.register_buffer("relative_position_index", self.index())
         # the same index as a buffer outside the state dict, for the flex path's score modification: a compiled
         # graph then reads the table and this input instead of a bias computed inside it
-        self.register_buffer("pair_index", self.index(None), persistent=False)
+        self.register_buffer("pair_index", self.index(), persistent=False)
         self._eval_cache = None  # (key, bias): reused across sampling steps while the table is unchanged
 
-    def index(self, device) -> torch.Tensor:
+    def index(self) -> torch.Tensor:
         """Table row for each (query, key) pair: (N, N); row = (r1-r2+n-1)*(2n-1) + (c1-c2+n-1)."""
         n = self.grid_size
-        rows, cols = torch.meshgrid(torch.arange(n, device=device), torch.arange(n, device=device), indexing="ij")
+        rows, cols = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
         rows, cols = rows.flatten(), cols.flatten()
         d_row = rows[:, None] - rows[None, :] + n - 1
         d_col = cols[:, None] - cols[None, :] + n - 1
@@ -120,10 +120,11 @@ class Attention(nn.Module):
         amm = self._amm_for(q) if (self.amm is not None and not self.training) else None
         if amm is not None and keep_ids is not None:
             amm = kept_pairs(amm, keep_ids).unsqueeze(1)  # (B, 1, N, N)
-        if self.use_flex and self.capture is None:
-            return self.proj(self._flex(q, k, v, keep_ids, amm).transpose(1, 2).reshape(B, N, C))
-        bias = self.rel_pos_bias(keep_ids, q.dtype) if hasattr(self, "rel_pos_bias") else None
-        if self.use_fused and amm is None and self.capture is None:
+        flex = self.use_flex and self.capture is None  # the flex path reads the bias inside its score modification
+        bias = self.rel_pos_bias(keep_ids, q.dtype) if hasattr(self, "rel_pos_bias") and not flex else None
+        if flex:
+            out = self._flex(q, k, v, keep_ids, amm)
+        elif self.use_fused and amm is None and self.capture is None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         else:
             out = self._explicit(q, k, v, bias, amm)
