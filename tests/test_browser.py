@@ -41,11 +41,25 @@ def test_compare_button_shows_both_image_sets_and_each_tab_its_view_of_the_run(t
                 page.goto(url)
                 page.locator("#model-note").get_by_text("untrained demo model").wait_for(timeout=30_000)
                 started_with = page.locator("#amm-field textarea").input_value()  # the page's own AMM blocks
+                # the buttons and the status line are in sight without scrolling past the controls
+                for part in ("#generate-button", "#compare-button", "#status"):
+                    box = page.locator(part).bounding_box()
+                    assert box["y"] + box["height"] <= 1000, f"{part} is below the window: {box}"
+                page.locator("#num-images input[type=number]").fill("16")
+                page.locator("#num-images input[type=number]").press("Enter")
                 page.locator("#compare-button").click()
                 for gallery in ("#off-gallery", "#on-gallery"):
                     page.locator(f"{gallery} img").first.wait_for(state="visible", timeout=60_000)
                 page.locator("#status").get_by_text("AMM on").wait_for(timeout=30_000)
-                assert page.locator("#off-gallery img").count() >= 4 and page.locator("#on-gallery img").count() >= 4
+                # all 16 images of each side in sight: no gallery scrolls them away
+                for gallery in ("#off-gallery", "#on-gallery"):
+                    assert page.locator(f"{gallery} img").count() == 16
+                    hidden = page.locator(f"{gallery} .grid-wrap").evaluate(
+                        "e => [e.scrollHeight - e.clientHeight, e.scrollWidth - e.clientWidth]")
+                    assert max(hidden) <= 1, f"{gallery} hides {hidden} px of its images (height, width)"
+                    rows = page.locator(f"{gallery} .grid-container img").evaluate_all(
+                        "images => new Set(images.map(i => Math.round(i.getBoundingClientRect().top))).size")
+                    assert rows <= 6, f"{gallery} spreads 16 images over {rows} rows"  # 3 columns, not 2
                 # the run's previews and attention are drawn when their tab is opened
                 page.get_by_role("tab", name="Denoising").click()
                 page.locator("#previews img").first.wait_for(state="visible", timeout=30_000)

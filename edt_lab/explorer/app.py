@@ -29,6 +29,8 @@ from .models import DEFAULT_NAME, DEMO_NOTE, ModelStore
 from .sampling import compare, sample
 
 MAX_GROUPS = 5  # EDT has five stages; a DiT uses the first group only
+PAIR_COLUMNS, SAMPLES_COLUMNS = 2, 4  # gallery columns for up to 4 images: AMM off and on side by side; Generate's
+GALLERY_HEIGHT = "fit-content"  # every row in sight: gradio's "auto" caps a gallery at 55 % of the window and scrolls
 IMAGES_TAB, ATTENTION_TAB, DENOISING_TAB = "Images", "AMM and attention", "Denoising"
 COMPARE_LABEL = "Compare AMM off vs on"
 PREVIEWS_LABEL = "predicted clean images x̂₀ during sampling (last run; pixel models)"
@@ -205,7 +207,8 @@ def request_panel(values: dict) -> dict:
         "class_name": gr.Dropdown(classes, value=classes[0], label="class", allow_custom_value=True),
         "seed": number_field(0, label="seed (the same seed gives the same noise)", precision=0, minimum=0,
                           maximum=controls.MAX_SEED),
-        "num_images": slider_field(1, controls.MAX_IMAGES, value=4, step=1, label="number of images"),
+        "num_images": slider_field(1, controls.MAX_IMAGES, value=4, step=1, label="number of images",
+                                   elem_id="num-images"),
         "sampler": gr.Radio(list(SAMPLERS), value=init["sampler"], label="sampler"),
         "steps": slider_field(1, controls.MAX_STEPS, value=init["steps"], step=1, label="steps"),
         "guidance": slider_field(1.0, controls.MAX_GUIDANCE, value=init["guidance"], step=0.1,
@@ -255,15 +258,14 @@ def images_tab() -> dict:
     """AMM off and on side by side, their difference, and Generate's samples."""
     with gr.Tab(IMAGES_TAB):
         with gr.Row():
-            galleries = {"off_gallery": gr.Gallery(label="AMM off", columns=2, height="auto", format="png",
-                                                   elem_id="off-gallery"),
-                         "on_gallery": gr.Gallery(label="AMM on", columns=2, height="auto", format="png",
-                                                  elem_id="on-gallery")}
+            galleries = {f"{side}_gallery": gr.Gallery(label=f"AMM {side}", columns=PAIR_COLUMNS, height=GALLERY_HEIGHT,
+                                                         format="png", elem_id=f"{side}-gallery")
+                         for side in ("off", "on")}
         return {**galleries,
                 "difference": gr.Image(label="difference |on − off| (scaled to its maximum)", type="pil",
                                        format="png", elem_id="difference"),
-                "samples": gr.Gallery(label="Generate: samples with the AMM blocks as chosen", columns=4,
-                                      height="auto", format="png", elem_id="samples")}
+                "samples": gr.Gallery(label="Generate: samples with the AMM blocks as chosen", columns=SAMPLES_COLUMNS,
+                                      height=GALLERY_HEIGHT, format="png", elem_id="samples")}
 
 
 def attention_tab(values: dict) -> dict:
@@ -430,6 +432,13 @@ def block_words(blocks) -> str:
     return f"block{'s' if len(blocks) > 1 else ''} {controls.format_blocks(blocks)}" if blocks else "no block"
 
 
+def fit_galleries(num_images) -> list:
+    """The columns of the AMM off, AMM on and Generate galleries for `num_images`: as built up to 4 images, half as
+    many again beyond, so that 16 images are in sight (gradio keeps a tile at least 100 px wide: no more fit)."""
+    widen = 1 if num_images <= 4 else 1.5
+    return [gr.update(columns=int(columns * widen)) for columns in (PAIR_COLUMNS, PAIR_COLUMNS, SAMPLES_COLUMNS)]
+
+
 def status_line(loaded, request, timings: str) -> str:
     """The timings, the guidance shape (a schedule the model's folder recommends, the guided timesteps; only with
     guidance) and which model ran."""
@@ -482,6 +491,9 @@ def wire_sampling(store: ModelStore, page: Page) -> None:
         status = status_line(loaded, request, timings)
         return views.image_tiles(off.images), views.image_tiles(on.images), heat, status, runs
 
+    # on the page only: the API's outputs stay plain lists of images
+    page.num_images.change(fit_galleries, page.num_images, [page.off_gallery, page.on_gallery, page.samples],
+                           api_visibility="private")
     inputs, view_inputs = [*page.request_inputs(), page.view], [page.view, *page.attention_inputs()]
     page.generate_button.click(generate, inputs, [page.samples, page.status, page.runs], api_name="generate",
                                concurrency_id="model").then(
@@ -524,9 +536,12 @@ def build_app(store: ModelStore) -> gr.Blocks:
             parts = model_panel(store, first)
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
-                parts |= request_panel(values) | amm_panel(values) | run_buttons()
-            with gr.Column(scale=2), gr.Tabs() as tabs:
-                parts |= images_tab() | attention_tab(values) | denoising_tab() | cost_tab(values) | masking_tab(values)
+                parts |= request_panel(values) | amm_panel(values)
+            with gr.Column(scale=2):
+                parts |= run_buttons()  # above the views, where they are in sight without scrolling past the controls
+                with gr.Tabs() as tabs:
+                    parts |= (images_tab() | attention_tab(values) | denoising_tab() | cost_tab(values)
+                              | masking_tab(values))
         page = Page(**parts, tabs=tabs, facts=gr.State(values["facts"]), runs=gr.State(None), view=gr.State(None))
         wire_model_picker(demo, store, page)
         wire_amm_blocks(store, page)
