@@ -31,7 +31,7 @@ from .models import capture_attention
 from .models.base import CFG_SCHEDULES
 from .precision import autocast, resolve_precision
 
-SAMPLERS = ("ddpm", "ddim", "dpm", "dpm-karras", "dpm3-karras", "unipc-karras", "deis-karras")
+SAMPLERS = ("ddpm", "ddim", "dpm", "dpm-karras", "dpm3-karras", "dpm-sde-karras", "unipc-karras", "deis-karras")
 OUTPUT_TYPES = ("pil", "np", "pt")
 DEFAULT_MODEL_DIR = asset_dir("edt_t2_digits")
 # Written into every saved pipeline folder: diffusers' generic loader imports the pipeline class and the
@@ -50,6 +50,7 @@ def make_scheduler(name: str, num_train_timesteps: int = 1000) -> SchedulerMixin
     """A sampler on the released schedule: "ddpm" (learned variance), "ddim" (eta 0), "dpm" (DPM-Solver++, order 2),
     "dpm-karras" (the same solver on Karras et al.'s noise levels, spaced evenly in sigma^(1/7): smaller steps at
     low noise, where the fine detail is drawn), or on those levels "dpm3-karras" (DPM-Solver++ of order 3),
+    "dpm-sde-karras" (DPM-Solver++ 2M SDE: each step adds fresh noise, drawn from the pipeline's generators),
     "unipc-karras" (UniPC, order 2, Zhao et al. 2023) or "deis-karras" (DEIS, order 2, Zhang and Chen 2023)."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}: expected one of {', '.join(SAMPLERS)}")
@@ -70,7 +71,8 @@ def make_scheduler(name: str, num_train_timesteps: int = 1000) -> SchedulerMixin
         return DEISMultistepScheduler(**schedule, solver_order=2, prediction_type="epsilon", use_karras_sigmas=karras)
     # No variance_type here: DPM-Solver would then keep only the first 3 channels; the pipeline passes eps alone.
     order = 3 if name == "dpm3-karras" else 2
-    return DPMSolverMultistepScheduler(**schedule, algorithm_type="dpmsolver++", solver_order=order,
+    algorithm = "sde-dpmsolver++" if name == "dpm-sde-karras" else "dpmsolver++"
+    return DPMSolverMultistepScheduler(**schedule, algorithm_type=algorithm, solver_order=order,
                                        prediction_type="epsilon", use_karras_sigmas=karras)
 
 

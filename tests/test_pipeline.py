@@ -74,7 +74,8 @@ def adm_respaced_timesteps(num_timesteps: int, count: int) -> list[int]:
 def test_make_scheduler_kinds_and_shared_betas():
     kinds = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler,
              "dpm-karras": DPMSolverMultistepScheduler, "dpm3-karras": DPMSolverMultistepScheduler,
-             "unipc-karras": UniPCMultistepScheduler, "deis-karras": DEISMultistepScheduler}
+             "dpm-sde-karras": DPMSolverMultistepScheduler, "unipc-karras": UniPCMultistepScheduler,
+             "deis-karras": DEISMultistepScheduler}
     assert set(kinds) == set(SAMPLERS)
     schedulers = {name: make_scheduler(name) for name in kinds}
     for name, scheduler in schedulers.items():
@@ -93,7 +94,9 @@ def test_make_scheduler_kinds_and_shared_betas():
     assert (karras.timesteps < 200).sum() > (schedulers["dpm"].timesteps < 200).sum()
     assert schedulers["dpm3-karras"].config.solver_order == 3
     assert schedulers["dpm3-karras"].config.algorithm_type == "dpmsolver++"
-    for name in ("dpm3-karras", "unipc-karras", "deis-karras"):
+    assert schedulers["dpm-sde-karras"].config.algorithm_type == "sde-dpmsolver++"
+    assert schedulers["dpm-sde-karras"].config.solver_order == 2
+    for name in ("dpm3-karras", "dpm-sde-karras", "unipc-karras", "deis-karras"):
         scheduler = schedulers[name]
         assert scheduler.config.use_karras_sigmas and scheduler.config.prediction_type == "epsilon"
         scheduler.set_timesteps(25)
@@ -161,6 +164,24 @@ def test_output_types_labels_and_determinism(latent_pipe, pixel_pipe):
         latent_pipe.get_label_ids("ten")
     with pytest.raises(ValueError, match="class 10 is out of range: this model has classes 0..9"):
         latent_pipe([10], num_inference_steps=1)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "dpm-sde-karras"])
+def test_stochastic_samplers_draw_each_images_step_noise_from_its_generator(pixel_pipe, sampler):
+    """Reproducible from the seed, and an image's step noise does not depend on its batch."""
+    kept = pixel_pipe.scheduler
+    pixel_pipe.scheduler = make_scheduler(sampler)
+    try:
+        def draw(seed, indices):
+            return pixel_pipe([7] * len(indices), generator=image_generators(seed, indices), num_inference_steps=4,
+                              output_type="np").images
+        pair = draw(0, [0, 1])
+        np.testing.assert_array_equal(draw(0, [0, 1]), pair)
+        np.testing.assert_allclose(draw(0, [1])[0], pair[1], atol=1e-4)
+        pixel_pipe.scheduler = make_scheduler("dpm-karras" if sampler != "ddpm" else "ddim")  # the same ODE: no noise
+        assert np.abs(draw(0, [0, 1]) - pair).max() > 1e-2
+    finally:
+        pixel_pipe.scheduler = kept
 
 
 def test_bad_calls_raise_value_error(latent_pipe):
