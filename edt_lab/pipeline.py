@@ -15,7 +15,8 @@ import diffusers
 import numpy as np
 import torch
 from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, DEISMultistepScheduler, DiffusionPipeline,
-                       DPMSolverMultistepScheduler, UniPCMultistepScheduler)
+                       DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
+                       UniPCMultistepScheduler)
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -31,7 +32,8 @@ from .models import capture_attention
 from .models.base import CFG_SCHEDULES
 from .precision import autocast, resolve_precision
 
-SAMPLERS = ("ddpm", "ddim", "dpm", "dpm-karras", "dpm3-karras", "dpm-sde-karras", "unipc-karras", "deis-karras")
+SAMPLERS = ("ddpm", "ddim", "dpm", "dpm-karras", "dpm3-karras", "dpm-sde-karras", "unipc-karras", "deis-karras",
+            "euler-karras", "euler-ancestral")
 OUTPUT_TYPES = ("pil", "np", "pt")
 DEFAULT_MODEL_DIR = asset_dir("edt_t2_digits")
 # Written into every saved pipeline folder: diffusers' generic loader imports the pipeline class and the
@@ -51,7 +53,9 @@ def make_scheduler(name: str, num_train_timesteps: int = 1000) -> SchedulerMixin
     "dpm-karras" (the same solver on Karras et al.'s noise levels, spaced evenly in sigma^(1/7): smaller steps at
     low noise, where the fine detail is drawn), or on those levels "dpm3-karras" (DPM-Solver++ of order 3),
     "dpm-sde-karras" (DPM-Solver++ 2M SDE: each step adds fresh noise, drawn from the pipeline's generators),
-    "unipc-karras" (UniPC, order 2, Zhao et al. 2023) or "deis-karras" (DEIS, order 2, Zhang and Chen 2023)."""
+    "unipc-karras" (UniPC, order 2, Zhao et al. 2023), "deis-karras" (DEIS, order 2, Zhang and Chen 2023) or
+    "euler-karras" (Karras et al.'s Euler steps); or "euler-ancestral" (Euler with fresh noise at each step, on evenly
+    spaced timesteps). The Euler samplers work on x0 + sigma * eps, between the training timesteps."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}: expected one of {', '.join(SAMPLERS)}")
     if not 2 <= whole_number(num_train_timesteps, "num_train_timesteps") <= 100_000:
@@ -69,6 +73,10 @@ def make_scheduler(name: str, num_train_timesteps: int = 1000) -> SchedulerMixin
         return UniPCMultistepScheduler(**schedule, solver_order=2, prediction_type="epsilon", use_karras_sigmas=karras)
     if name == "deis-karras":
         return DEISMultistepScheduler(**schedule, solver_order=2, prediction_type="epsilon", use_karras_sigmas=karras)
+    if name == "euler-karras":
+        return EulerDiscreteScheduler(**schedule, prediction_type="epsilon", use_karras_sigmas=True)
+    if name == "euler-ancestral":
+        return EulerAncestralDiscreteScheduler(**schedule, prediction_type="epsilon")
     # No variance_type here: DPM-Solver would then keep only the first 3 channels; the pipeline passes eps alone.
     order = 3 if name == "dpm3-karras" else 2
     algorithm = "sde-dpmsolver++" if name == "dpm-sde-karras" else "dpmsolver++"
@@ -219,6 +227,15 @@ class EDTPipeline(DiffusionPipeline):
         """True when the scheduler reads the learned variance channels (DDPM with learned variance)."""
         return isinstance(self.scheduler, DDPMScheduler) and self.scheduler.config.variance_type in (
             "learned", "learned_range")
+
+    def _alpha_bar(self, t) -> torch.Tensor:
+        """The signal share ᾱ of the model's input at the current step (at timestep t): the training schedule's, or
+        for a sampler working on x0 + sigma * eps (Euler; its timesteps fall between the integers) 1 / (1 + sigma²)
+        of the step's sigma, by which it scales the model's input."""
+        if float(self.scheduler.init_noise_sigma) == 1.0:
+            return self.scheduler.alphas_cumprod.to(t.device)[t]
+        sigma = self.scheduler.sigmas[self.scheduler.step_index].to(t.device)
+        return 1 / (1 + sigma**2)
 
     def _to_images(self, x, output_type: str):
         """Model-space samples (B, C, h, w) -> images in [0, 1] as PIL list, (B, H, W, C) array or (B, C, H, W);
@@ -374,8 +391,8 @@ class EDTPipeline(DiffusionPipeline):
                                          for name, maps in captured[block].items()} for block in attention_blocks}
                 eps = out[:, :channels]
                 if return_previews:
-                    abar = self.scheduler.alphas_cumprod.to(device)[t]
-                    x0 = (x - (1 - abar).sqrt() * eps) / abar.sqrt()
+                    abar = self._alpha_bar(t)
+                    x0 = (x_in - (1 - abar).sqrt() * eps) / abar.sqrt()
                     previews.append(self._to_images(x0, output_type))
                 step_output = out if self._scheduler_takes_variance() else eps
                 x = self.scheduler.step(step_output, t, x, **step_noise).prev_sample

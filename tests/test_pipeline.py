@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, DEISMultistepScheduler, DPMSolverMultistepScheduler,
-                       UniPCMultistepScheduler)
+                       EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, UniPCMultistepScheduler)
 from diffusers.utils.torch_utils import randn_tensor
 
 import edt_lab
@@ -75,7 +75,8 @@ def test_make_scheduler_kinds_and_shared_betas():
     kinds = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler,
              "dpm-karras": DPMSolverMultistepScheduler, "dpm3-karras": DPMSolverMultistepScheduler,
              "dpm-sde-karras": DPMSolverMultistepScheduler, "unipc-karras": UniPCMultistepScheduler,
-             "deis-karras": DEISMultistepScheduler}
+             "deis-karras": DEISMultistepScheduler, "euler-karras": EulerDiscreteScheduler,
+             "euler-ancestral": EulerAncestralDiscreteScheduler}
     assert set(kinds) == set(SAMPLERS)
     schedulers = {name: make_scheduler(name) for name in kinds}
     for name, scheduler in schedulers.items():
@@ -102,6 +103,9 @@ def test_make_scheduler_kinds_and_shared_betas():
         scheduler.set_timesteps(25)
         assert scheduler.timesteps.tolist() == karras.timesteps.tolist()  # the same 25 noise levels
     assert schedulers["unipc-karras"].config.solver_order == 2 and schedulers["deis-karras"].config.solver_order == 2
+    assert schedulers["euler-karras"].config.use_karras_sigmas
+    assert schedulers["euler-karras"].config.prediction_type == schedulers["euler-ancestral"].config.prediction_type \
+        == "epsilon"
     with pytest.raises(ValueError, match="unknown sampler 'euler'"):
         make_scheduler("euler")
     for steps in (10.5, "1000", None, 10**9):
@@ -166,9 +170,14 @@ def test_output_types_labels_and_determinism(latent_pipe, pixel_pipe):
         latent_pipe([10], num_inference_steps=1)
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "dpm-sde-karras"])
+ODE_OF = {"ddpm": lambda: make_scheduler("ddim"), "dpm-sde-karras": lambda: make_scheduler("dpm-karras"),
+          "euler-ancestral": lambda: EulerDiscreteScheduler.from_config(make_scheduler("euler-ancestral").config)}
+
+
+@pytest.mark.parametrize("sampler", sorted(ODE_OF))
 def test_stochastic_samplers_draw_each_images_step_noise_from_its_generator(pixel_pipe, sampler):
-    """Reproducible from the seed, and an image's step noise does not depend on its batch."""
+    """Reproducible from the seed, an image's step noise does not depend on its batch, and there is step noise (the
+    images differ from those of the same noise levels without it)."""
     kept = pixel_pipe.scheduler
     pixel_pipe.scheduler = make_scheduler(sampler)
     try:
@@ -178,10 +187,31 @@ def test_stochastic_samplers_draw_each_images_step_noise_from_its_generator(pixe
         pair = draw(0, [0, 1])
         np.testing.assert_array_equal(draw(0, [0, 1]), pair)
         np.testing.assert_allclose(draw(0, [1])[0], pair[1], atol=1e-4)
-        pixel_pipe.scheduler = make_scheduler("dpm-karras" if sampler != "ddpm" else "ddim")  # the same ODE: no noise
+        pixel_pipe.scheduler = ODE_OF[sampler]()
         assert np.abs(draw(0, [0, 1]) - pair).max() > 1e-2
     finally:
         pixel_pipe.scheduler = kept
+
+
+@pytest.mark.parametrize("sampler", ["euler-karras", "euler-ancestral"])
+def test_previews_of_samplers_between_the_training_timesteps(pixel_pipe, sampler):
+    """Euler scales its state by sqrt(1 + sigma²) and steps between the integer timesteps: its predicted clean
+    images come from the model's input and the step's sigma. At t = 999 the model sees the same noise as under the
+    respaced DDPM, so the first preview is DDPM's; the last one is the image."""
+    kept = pixel_pipe.scheduler
+    common = dict(generator=image_generators(0, [0, 1]), num_inference_steps=5, output_type="np",
+                  return_previews=True)
+    try:
+        pixel_pipe.scheduler = make_scheduler("ddpm")
+        ddpm = pixel_pipe([3, 8], **common)
+        pixel_pipe.scheduler = make_scheduler(sampler)
+        common["generator"] = image_generators(0, [0, 1])
+        out = pixel_pipe([3, 8], **common)
+    finally:
+        pixel_pipe.scheduler = kept
+    assert len(out.previews) == 5
+    np.testing.assert_allclose(out.previews[0], ddpm.previews[0], atol=1e-3)
+    np.testing.assert_allclose(out.previews[-1], out.images, atol=0.05)
 
 
 def test_bad_calls_raise_value_error(latent_pipe):
