@@ -3,6 +3,7 @@ blocks (SDPA, then flex attention), inference and training, bounded in time, the
 
     python benchmarks/gpu_check.py --json OUT.json [--device cuda|cpu] [--tiny] [--sections fp32 bf16 ...]
                                    [--budget-s 225] [--batch-size 256]
+    python benchmarks/gpu_check.py --json OUT.json --sections bf16-graphs --budget-s 200   # its own run
 
 Each section runs in a process of its own under its own time limit (and what is left of --budget-s): a section
 that fails or hangs is killed, recorded as "failed" or "timeout" with its last output lines, and the next one runs.
@@ -20,6 +21,9 @@ Rows stream to the parent as they are measured, so a section cut short keeps wha
   leave open (why EDT-S/2 is no faster than DiT-S/2 in bf16): its median time without the profiler, the kernels it
   launches and their summed time (a GPU busy for a small part of the forward is waiting on launches from the CPU,
   not on arithmetic), and the ops with the most self time (the GPU's, or the CPU's on a CPU).
+- graphs (section bf16-graphs, last: by default it gets what is left of the budget): bf16 inference of the whole
+  model compiled in one graph with torch.compile's "reduce-overhead" mode, which a GPU replays as a CUDA graph (one
+  launch a forward). It answers whether removing the launches gives EDT its FLOPs advantage; compiling takes minutes.
 
 --tiny measures EDT-T/2 and DiT-T/2 at batch 2 with one timed call: the CPU smoke run of the same code.
 """
@@ -53,6 +57,7 @@ class Section:
     compile_blocks: bool = False
     attention: str = "sdpa"  # or "flex": bias and AMM inside flex_attention (fused when compiled)
     profile: bool = False  # profile rows instead of the speed rows
+    graphs: bool = False  # inference only: the whole model compiled into one graph replayed as a CUDA graph
 
 
 # In priority order: the paper's fp32 setting, then bf16 and its profile, TF32 and the compiled paths (which spend
@@ -65,6 +70,10 @@ SECTIONS = {
     "tf32": Section(limit_s=45, tf32=True),
     "bf16-compiled-flex": Section(limit_s=70, precision="bf16", compile_blocks=True, attention="flex"),
     "bf16-compiled": Section(limit_s=70, precision="bf16", compile_blocks=True),
+    # Last, with what the budget has left (run it by name for its own limit). If bf16 is launch-bound (the profile's
+    # GPU busy share), replaying each forward as one CUDA graph removes the launches; compiling three whole models
+    # takes minutes.
+    "bf16-graphs": Section(limit_s=180, precision="bf16", graphs=True),
 }
 
 
@@ -120,6 +129,8 @@ def inference_row(name: str, section: Section, device, batch_size: int, warmup: 
     set_attention_path(model, fused=True, flex=section.attention == "flex")
     if section.compile_blocks:
         model.compile_blocks()
+    if section.graphs:  # "reduce-overhead": inductor's code, captured and replayed as a CUDA graph on a GPU
+        model.compile(mode="reduce-overhead", dynamic=False, fullgraph=True)
     reset_peak_memory(device)
     with torch.no_grad(), autocast(device, DTYPES[section.precision]):  # as the pipeline samples
         output = model(x, t, y).float()  # also the compiling call
@@ -196,7 +207,8 @@ def measure_section(section: Section, device, batch_size: int, warmup: int, repe
         cases = [(name, "profile", None) for name in models]
     else:
         cases = [(name, "inference", None) for name in models]
-        cases += [(name, "training", masking) for name in models for masking in training_cases(name)]
+        if not section.graphs:  # a training step's masks change its shapes: no one graph to replay
+            cases += [(name, "training", masking) for name in models for masking in training_cases(name)]
     for name, kind, masking in cases:
         row = {"model": name, "kind": kind, "batch_size": batch_size}
         row.update({"masking": masking} if kind == "training" else {"guided": False})
