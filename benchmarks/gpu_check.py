@@ -135,9 +135,12 @@ def inference_row(name: str, section: Section, device, batch_size: int, warmup: 
     with torch.no_grad(), autocast(device, DTYPES[section.precision]):  # as the pipeline samples
         output = model(x, t, y).float()  # also the compiling call
         seconds = time_calls(lambda: model(x, t, y), device, warmup, repeats)
-    return {"steps_per_s": 1 / statistics.median(seconds), "peak_memory_mb": peak_memory_mb(device),
-            "max_abs_diff_vs_fp32": (output - reference).abs().max().item(),
-            "reference_max_abs": reference.abs().max().item()}
+    row = {"steps_per_s": 1 / statistics.median(seconds), "peak_memory_mb": peak_memory_mb(device),
+           "max_abs_diff_vs_fp32": (output - reference).abs().max().item(),
+           "reference_max_abs": reference.abs().max().item()}
+    if section.graphs:  # inductor runs a graph it could not capture without one, and only logs why: count them
+        row["cudagraph_skips"] = torch._dynamo.utils.counters["inductor"]["cudagraph_skips"]
+    return row
 
 
 def training_row(name: str, masking: str, section: Section, device, batch_size: int, warmup: int,
@@ -313,8 +316,10 @@ def describe(row: dict) -> str:
     if "error" in row:
         return f"{row.get('model')} {row.get('kind')}: {row['error']}"
     if row.get("kind") == "inference":
+        skipped = (f", {row['cudagraph_skips']} graph(s) not captured as CUDA graphs"
+                   if row.get("cudagraph_skips") else "")
         return (f"{row['model']} inference {row['steps_per_s']:.2f} steps/s, peak {row['peak_memory_mb']} MiB, "
-                f"max |diff| vs fp32 {row['max_abs_diff_vs_fp32']:.2e} (of {row['reference_max_abs']:.2f})")
+                f"max |diff| vs fp32 {row['max_abs_diff_vs_fp32']:.2e} (of {row['reference_max_abs']:.2f}){skipped}")
     if row.get("kind") == "profile":
         busy = (f", {row['kernel_launches']} kernels, GPU busy {row['gpu_busy_share']:.0%}"
                 if "kernel_launches" in row else "")

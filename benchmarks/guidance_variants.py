@@ -154,6 +154,9 @@ def main(argv=None):
         parser.error(f"--rescale {args.rescale}: expected a fraction from 0 to 1")
     if args.variant == "autoguidance" and args.bad_model is None:
         parser.error("autoguidance needs --bad-model FOLDER")
+    if args.variant in ("apg", "rescale") and any(arg.startswith("euler") for arg in sweep_args):
+        parser.error(f"{args.variant} reads x0 off the training schedule at integer timesteps; the euler samplers "
+                     f"step between them")
     json_path = None
     if "--json" in sweep_args:  # this script writes the JSON, with the variant beside the rows
         at = sweep_args.index("--json")

@@ -74,7 +74,7 @@ def make_scheduler(name: str, num_train_timesteps: int = 1000) -> SchedulerMixin
     if name == "deis-karras":
         return DEISMultistepScheduler(**schedule, solver_order=2, prediction_type="epsilon", use_karras_sigmas=karras)
     if name == "euler-karras":
-        return EulerDiscreteScheduler(**schedule, prediction_type="epsilon", use_karras_sigmas=True)
+        return EulerDiscreteScheduler(**schedule, prediction_type="epsilon", use_karras_sigmas=karras)
     if name == "euler-ancestral":
         return EulerAncestralDiscreteScheduler(**schedule, prediction_type="epsilon")
     # No variance_type here: DPM-Solver would then keep only the first 3 channels; the pipeline passes eps alone.
@@ -229,9 +229,11 @@ class EDTPipeline(DiffusionPipeline):
             "learned", "learned_range")
 
     def _alpha_bar(self, t) -> torch.Tensor:
-        """The signal share ᾱ of the model's input at the current step (at timestep t): the training schedule's, or
-        for a sampler working on x0 + sigma * eps (Euler; its timesteps fall between the integers) 1 / (1 + sigma²)
-        of the step's sigma, by which it scales the model's input."""
+        """The signal share ᾱ of the model's input at the current step (at timestep t): the training schedule's at
+        t (for the Karras samplers, whose t is a rounded noise level, within 1 % of theirs), or for a sampler working
+        on x0 + sigma * eps (Euler; its timesteps fall between the integers) 1 / (1 + sigma²) of the step's sigma, by
+        which it scales the model's input."""
+        # Told apart by the starting noise: the multistep solvers set step_index only inside step(), too late here.
         if float(self.scheduler.init_noise_sigma) == 1.0:
             return self.scheduler.alphas_cumprod.to(t.device)[t]
         sigma = self.scheduler.sigmas[self.scheduler.step_index].to(t.device)

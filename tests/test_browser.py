@@ -60,6 +60,18 @@ def test_compare_button_shows_both_image_sets_and_each_tab_its_view_of_the_run(t
                     rows = page.locator(f"{gallery} .grid-container img").evaluate_all(
                         "images => new Set(images.map(i => Math.round(i.getBoundingClientRect().top))).size")
                     assert rows <= 6, f"{gallery} spreads 16 images over {rows} rows"  # 3 columns, not 2
+                # a narrower window shrinks the tiles instead of pushing a column out of sight; on a phone, where
+                # the columns stack, the buttons come before the controls
+                page.set_viewport_size({"width": 1024, "height": 768})
+                page.wait_for_timeout(500)
+                for gallery in ("#off-gallery", "#on-gallery"):
+                    overflow = page.locator(f"{gallery} .grid-wrap").evaluate("e => e.scrollWidth - e.clientWidth")
+                    assert overflow <= 1, f"{gallery} at 1024 px hides {overflow} px of its columns"
+                page.set_viewport_size({"width": 420, "height": 900})
+                page.wait_for_timeout(500)
+                top = page.locator("#compare-button").evaluate("e => e.getBoundingClientRect().bottom + window.scrollY")
+                assert top <= 900, f"on a phone the buttons end {top} px down the page"
+                page.set_viewport_size({"width": 1400, "height": 1000})
                 # the run's previews and attention are drawn when their tab is opened
                 page.get_by_role("tab", name="Denoising").click()
                 page.locator("#previews img").first.wait_for(state="visible", timeout=30_000)

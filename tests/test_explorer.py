@@ -296,14 +296,15 @@ def test_recommended_guidance_interval_and_schedule_reach_the_pipeline(pipe, mon
     every = sample(pipe, request(pipe, guidance=3.0), record_views=False)
     assert calls[-1]["guidance_interval"] is None and np.abs(late.images - every.images).max() > 1e-3
     loaded = LoadedModel("default", pipe, "trained EDT-T/2 digits model")
-    assert status_line(loaded, shaped, "2 images in 0.10 s") == ("2 images in 0.10 s (power-cos guidance schedule, "
-                                                                 "as the model recommends, guided at t 300-999 only) "
-                                                                 "· trained EDT-T/2 digits model")
-    assert status_line(loaded, plain, "x") == "x · trained EDT-T/2 digits model"
+    assert status_line(loaded, shaped, "2 images in 0.10 s") == ("2 images in 0.10 s · ddim, 4 steps, guidance 3 "
+                                                                 "(power-cos schedule, as the model recommends, "
+                                                                 "guided at t 300-999 only) · trained EDT-T/2 digits "
+                                                                 "model")
+    assert status_line(loaded, plain, "x") == "x · ddim, 4 steps, no guidance · trained EDT-T/2 digits model"
     # without guidance there is no guided interval or schedule to report
     unguided = request(pipe, guidance=1.0, recommended={"cfg_interval": [0, 800], "cfg_schedule": "power-cos"})
     assert unguided.guidance_interval == (0, 800)
-    assert status_line(loaded, unguided, "x") == "x · trained EDT-T/2 digits model"
+    assert status_line(loaded, unguided, "x") == "x · ddim, 4 steps, no guidance · trained EDT-T/2 digits model"
 
 
 def test_guided_timesteps_on_the_page_replace_the_recommended_ones(pipe):

@@ -202,4 +202,9 @@ def test_the_sweep_runs_each_variant_and_records_it(tmp_path, monkeypatch, capsy
     with pytest.raises(SystemExit) as error:
         gv.main(["apg", *sweep[:-2], "--json"])
     assert error.value.code == 2
+    euler = [part.replace("deis-karras", "euler-karras") for part in sweep]
+    for variant in ("apg", "rescale"):  # x0 from the integer timesteps' schedule: not Euler's
+        with pytest.raises(SystemExit) as error:
+            gv.main([variant, *euler])
+        assert error.value.code == 2 and "the euler samplers step between them" in capsys.readouterr().err
     assert np.isfinite(report["rows"][0]["appearance_ratio"])

@@ -170,7 +170,8 @@ def test_output_types_labels_and_determinism(latent_pipe, pixel_pipe):
         latent_pipe([10], num_inference_steps=1)
 
 
-ODE_OF = {"ddpm": lambda: make_scheduler("ddim"), "dpm-sde-karras": lambda: make_scheduler("dpm-karras"),
+ODE_OF = {"ddpm": lambda: DDIMScheduler.from_config(make_scheduler("ddpm").config),  # DDPM's timesteps, no noise
+          "dpm-sde-karras": lambda: make_scheduler("dpm-karras"),
           "euler-ancestral": lambda: EulerDiscreteScheduler.from_config(make_scheduler("euler-ancestral").config)}
 
 
@@ -195,23 +196,27 @@ def test_stochastic_samplers_draw_each_images_step_noise_from_its_generator(pixe
 
 @pytest.mark.parametrize("sampler", ["euler-karras", "euler-ancestral"])
 def test_previews_of_samplers_between_the_training_timesteps(pixel_pipe, sampler):
-    """Euler scales its state by sqrt(1 + sigma²) and steps between the integer timesteps: its predicted clean
-    images come from the model's input and the step's sigma. At t = 999 the model sees the same noise as under the
-    respaced DDPM, so the first preview is DDPM's; the last one is the image."""
+    """Euler scales its state by sqrt(1 + sigma²) and steps between the integer timesteps: each preview is the clean
+    image the sampler itself predicts at that step (diffusers' pred_original_sample, x - sigma * eps)."""
     kept = pixel_pipe.scheduler
-    common = dict(generator=image_generators(0, [0, 1]), num_inference_steps=5, output_type="np",
-                  return_previews=True)
+    pixel_pipe.scheduler = make_scheduler(sampler)
     try:
-        pixel_pipe.scheduler = make_scheduler("ddpm")
-        ddpm = pixel_pipe([3, 8], **common)
-        pixel_pipe.scheduler = make_scheduler(sampler)
-        common["generator"] = image_generators(0, [0, 1])
-        out = pixel_pipe([3, 8], **common)
+        out = pixel_pipe([3, 8], generator=image_generators(0, [0, 1]), num_inference_steps=5, output_type="pt",
+                         return_previews=True, precision="fp32")
     finally:
         pixel_pipe.scheduler = kept
+    scheduler, model, y = make_scheduler(sampler), pixel_pipe.transformer, torch.tensor([3, 8])
+    scheduler.set_timesteps(5)
+    generators = image_generators(0, [0, 1])  # drawn from in the pipeline's order: the start, then each step
+    x = randn_tensor(out.images.shape, generator=generators) * scheduler.init_noise_sigma
     assert len(out.previews) == 5
-    np.testing.assert_allclose(out.previews[0], ddpm.previews[0], atol=1e-3)
-    np.testing.assert_allclose(out.previews[-1], out.images, atol=0.05)
+    with torch.no_grad():
+        for t, preview in zip(scheduler.timesteps, out.previews):
+            eps = model(scheduler.scale_model_input(x, t), t.expand(2), y)[:, :1]
+            step = scheduler.step(eps, t, x, generator=generators)
+            expected = pixel_pipe._to_images(step.pred_original_sample, "pt")
+            torch.testing.assert_close(preview, expected, atol=1e-5, rtol=0)
+            x = step.prev_sample
 
 
 def test_bad_calls_raise_value_error(latent_pipe):

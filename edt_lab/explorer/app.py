@@ -29,8 +29,18 @@ from .models import DEFAULT_NAME, DEMO_NOTE, ModelStore
 from .sampling import compare, sample
 
 MAX_GROUPS = 5  # EDT has five stages; a DiT uses the first group only
-PAIR_COLUMNS, SAMPLES_COLUMNS = 2, 4  # gallery columns for up to 4 images: AMM off and on side by side; Generate's
+PAIR_COLUMNS, SAMPLES_COLUMNS = 2, 4  # gallery columns up to 4 images: each of AMM off / on, and Generate's gallery
 GALLERY_HEIGHT = "fit-content"  # every row in sight: gradio's "auto" caps a gallery at 55 % of the window and scrolls
+GALLERIES = ("#off-gallery", "#on-gallery", "#samples")
+# Gradio keeps a gallery tile at least 100 px wide (3 or 6 columns then overflow a narrow window) and stretches one
+# image over the whole gallery, and shows an empty inner scrollbar: tiles here shrink with the window down to nothing
+# and grow to 200 px at most, square. On a narrow screen, where the columns stack, the buttons and images come first.
+PAGE_CSS = "\n".join([
+    *(f"{g} .grid-wrap {{ overflow-y: auto; }}" for g in GALLERIES),
+    *(f"{g} .grid-container {{ grid-template-columns: repeat(var(--grid-cols), minmax(0, 200px)); "
+      f"grid-template-rows: none; grid-auto-rows: auto; }}" for g in GALLERIES),
+    "@media (max-width: 640px) { #controls-column { order: 2; } }",
+])
 IMAGES_TAB, ATTENTION_TAB, DENOISING_TAB = "Images", "AMM and attention", "Denoising"
 COMPARE_LABEL = "Compare AMM off vs on"
 PREVIEWS_LABEL = "predicted clean images x̂₀ during sampling (last run; pixel models)"
@@ -440,15 +450,17 @@ def fit_galleries(num_images) -> list:
 
 
 def status_line(loaded, request, timings: str) -> str:
-    """The timings, the guidance shape (a schedule the model's folder recommends, the guided timesteps; only with
-    guidance) and which model ran."""
+    """The timings, the sampler, its steps and the guidance with its shape (a schedule the model's folder recommends,
+    the guided timesteps) and which model ran."""
     guided = request.guidance > 1
-    shape = [f"{request.cfg_schedule} guidance schedule, as the model recommends"] \
+    shape = [f"{request.cfg_schedule} schedule, as the model recommends"] \
         if guided and request.cfg_schedule != "constant" else []
     if guided and request.guidance_interval is not None:
         shape.append("guided at t {}-{} only".format(*request.guidance_interval))
+    guidance = f"guidance {request.guidance:g}" if guided else "no guidance"
     shape = f" ({', '.join(shape)})" if shape else ""
-    return f"{timings}{shape} · {DEMO_NOTE if loaded.is_demo else loaded.note}"
+    return (f"{timings} · {request.sampler}, {request.steps} steps, {guidance}{shape} · "
+            f"{DEMO_NOTE if loaded.is_demo else loaded.note}")
 
 
 def wire_sampling(store: ModelStore, page: Page) -> None:
@@ -493,7 +505,7 @@ def wire_sampling(store: ModelStore, page: Page) -> None:
 
     # on the page only: the API's outputs stay plain lists of images
     page.num_images.change(fit_galleries, page.num_images, [page.off_gallery, page.on_gallery, page.samples],
-                           api_visibility="private")
+                           queue=False, api_visibility="private")
     inputs, view_inputs = [*page.request_inputs(), page.view], [page.view, *page.attention_inputs()]
     page.generate_button.click(generate, inputs, [page.samples, page.status, page.runs], api_name="generate",
                                concurrency_id="model").then(
@@ -535,7 +547,7 @@ def build_app(store: ModelStore) -> gr.Blocks:
         with gr.Row():
             parts = model_panel(store, first)
         with gr.Row():
-            with gr.Column(scale=1, min_width=320):
+            with gr.Column(scale=1, min_width=320, elem_id="controls-column"):
                 parts |= request_panel(values) | amm_panel(values)
             with gr.Column(scale=2):
                 parts |= run_buttons()  # above the views, where they are in sight without scrolling past the controls
@@ -623,7 +635,7 @@ def run(args: argparse.Namespace) -> None:
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])  # local fonts only: the page works offline
     try:
-        demo.launch(server_name=args.host, server_port=args.port, share=args.share, theme=theme)
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share, theme=theme, css=PAGE_CSS)
     except OSError:  # taken since check_address; gradio reports every failed bind as "Cannot find empty port"
         raise ValueError(f"cannot serve on {args.host}:{args.port}: the port is in use, or the address is not one "
                          f"of this machine's") from None
