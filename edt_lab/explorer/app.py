@@ -442,11 +442,11 @@ def block_words(blocks) -> str:
     return f"block{'s' if len(blocks) > 1 else ''} {controls.format_blocks(blocks)}" if blocks else "no block"
 
 
-def fit_galleries(num_images) -> list:
-    """The columns of the AMM off, AMM on and Generate galleries for `num_images`: as built up to 4 images, half as
-    many again beyond, so that 16 images are in sight (gradio keeps a tile at least 100 px wide: no more fit)."""
-    widen = 1 if num_images <= 4 else 1.5
-    return [gr.update(columns=int(columns * widen)) for columns in (PAIR_COLUMNS, PAIR_COLUMNS, SAMPLES_COLUMNS)]
+def gallery_columns(num_images, columns: int, galleries: int = 1):
+    """The columns of `galleries` galleries about to show `num_images` images each: `columns` up to 4 images, half as
+    many again beyond, so that 16 images fit the page's height in tiles of a readable size."""
+    update = gr.update(columns=columns if num_images <= 4 else columns * 3 // 2)
+    return [update] * galleries if galleries > 1 else update
 
 
 def status_line(loaded, request, timings: str) -> str:
@@ -503,9 +503,12 @@ def wire_sampling(store: ModelStore, page: Page) -> None:
         status = status_line(loaded, request, timings)
         return views.image_tiles(off.images), views.image_tiles(on.images), heat, status, runs
 
-    # on the page only: the API's outputs stay plain lists of images
-    page.num_images.change(fit_galleries, page.num_images, [page.off_gallery, page.on_gallery, page.samples],
-                           queue=False, api_visibility="private")
+    # A click also sets the columns of the galleries it fills, on the page only (the API's outputs stay plain lists
+    # of images) and at once, so the new images arrive in their layout.
+    page.generate_button.click(functools.partial(gallery_columns, columns=SAMPLES_COLUMNS), page.num_images,
+                               page.samples, queue=False, api_visibility="private")
+    page.compare_button.click(functools.partial(gallery_columns, columns=PAIR_COLUMNS, galleries=2), page.num_images,
+                              [page.off_gallery, page.on_gallery], queue=False, api_visibility="private")
     inputs, view_inputs = [*page.request_inputs(), page.view], [page.view, *page.attention_inputs()]
     page.generate_button.click(generate, inputs, [page.samples, page.status, page.runs], api_name="generate",
                                concurrency_id="model").then(
