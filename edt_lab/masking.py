@@ -115,6 +115,15 @@ def default_masking(model) -> str:
     return "edt" if isinstance(model, EDT) else "mdt" if isinstance(model, MDTv2) else "none"
 
 
+def with_unmasked_first_half(masks: TokenMasks) -> TokenMasks:
+    """`masks` of a batch of B as masks of a batch of 2B whose first B images keep every token: the full pass and
+    the masked pass in one forward (a kept token passes through unchanged, so the first half is the full pass)."""
+    def doubled(keep):
+        return None if keep is None else torch.cat([torch.ones_like(keep), keep])
+    return TokenMasks(input=doubled(masks.input), down=tuple(doubled(keep) for keep in masks.down),
+                      pos_replace=doubled(masks.pos_replace))
+
+
 def draw_masks(strategy, model, batch_size: int, generator: torch.Generator, device):
     """Masks of one masked pass by strategy name (see MASKING_STRATEGIES); None for "none"/None (no masked pass)."""
     if strategy is None or strategy == "none":

@@ -31,8 +31,8 @@ from .checkpoints import load_checkpoint, model_config, safe_torch_load
 from .cli import make_parent_folder
 from .data import make_dataset
 from .diffusion import TIMESTEP_SAMPLERS, make_timestep_sampler, make_training_scheduler, q_sample, training_losses
-from .masking import MASKING_STRATEGIES, default_masking, draw_masks
-from .models import MODEL_NAMES, create_model
+from .masking import MASKING_STRATEGIES, default_masking, draw_masks, with_unmasked_first_half
+from .models import MODEL_NAMES, TokenMasks, create_model
 from .pipeline import EDTPipeline, image_generators, load_vae, make_scheduler
 from .precision import NATIVE_BF16_HARDWARE, enable_tf32, native_bf16
 
@@ -374,17 +374,25 @@ def build_dataset(spec: str, model):
 
 
 def pass_losses(model, raw_model, x0, y, t, scheduler, generators, masking):
-    """Per-sample losses (B,) of the full pass and of the masked pass (None without masking), same timesteps t."""
+    """Per-sample losses (B,) of the full pass and of the masked pass (None without masking), at the same timesteps
+    t with fresh noise each, as released. A masked pass that keeps the token count (EDT's masking, input-zero) runs
+    in one forward with the full pass, on a batch of 2B whose first half keeps every token: the same arithmetic per
+    image in half the kernel launches. MDT's token removal changes the count, so its pass runs on its own."""
     noise = torch.randn(x0.shape, generator=generators["noise"], device=x0.device)
     x_t = q_sample(scheduler, x0, t, noise)
-    full = training_losses(model(x_t, t, y).float(), x0, x_t, t, noise, scheduler)["loss"]
     masks = draw_masks(masking, raw_model, len(x0), generators["masks"], x0.device)
     if masks is None:
-        return full, None
-    noise = torch.randn(x0.shape, generator=generators["noise"], device=x0.device)  # fresh noise, as released
-    x_t = q_sample(scheduler, x0, t, noise)
-    masked = training_losses(model(x_t, t, y, masks=masks).float(), x0, x_t, t, noise, scheduler)["loss"]
-    return full, masked
+        return training_losses(model(x_t, t, y).float(), x0, x_t, t, noise, scheduler)["loss"], None
+    masked_noise = torch.randn(x0.shape, generator=generators["noise"], device=x0.device)
+    masked_x_t = q_sample(scheduler, x0, t, masked_noise)
+    if isinstance(masks, TokenMasks):
+        both = model(torch.cat([x_t, masked_x_t]), torch.cat([t, t]), torch.cat([y, y]),
+                     masks=with_unmasked_first_half(masks))
+        output, masked_output = both.float().chunk(2)
+    else:
+        output, masked_output = model(x_t, t, y).float(), model(masked_x_t, t, y, masks=masks).float()
+    full = training_losses(output, x0, x_t, t, noise, scheduler)["loss"]
+    return full, training_losses(masked_output, x0, masked_x_t, t, masked_noise, scheduler)["loss"]
 
 
 def train(args: argparse.Namespace) -> Path:
