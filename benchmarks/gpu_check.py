@@ -15,7 +15,8 @@ Rows stream to the parent as they are measured, so a section cut short keeps wha
   explicit attention path on the same inputs and random weights, against the largest output value, so a fast
   path that computes something else shows.
 - training: it/s of the `edt-lab train` iteration (loss pass(es), backward, Adan step) on random latents; EDT and
-  MDTv2 with their masked pass (two passes, as trained) and without, DiT plain.
+  MDTv2 with their masked pass (two passes, as trained; EDT's in one forward of 2B since 2026-12-03, so its rows
+  are not like-for-like with earlier runs) and without, DiT plain.
 - peak_memory_mb: the GPU's peak allocated memory during that row alone.
 - profile (section bf16-profile): where one bf16 eval forward spends its time, for the question the speed numbers
   leave open (why EDT-S/2 is no faster than DiT-S/2 in bf16): its median time without the profiler, the kernels it

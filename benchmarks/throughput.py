@@ -6,7 +6,8 @@
 
 Inference: steps/s of one eval forward (one denoising step) at batch B, EDT with AMM as in the released preset.
 Training: iterations/s of the `edt-lab train` step (loss pass(es), backward, Adan step); EDT and MDTv2 both with
-their masked pass (two passes, as trained: EDT's masks, MDT's token removal) and without. The models are measured
+their masked pass (two passes, as trained: EDT's masks in one forward of 2B since 2026-12-03, MDT's token
+removal in two) and without. The models are measured
 in turn, `--repeats` rounds, and the medians reported, so a slow spell of the machine hits every model alike.
 bf16 is autocast (edt_lab.precision); --compile compiles the models' blocks (`compile_blocks`); the peak GPU
 memory is counted per model.

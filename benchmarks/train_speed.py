@@ -1,4 +1,4 @@
-"""Training speed on the CPU: EDT-S/2 with masking (two passes) and without, against DiT-S/2.
+"""Training speed on the CPU: EDT-S/2 with masking (two passes, in one forward) and without, against DiT-S/2.
 
     python benchmarks/train_speed.py [--batch-size 8] [--warmup 2] [--steps 5] [--json FILE]
 

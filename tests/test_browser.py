@@ -67,10 +67,12 @@ def test_compare_button_shows_both_image_sets_and_each_tab_its_view_of_the_run(t
                 for gallery in ("#off-gallery", "#on-gallery"):
                     overflow = page.locator(f"{gallery} .grid-wrap").evaluate("e => e.scrollWidth - e.clientWidth")
                     assert overflow <= 1, f"{gallery} at 1024 px hides {overflow} px of its columns"
-                page.set_viewport_size({"width": 420, "height": 900})
-                page.wait_for_timeout(500)
-                top = page.locator("#compare-button").evaluate("e => e.getBoundingClientRect().bottom + window.scrollY")
-                assert top <= 900, f"on a phone the buttons end {top} px down the page"
+                for width in (700, 420):  # the columns stack: a small tablet, a phone
+                    page.set_viewport_size({"width": width, "height": 900})
+                    page.wait_for_timeout(500)
+                    end = page.locator("#compare-button").evaluate(
+                        "e => e.getBoundingClientRect().bottom + window.scrollY")
+                    assert end <= 900, f"{width} px wide, the buttons end {end} px down the page"
                 page.set_viewport_size({"width": 1400, "height": 1000})
                 # the run's previews and attention are drawn when their tab is opened
                 page.get_by_role("tab", name="Denoising").click()

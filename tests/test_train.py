@@ -279,9 +279,10 @@ def test_the_masked_pass_trains_the_model(tmp_path, monkeypatch):
     assert [n for n, v in still.items() if not torch.equal(v, initial[n])] == []
 
 
-@pytest.mark.parametrize("name, masking", [("EDT-T/2", "edt"), ("EDT-T/2", "input-zero"), ("DiT-T/2", "input-zero"),
-                                           ("MDTv2-T/2", "mdt")])
-def test_full_and_masked_passes_in_one_forward_equal_two_passes(name, masking):
+@pytest.mark.parametrize("name, masking, sizes", [
+    ("EDT-T/2", "edt", {}), ("EDT-T/2", "edt", {"stages_depth": (6, 2, 2, 3, 3)}),  # EDT-XL's pos_replace mask too
+    ("EDT-T/2", "input-zero", {}), ("DiT-T/2", "input-zero", {}), ("MDTv2-T/2", "mdt", {})])
+def test_full_and_masked_passes_in_one_forward_equal_two_passes(name, masking, sizes):
     """The losses of the full and masked passes, computed in one forward of 2B where the masks keep the token count,
     are those of two separate forwards on the same noise and masks, as released."""
     from edt_lab.diffusion import make_training_scheduler, q_sample, training_losses
@@ -291,7 +292,7 @@ def test_full_and_masked_passes_in_one_forward_equal_two_passes(name, masking):
     torch.manual_seed(0)
     # random weights (a new model's adaLN-Zero layers output zeros whatever it is given); no label dropout, so
     # nothing else is random
-    model = randomize_weights(registry.create_model(name, class_dropout_prob=0.0)).train()
+    model = randomize_weights(registry.create_model(name, class_dropout_prob=0.0, **sizes)).train()
     scheduler, cfg = make_training_scheduler(), model.config
     x0 = torch.randn(3, cfg.in_channels, cfg.input_size, cfg.input_size)
     y, t = torch.tensor([1, 5, 9]), torch.tensor([10, 500, 990])
@@ -310,6 +311,8 @@ def test_full_and_masked_passes_in_one_forward_equal_two_passes(name, masking):
     torch.testing.assert_close(full, expected[0], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(masked, expected[1], atol=1e-6, rtol=1e-5)
     assert (masked - full).abs().max() > 1e-4  # the masked pass is another pass
+    if sizes:
+        assert masks.pos_replace is not None
 
 
 def test_the_timestep_sampler_learns_full_plus_masked_losses(tmp_path, monkeypatch):

@@ -39,7 +39,8 @@ PAGE_CSS = "\n".join([
     *(f"{g} .grid-wrap {{ overflow-y: auto; }}" for g in GALLERIES),
     *(f"{g} .grid-container {{ grid-template-columns: repeat(var(--grid-cols), minmax(0, 200px)); "
       f"grid-template-rows: none; grid-auto-rows: auto; }}" for g in GALLERIES),
-    "@media (max-width: 640px) { #controls-column { order: 2; } }",
+    # stacked (wrapped), the second column on top; side by side, both from the top (wrap-reverse makes that flex-end)
+    "#main-row { flex-wrap: wrap-reverse; align-items: flex-end; }",
 ])
 IMAGES_TAB, ATTENTION_TAB, DENOISING_TAB = "Images", "AMM and attention", "Denoising"
 COMPARE_LABEL = "Compare AMM off vs on"
@@ -549,8 +550,8 @@ def build_app(store: ModelStore) -> gr.Blocks:
         gr.Markdown(INTRO)
         with gr.Row():
             parts = model_panel(store, first)
-        with gr.Row():
-            with gr.Column(scale=1, min_width=320, elem_id="controls-column"):
+        with gr.Row(elem_id="main-row"):
+            with gr.Column(scale=1, min_width=320):
                 parts |= request_panel(values) | amm_panel(values)
             with gr.Column(scale=2):
                 parts |= run_buttons()  # above the views, where they are in sight without scrolling past the controls
