@@ -96,8 +96,8 @@ def machine_record() -> dict:
 
 
 def sampling_seconds(status: str) -> float:
-    """The sampling time the app's status line reports: "4 images in 0.93 s · ..." -> 0.93."""
-    match = re.search(r"images in ([0-9.]+) s", status)
+    """The sampling time the app's status line reports: "4 images in 0.93 s · ..." (or "1 image in") -> 0.93."""
+    match = re.search(r"images? in ([0-9.]+) s", status)
     if match is None:
         raise ValueError(f"no sampling time in the app's status line {status!r}")
     return float(match.group(1))

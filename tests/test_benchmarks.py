@@ -161,6 +161,7 @@ def test_app_latency_times_generate_at_the_app_defaults(tmp_path, monkeypatch):
     assert report["outside_sampling_median_s"] == report["generate_s"][0] - report["sampling_s"][0]
     assert 0 < report["client_cpu_median_s"] < report["generate_s"][0]
     assert app_latency.sampling_seconds("4 images in 0.93 s · trained EDT-T/2 digits model") == 0.93
+    assert app_latency.sampling_seconds("1 image in 0.31 s · AMM off · ddim, 4 steps, no guidance · x") == 0.31
     with pytest.raises(ValueError, match="no sampling time"):
         app_latency.sampling_seconds("Error")
 
