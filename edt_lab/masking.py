@@ -103,8 +103,8 @@ def mdt_masks(model, batch_size: int, generator: torch.Generator, device) -> Tok
 
 
 def masking_strategies(model) -> tuple[str, ...]:
-    """The masked passes `model` can train with, the released one first: "edt" and "input-zero" for an EDT, "mdt"
-    for an MDTv2, "input-zero" for a DiT; "none" (no masked pass) for any."""
+    """The masked passes `model` can train with, its own first: "edt" and "input-zero" for an EDT, "mdt" for an
+    MDTv2, "input-zero" for a DiT (released without one: `default_masking`); "none" (no masked pass) for any."""
     if isinstance(model, EDT):
         return "edt", "input-zero", "none"
     return ("mdt", "none") if isinstance(model, MDTv2) else ("input-zero", "none")

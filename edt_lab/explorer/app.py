@@ -443,11 +443,10 @@ def block_words(blocks) -> str:
     return f"block{'s' if len(blocks) > 1 else ''} {controls.format_blocks(blocks)}" if blocks else "no block"
 
 
-def gallery_columns(num_images, columns: int, galleries: int = 1):
-    """The columns of `galleries` galleries about to show `num_images` images each: `columns` up to 4 images, half as
-    many again beyond, so that 16 images fit the page's height in tiles of a readable size."""
-    update = gr.update(columns=columns if num_images <= 4 else columns * 3 // 2)
-    return [update] * galleries if galleries > 1 else update
+def gallery_columns(num_images, columns: int) -> dict:
+    """The columns of a gallery about to show `num_images` images: `columns` up to 4 images, half as many again
+    beyond, so that 16 images fit the page's height in tiles of a readable size."""
+    return gr.update(columns=columns if num_images <= 4 else columns * 3 // 2)
 
 
 def status_line(loaded, request, timings: str) -> str:
@@ -508,7 +507,7 @@ def wire_sampling(store: ModelStore, page: Page) -> None:
     # of images) and at once, so the new images arrive in their layout.
     page.generate_button.click(functools.partial(gallery_columns, columns=SAMPLES_COLUMNS), page.num_images,
                                page.samples, queue=False, api_visibility="private")
-    page.compare_button.click(functools.partial(gallery_columns, columns=PAIR_COLUMNS, galleries=2), page.num_images,
+    page.compare_button.click(lambda num_images: [gallery_columns(num_images, PAIR_COLUMNS)] * 2, page.num_images,
                               [page.off_gallery, page.on_gallery], queue=False, api_visibility="private")
     inputs, view_inputs = [*page.request_inputs(), page.view], [page.view, *page.attention_inputs()]
     page.generate_button.click(generate, inputs, [page.samples, page.status, page.runs], api_name="generate",
