@@ -130,6 +130,8 @@ def inference_row(name: str, section: Section, device, batch_size: int, warmup: 
     set_attention_path(model, fused=True, flex=section.attention == "flex")
     if section.compile_blocks:
         model.compile_blocks()
+    skips = torch._dynamo.utils.counters["inductor"]
+    skipped_before = skips["cudagraph_skips"]  # the process's count so far: its earlier models' rows hold theirs
     if section.graphs:  # "reduce-overhead": inductor's code, captured and replayed as a CUDA graph on a GPU
         model.compile(mode="reduce-overhead", dynamic=False, fullgraph=True)
     reset_peak_memory(device)
@@ -140,7 +142,7 @@ def inference_row(name: str, section: Section, device, batch_size: int, warmup: 
            "max_abs_diff_vs_fp32": (output - reference).abs().max().item(),
            "reference_max_abs": reference.abs().max().item()}
     if section.graphs:  # inductor runs a graph it could not capture without one, and only logs why: count them
-        row["cudagraph_skips"] = torch._dynamo.utils.counters["inductor"]["cudagraph_skips"]
+        row["cudagraph_skips"] = skips["cudagraph_skips"] - skipped_before
     return row
 
 
