@@ -171,10 +171,11 @@ def test_eval_command_on_real_digits(tmp_path, held_out, capsys):
 def test_eval_precision_bf16_classifies_like_fp32(tmp_path, held_out, capsys, monkeypatch):
     images, labels = held_out
     np.savez(tmp_path / "samples.npz", to_uint8(images[::5]), labels[::5].numpy())
-    monkeypatch.setattr("edt_lab.precision.native_bf16", lambda device: False)
+    monkeypatch.setattr("edt_lab.accel.supports", lambda feature, device: False)
     assert main(["eval", str(tmp_path / "samples.npz"), "--precision", "bf16"]) == 2
-    assert "needs native bf16 hardware" in capsys.readouterr().err
-    monkeypatch.setattr("edt_lab.precision.native_bf16", lambda device: True)  # emulated where the CPU lacks it
+    assert "lacks native bf16" in capsys.readouterr().err
+    # emulated where the CPU lacks it
+    monkeypatch.setattr("edt_lab.accel.supports", lambda feature, device: feature == "bf16")
     fp32 = evaluate_npz(tmp_path / "samples.npz", precision="fp32")
     bf16 = evaluate_npz(tmp_path / "samples.npz", precision="bf16")
     assert abs(bf16["accuracy"] - fp32["accuracy"]) <= 0.01 and bf16["fid"] != fp32["fid"]
@@ -344,7 +345,7 @@ def test_missing_inception_weights(tmp_path, monkeypatch):
     np.savez(tmp_path / "rgb.npz", np.zeros((4, 16, 16, 3), dtype=np.uint8))
     with pytest.raises(ValueError, match="--inception .*missing.pt does not exist"):
         evaluate_npz(tmp_path / "rgb.npz", tmp_path / "rgb.npz", inception=tmp_path / "missing.pt")
-    monkeypatch.setattr("edt_lab.metrics.DEFAULT_INCEPTION_PATH", tmp_path / "absent.pt")
+    monkeypatch.setattr("edt_lab.metrics.npz.DEFAULT_INCEPTION_PATH", tmp_path / "absent.pt")
     with pytest.raises(ValueError, match="put inception-2015-12-05.pt .* or pass --inception PATH"):
         evaluate_npz(tmp_path / "rgb.npz", tmp_path / "rgb.npz")
     (tmp_path / "bad.pt").write_text("not a model")
