@@ -20,13 +20,16 @@ import sys
 
 import numpy as np
 
-from edt_lab.amm import AMM_PRESETS, default_radius, preset_for
+from edt_lab.amm import AMM_PRESETS, apply_amm, default_radius, preset_for
 from edt_lab.classifier import load_digit_classifier
-from edt_lab.cli import OneLineParser, output_file, run_script
+from edt_lab.cli import OneLineParser, run_script
+from edt_lab.files import output_file
 from edt_lab.metrics import bootstrap_digit_measures, digit_metrics, judge_digits
-from edt_lab.pipeline import DEFAULT_MODEL_DIR, SAMPLERS, EDTPipeline, make_scheduler
+from edt_lab.guidance import Guidance
+from edt_lab.pipeline import DEFAULT_MODEL_DIR, EDTPipeline, make_scheduler
 from edt_lab.realism import load_digit_autoencoder
-from edt_lab.sample import generate
+from edt_lab.generation import generate
+from edt_lab.settings import SAMPLERS
 from options import at_least
 
 # The appearance measures of `digit_metrics` that each row records, with their real-vs-real floors.
@@ -116,9 +119,9 @@ def main(argv=None) -> list[dict]:
             configs += [(f"{varied_name}, k = {k}", dict(amm_blocks=varied, amm_scale=k)) for k in (0.3, 0.4, 0.6, 0.8)]
         off = off_judgement = None
         for name, amm in [("off", dict(amm_blocks=[]))] + [c for c in configs if c[0] != "off"]:
+            apply_amm(model, amm["amm_blocks"], amm.get("amm_radius"), amm.get("amm_scale"), guidance)
             images = generate(pipe, labels, indices, seed=args.seed, batch_size=args.batch_size,
-                              guidance_scale=guidance, guidance_interval=interval, num_inference_steps=args.steps,
-                              **amm)
+                              guidance=Guidance(guidance, interval), num_inference_steps=args.steps)
             judgement = judge_digits(images, labels, **judges)
             if off is None:
                 off, off_judgement = images, judgement

@@ -32,7 +32,8 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-from edt_lab.cli import OneLineParser, output_file, run_script
+from edt_lab.cli import OneLineParser, run_script
+from edt_lab.files import output_file
 from options import at_least
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,6 +102,40 @@ def sampling_seconds(status: str) -> float:
     if match is None:
         raise ValueError(f"no sampling time in the app's status line {status!r}")
     return float(match.group(1))
+
+
+def default_request(loaded):
+    """The explorer page's defaults as a `controls.Request`: 4 images of the first class, seed 0, the model's
+    initial settings (`loaded`: an `explorer.models.ModelStore` entry)."""
+    from edt_lab.explorer import controls
+
+    init = controls.initial_settings(loaded)
+    first_class = controls.class_choices(loaded.pipe)[0]
+    return controls.check_request(loaded.pipe, first_class, 0, 4, init["sampler"], init["steps"], init["guidance"],
+                                  controls.format_blocks(init["blocks"]), init["released_radius"], init["radius"],
+                                  init["scale"], controls.PRECISION_DEFAULT, recommended=loaded.recommended)
+
+
+def request_record(request) -> dict:
+    """What a report records of the sampled request."""
+    return {"steps": request.steps, "sampler": request.sampler, "guidance": request.guidance,
+            "amm_blocks": request.amm_blocks, "num_images": request.num_images}
+
+
+def in_turns(calls: dict, rounds: int) -> dict:
+    """name -> the seconds of each call: every round runs each of `calls` (name -> f() returning seconds) twice, in
+    turn, so a slow spell of the machine weighs on every setting alike."""
+    seconds = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            seconds[name] += [call() for _ in range(2)]
+    return seconds
+
+
+def per_round_ratios(seconds: dict, numerator: str, denominator: str) -> list[float]:
+    """The ratio of two settings' median seconds in each round of `in_turns`."""
+    return [statistics.median(seconds[numerator][i:i + 2]) / statistics.median(seconds[denominator][i:i + 2])
+            for i in range(0, len(seconds[numerator]), 2)]
 
 
 def main(argv=None) -> dict:

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from app_latency import command_line, machine_record
-from edt_lab.cli import OneLineParser, output_file, run_script
+from app_latency import command_line, default_request, in_turns, machine_record, per_round_ratios, request_record
+from edt_lab.cli import OneLineParser, run_script
+from edt_lab.files import output_file
 from edt_lab.explorer.models import DEFAULT_NAME, ModelStore
 from edt_lab.explorer.sampling import sample
 from options import at_least
-from queue_polling import default_request, in_turns, per_round_ratios, request_record
 
 DEFAULT_INTERVAL = (0, 800)  # the shipped digits model's recommended guided timesteps, for a model without any
 

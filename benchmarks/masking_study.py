@@ -3,7 +3,7 @@ own masking, on one budget.
 
     python benchmarks/masking_study.py [--steps 800] [--batch-size 32] [--lr 1e-3] [--arms ARM ...]
                                        [--train-only | --eval-only] [--runs-dir runs/masking_study]
-                                       [--per-class 20] [--json docs/masking_study.json] [--figure FILE.png]
+                                       [--per-class 20] [--json docs/bench/masking-study.json] [--figure FILE.png]
 
 Every arm is `edt-lab train` with the released objective (min-SNR weighted hybrid loss, loss-second-moment
 timesteps, Adan, lr on a 40,000-step decay, seed 0) for `--steps` steps at `--batch-size`; a finished arm is not
@@ -28,17 +28,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edt_lab.cli import OneLineParser, output_file, run_script
+from edt_lab.cli import OneLineParser, run_script
+from edt_lab.files import output_file
 from edt_lab.cli import main as edt_lab
+from edt_lab.amm import apply_amm
 from edt_lab.data import diffusion_split, load_digits
 from edt_lab.diffusion import make_training_scheduler
 from edt_lab.metrics import bootstrap_digit_measures, digit_metrics, judge_digits
 from edt_lab.pipeline import EDTPipeline, make_scheduler
 from edt_lab.realism import load_digit_autoencoder
-from edt_lab.sample import generate
+from edt_lab.generation import generate
 from edt_lab.checkpoints import model_from_checkpoint, safe_torch_load
 from edt_lab.classifier import load_digit_classifier
-from edt_lab.train import list_checkpoints
+from edt_lab.training.run_folder import list_checkpoints
 from options import at_least, positive
 
 # "input-zero" drops MDT's token counts at the input by zeroing (EDT has no side-interpolator for MDT's removal).
@@ -123,8 +125,9 @@ def evaluate_arm(run_dir: Path, per_class: int, seed: int) -> tuple[dict, dict, 
     pipe = EDTPipeline(model, make_scheduler("dpm"), id2label=dict(enumerate(checkpoint["classes"])))
     pipe.set_progress_bar_config(disable=True)
     labels = np.repeat(np.arange(model.config.num_classes), per_class)
+    apply_amm(model, [])
     images = generate(pipe, labels, range(len(labels)), seed=seed, batch_size=100, guidance_scale=2.0,
-                      num_inference_steps=25, amm_blocks=[])
+                      num_inference_steps=25)
     judges = dict(classifier=load_digit_classifier(), autoencoder=load_digit_autoencoder())  # one load for both
     metrics = digit_metrics(images, labels, **judges)
     errors = denoising_errors(model)

@@ -38,7 +38,8 @@ def positive(text: str) -> float:
 def sampler_steps(text: str) -> tuple[str, int]:
     """An argparse type: "SAMPLER:STEPS" (dpm:25) -> (sampler, steps), a known sampler and as many steps as its
     schedule allows."""
-    from edt_lab.pipeline import SAMPLERS, make_scheduler
+    from edt_lab.pipeline import make_scheduler
+    from edt_lab.settings import SAMPLERS
 
     name, _, steps = text.partition(":")
     if name not in SAMPLERS:
@@ -51,12 +52,12 @@ def sampler_steps(text: str) -> tuple[str, int]:
 
 
 def amm_setting(text: str) -> str:
-    """An argparse type: an AMM setting, 'preset', 'off' or block indices such as 7,10 (edt_lab.sample.parse_amm);
-    whether the blocks exist is `check_amm_blocks`'s, once the model is loaded."""
-    from edt_lab.sample import parse_amm
+    """An argparse type: an AMM setting, 'preset', 'off' or block indices such as 7,10
+    (edt_lab.settings.parse_amm_flag); whether the blocks exist is `check_amm_blocks`'s, once the model is loaded."""
+    from edt_lab.settings import parse_amm_flag
 
     try:
-        parse_amm(text)
+        parse_amm_flag(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected 'preset', 'off' or comma-separated block indices such as 7,10, "
                                          f"got {text!r}") from None
@@ -65,10 +66,10 @@ def amm_setting(text: str) -> str:
 
 def check_amm_blocks(parser, values, num_blocks: int, option: str = "--amm") -> None:
     """Refuse (parser.error) an AMM setting among `values` that names a block the model lacks."""
-    from edt_lab.sample import parse_amm
+    from edt_lab.settings import parse_amm_flag
 
     for value in values:
-        blocks = parse_amm(value)
+        blocks = parse_amm_flag(value)
         bad = [b for b in blocks if not 0 <= b < num_blocks] if isinstance(blocks, list) else []
         if bad:
             parser.error(f"{option} {value}: block {bad[0]} is out of range: this model has blocks "
@@ -76,8 +77,8 @@ def check_amm_blocks(parser, values, num_blocks: int, option: str = "--amm") -> 
 
 
 def check_device(parser, device: str) -> None:
-    """Refuse (parser.error) a --device that `edt_lab.sample.process_device` refuses, e.g. cuda without CUDA."""
-    from edt_lab.sample import process_device
+    """Refuse (parser.error) a --device that `edt_lab.devices.process_device` refuses, e.g. cuda without CUDA."""
+    from edt_lab.devices import process_device
 
     try:
         process_device(device)

@@ -5,7 +5,7 @@ The classifier never saw these digits: the 500 held out from the diffusion model
 eval`) and the other 500 of the classifier's held-out 1,000. A draw takes 20 digits of each class, without
 replacement, from one of these sets, like the 200 samples of the targets.
 
-    python benchmarks/real_digit_accuracy.py --json docs/bench/real_digit_accuracy.json
+    python benchmarks/real_digit_accuracy.py --json docs/bench/real-digit-accuracy.json
 """
 
 import json
@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from edt_lab.classifier import load_digit_classifier
-from edt_lab.cli import OneLineParser, output_file, run_script
+from edt_lab.cli import OneLineParser, run_script
+from edt_lab.files import output_file
 from edt_lab.data import diffusion_split, load_digits, unseen_by_judges
 
 sys.path.insert(0, str(Path(__file__).parent))

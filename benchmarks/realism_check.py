@@ -1,7 +1,7 @@
 """Do the realism measures see what people see? Real held-out digits against blurred, thickened, thinned, noisy
 and speckled copies of the same digits, every measure with its real-vs-real value.
 
-    python benchmarks/realism_check.py --json docs/bench/realism_check.json
+    python benchmarks/realism_check.py --json docs/bench/realism-check.json
 """
 
 import json
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from edt_lab.cli import OneLineParser, output_file, run_script
+from edt_lab.cli import OneLineParser, run_script
+from edt_lab.files import output_file
 from edt_lab.data import load_digits, unseen_by_judges
 from edt_lab.metrics import digit_metrics
 from edt_lab.realism import DEGRADATIONS, degrade

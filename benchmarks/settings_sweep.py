@@ -7,26 +7,41 @@ about one standard error of a 200-image mean), take the one whose worst appearan
 Wasserstein distances of mean ink, stroke width and grey share, each divided by its real-vs-real value) is
 smallest. Isolated pixels are reported beside it (real digits have almost none).
 
-    python benchmarks/settings_sweep.py assets/edt_t2_digits --json docs/bench/settings_sweep.json
+    python benchmarks/settings_sweep.py assets/edt_t2_digits --json docs/bench/settings-sweep-seed0.json
+
+Each row records its sampling time (`sampling_s`), so a sweep over samplers is also their speed trade-off.
+`--seed 0 1` draws every setting on each seed; `--precisions fp32 bf16` draws it in each precision from the same
+noise, and the JSON's `differences` holds, per setting, the paired bootstrap interval of each later precision
+minus the first on every seed, and of the second seed minus the first in the first precision: the yardstick for
+whether a precision's change is within the noise.
 """
 
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
-from edt_lab.cli import OneLineParser, output_file, run_script
-from edt_lab.metrics import digit_metrics
+from edt_lab.accel import enable_fast_paths
+from edt_lab.amm import apply_amm
+from edt_lab.cli import OneLineParser, run_script
+from edt_lab.files import output_file
+from edt_lab.generation import generate
+from edt_lab.guidance import Guidance
+from edt_lab.metrics import bootstrap_digit_measures, digit_metrics, judge_digits
+from edt_lab.names import PRECISIONS
 from edt_lab.pipeline import EDTPipeline, make_scheduler
-from edt_lab.sample import generate, parse_amm
+from edt_lab.precision import resolve_precision
+from edt_lab.settings import parse_amm_flag
 from options import amm_setting, at_least, check_amm_blocks, positive, sampler_steps
 
 APPEARANCE = ("ae_fid", "mean_ink_w1", "stroke_width_w1", "grey_share_w1")
 MIN_ACCURACY, MIN_CLASS_ACCURACY = 0.99, 0.95
 MIN_COPY_RATIO = 0.98  # nearest-training distance over the held-out digits'; 1 = as far from the training set
-SETTING = ("sampler", "steps", "cfg", "cfg_interval", "amm", "amm_scale")  # a row's setting: recommended.json's keys
+# A row's setting, in recommended.json's names.
+SETTING = ("sampler", "num_inference_steps", "guidance_scale", "guidance_interval", "amm_blocks", "amm_scale")
 
 
 def appearance_ratio(metrics) -> float:
@@ -45,7 +60,7 @@ def passes_rule(metrics) -> bool:
 def choose(rows):
     """The row the rule picks, or None when no setting passes."""
     passing = [r for r in rows if r["passes_rule"]]
-    return min(passing, key=lambda r: (r["appearance_ratio"], r["steps"])) if passing else None
+    return min(passing, key=lambda r: (r["appearance_ratio"], r["num_inference_steps"])) if passing else None
 
 
 def parse_interval(text: str):
@@ -62,9 +77,58 @@ def parse_interval(text: str):
     return [low, high]
 
 
-def main(argv=None, prepare_pipeline=None):
-    """prepare_pipeline(pipe): called once on the loaded pipeline, e.g. to change how guidance combines the
-    predictions (`benchmarks/guidance_variants.py`)."""
+def settings_of(args):
+    """Every setting the options ask for, in recommended.json's names (no interval without guidance, no scale
+    with the AMM off)."""
+    for sampler, steps in args.samplers:
+        for guidance in args.guidance:
+            for interval in args.intervals if guidance > 1 else [None]:
+                for amm in args.amm:
+                    blocks = parse_amm_flag(amm)
+                    for amm_scale in [None] if blocks == [] else args.amm_scales:
+                        yield {"sampler": sampler, "num_inference_steps": steps, "guidance_scale": guidance,
+                               "guidance_interval": interval, "amm_blocks": blocks, "amm_scale": amm_scale}
+
+
+def draw(pipe, setting, labels, seed, precision, batch_size):
+    """uint8 images of `setting` on `seed` in `precision`, and the seconds they took."""
+    pipe.scheduler = make_scheduler(setting["sampler"])
+    apply_amm(pipe.transformer, setting["amm_blocks"], scale=setting["amm_scale"],
+              guidance_scale=setting["guidance_scale"])
+    start = time.perf_counter()
+    images = generate(pipe, labels, list(range(len(labels))), seed=seed, batch_size=batch_size,
+                      guidance=Guidance(setting["guidance_scale"], setting["guidance_interval"]),
+                      num_inference_steps=setting["num_inference_steps"], precision=precision)
+    return images, time.perf_counter() - start
+
+
+def paired_differences(judged, seeds, precisions, resamples) -> dict:
+    """name -> measure -> paired bootstrap interval: each later precision minus the first on every seed, and the
+    second seed minus the first in the first precision (different noise: the yardstick)."""
+    first = precisions[0]
+    paired = {f"{other} - {first}, seed {seed}": bootstrap_digit_measures(judged[seed, other], judged[seed, first],
+                                                                          resamples)
+              for seed in seeds for other in precisions[1:]}
+    if len(seeds) >= 2:
+        paired[f"{first}, seed {seeds[1]} - seed {seeds[0]}"] = bootstrap_digit_measures(
+            judged[seeds[1], first], judged[seeds[0], first], resamples)
+    return paired
+
+
+def print_row(row) -> None:
+    interval = row["guidance_interval"]
+    guided = "all" if interval is None else f"{interval[0]}:{interval[1]}"
+    blocks = row["amm_blocks"]
+    amm = "off" if blocks == [] else blocks if isinstance(blocks, str) else ",".join(map(str, blocks))
+    amm = amm if row["amm_scale"] is None else f"{amm}@{row['amm_scale']:g}"
+    print(f"{row['sampler']:>13}{row['num_inference_steps']:>6}{row['guidance_scale']:>5}{guided:>10}{amm:>9}"
+          f"{row['seed']:>5}{row['precision']:>6}{row['accuracy']:>7.3f}{min(row['per_class_accuracy']):>6.2f}"
+          f"{row['fid']:>7.1f}{row['ae_fid']:>8.1f}{row['mean_ink']:>7.3f}{row['stroke_width']:>7.2f}"
+          f"{row['grey_share']:>7.3f}{row['isolated_pixels']:>6.2f}{row['appearance_ratio']:>7.2f}"
+          f"{row['sampling_s']:>8.1f}  {'pass' if row['passes_rule'] else '-'}", flush=True)
+
+
+def parse_args(argv):
     parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("pipeline", help="a digits pipeline folder (e.g. assets/edt_t2_digits)")
     parser.add_argument("--guidance", type=at_least(1.0, float), nargs="+", default=[1.0, 1.5, 2.0, 3.0, 4.0])
@@ -78,63 +142,63 @@ def main(argv=None, prepare_pipeline=None):
                         help="guided timesteps LOW:HIGH, or all")
     parser.add_argument("--include", nargs="+", default=[], help="JSON files of earlier sweeps to choose among too")
     parser.add_argument("--per-class", type=at_least(1), default=20)
-    parser.add_argument("--seed", type=at_least(0), default=0)
+    parser.add_argument("--seed", type=at_least(0), nargs="+", default=[0], help="one or more seeds")
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["fp32"],
+                        help="draw every setting in each (same noise); later ones are compared with the first")
+    parser.add_argument("--resamples", type=at_least(2), default=300, help="bootstrap resamples for --precisions")
     parser.add_argument("--batch-size", type=at_least(1), default=200)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if len(set(args.precisions)) < len(args.precisions) or len(set(args.seed)) < len(args.seed):
+        parser.error("--precisions and --seed take each value once")
     if args.json:
         output_file(args.json, "--json")
+    return parser, args
 
+
+def main(argv=None):
+    parser, args = parse_args(argv)
     included = []  # read first, so a bad file fails before the sampling
     for path in args.include:
         try:
             earlier = json.loads(Path(path).read_text())["rows"]
-            included += [{"cfg_interval": None, "amm_scale": None, **row, "passes_rule": passes_rule(row)}
+            included += [{**{key: row[key] for key in SETTING}, **row, "passes_rule": passes_rule(row)}
                          for row in earlier]
         except (OSError, ValueError, KeyError, TypeError) as error:
             parser.error(f"--include {path}: not a sweep JSON written by this script ({error})")
     pipe = EDTPipeline.from_pretrained(args.pipeline)
     pipe.set_progress_bar_config(disable=True)
     check_amm_blocks(parser, args.amm, pipe.transformer.num_blocks)  # before the sampling
-    if prepare_pipeline is not None:
-        prepare_pipeline(pipe)
+    try:
+        for precision in args.precisions:
+            resolve_precision(precision, pipe.device)
+    except ValueError as error:
+        parser.error(f"--precisions: {error}")
+    enable_fast_paths(pipe.transformer, pipe.device)  # as the commands and the explorer run it
     labels = np.repeat(np.arange(pipe.transformer.config.num_classes), args.per_class)
-    indices = list(range(len(labels)))
-    rows = []
-    print(f"{'sampler':>8}{'steps':>6}{'cfg':>5}{'guided t':>10}{'amm@k':>9}{'acc':>7}{'worst':>6}{'fid':>7}"
-          f"{'ae_fid':>8}{'ink':>7}{'width':>7}{'grey':>7}{'isol':>6}{'ratio':>7}  rule")
-    for sampler, steps in args.samplers:
-        pipe.scheduler = make_scheduler(sampler)
-        for guidance in args.guidance:
-            for interval in args.intervals if guidance > 1 else [None]:  # nothing to limit without guidance
-                for amm, amm_scale in [(amm, scale) for amm in args.amm
-                                       for scale in ([None] if amm == "off" else args.amm_scales)]:  # off: no scale
-                    images = generate(pipe, labels, indices, seed=args.seed, batch_size=args.batch_size,
-                                      guidance_scale=guidance, num_inference_steps=steps,
-                                      amm_blocks=parse_amm(amm), amm_scale=amm_scale, guidance_interval=interval)
-                    metrics = digit_metrics(images, labels)
-                    row = {"sampler": sampler, "steps": steps, "cfg": guidance, "cfg_interval": interval,
-                           "amm": amm, "amm_scale": amm_scale, **{k: v for k, v in metrics.items() if k != "notes"},
-                           "appearance_ratio": appearance_ratio(metrics), "passes_rule": passes_rule(metrics)}
-                    rows.append(row)
-                    guided = "all" if interval is None else f"{interval[0]}:{interval[1]}"
-                    amm_label = amm if amm_scale is None else f"{amm}@{amm_scale:g}"
-                    print(f"{sampler:>8}{steps:>6}{guidance:>5}{guided:>10}{amm_label:>9}{row['accuracy']:>7.3f}"
-                          f"{min(row['per_class_accuracy']):>6.2f}{row['fid']:>7.1f}{row['ae_fid']:>8.1f}"
-                          f"{row['mean_ink']:>7.3f}{row['stroke_width']:>7.2f}{row['grey_share']:>7.3f}"
-                          f"{row['isolated_pixels']:>6.2f}{row['appearance_ratio']:>7.2f}  "
-                          f"{'pass' if row['passes_rule'] else '-'}", flush=True)
+    rows, differences = [], []
+    print(f"{'sampler':>13}{'steps':>6}{'cfg':>5}{'guided t':>10}{'amm@k':>9}{'seed':>5}{'prec':>6}{'acc':>7}"
+          f"{'worst':>6}{'fid':>7}{'ae_fid':>8}{'ink':>7}{'width':>7}{'grey':>7}{'isol':>6}{'ratio':>7}{'s':>8}  rule")
+    for setting in settings_of(args):
+        judged = {}
+        for seed in args.seed:
+            for precision in args.precisions:
+                images, seconds = draw(pipe, setting, labels, seed, precision, args.batch_size)
+                metrics = {k: v for k, v in digit_metrics(images, labels).items() if k != "notes"}
+                row = {**setting, "seed": seed, "precision": precision, "sampling_s": seconds, **metrics,
+                       "appearance_ratio": appearance_ratio(metrics), "passes_rule": passes_rule(metrics)}
+                rows.append(row)
+                print_row(row)
+                if len(args.precisions) > 1:
+                    judged[seed, precision] = judge_digits(images, labels)
+        if judged:
+            differences.append({**setting, **paired_differences(judged, args.seed, args.precisions, args.resamples)})
     rows += included
-    real = rows[0]
-    print(f"real digits: accuracy {real['accuracy_real']:.3f} (worst class "
-          f"{min(real['per_class_accuracy_real']):.2f}), ink {real['mean_ink_real']:.3f}, width "
-          f"{real['stroke_width_real']:.2f}, grey {real['grey_share_real']:.3f}, isolated "
-          f"{real['isolated_pixels_real']:.2f}; real-vs-real: fid {real['fid_real_floor']:.1f}, ae_fid "
-          f"{real['ae_fid_real_floor']:.1f}")
     chosen = choose(rows)
     print("chosen:", None if chosen is None else {k: chosen[k] for k in SETTING})
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "chosen": chosen}, indent=2) + "\n")
+        report = {"rows": rows, "chosen": chosen, **({"differences": differences} if differences else {})}
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return rows, chosen
 
 

@@ -13,9 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import gpu_check  # noqa: E402
-import label_use  # noqa: E402
 import masking_study  # noqa: E402
-import precision_check  # noqa: E402
 import settings_sweep  # noqa: E402
 import throughput  # noqa: E402
 
@@ -56,20 +54,6 @@ def test_masked_to_full_ratio_tells_falling_together_from_falling_behind():
     assert abs(masking_study.masked_to_full_ratio(together, 1.0) - 1.1) < 1e-12
     assert masking_study.masked_to_full_ratio(behind, 1.0) > 3 * masking_study.masked_to_full_ratio(behind, 0.25)
     assert masking_study.masked_to_full_ratio(unmasked, 0.5) is None
-
-
-def test_label_use_compares_true_and_shuffled_labels_on_the_same_noise():
-    import torch
-
-    from edt_lab.models import create_model
-
-    torch.manual_seed(0)
-    model = create_model("EDT-T/2").eval()
-    rows = label_use.label_use(model, num_images=6, timesteps=(100, 900))
-    assert list(rows) == [100, 900]
-    # A fresh model's label embedding is random but its output layer is zero, so both errors equal the noise power.
-    for true, shuffled in rows.values():
-        assert true == shuffled and 0.5 < true < 2.0
 
 
 def test_gpu_check_runs_each_section_in_its_own_process_and_survives_a_hang(tmp_path, monkeypatch, capsys):
@@ -167,26 +151,6 @@ def test_app_latency_times_generate_at_the_app_defaults(tmp_path, monkeypatch):
         app_latency.sampling_seconds("Error")
 
 
-def test_queue_polling_compares_gradio_and_app_intervals(tmp_path):
-    import queue_polling
-    from edt_lab.explorer import controls
-    from edt_lab.explorer.app import QUEUE_POLL_S
-    from edt_lab.explorer.models import DEFAULT_NAME, ModelStore
-
-    out = tmp_path / "polling.json"
-    queue_polling.main(["--rounds", "1", "--demo", "--json", str(out)])
-    report = json.loads(out.read_text())
-    assert report["intervals_s"]["app"] == QUEUE_POLL_S
-    assert report["intervals_s"]["gradio"] == {"sleep_when_free": 0.001, "progress_update_sleep_when_free": 0.01}
-    assert {name: len(times) for name, times in report["sampling_s"].items()} == {"gradio": 2, "app": 2}
-    assert report["gradio_over_app_per_round"] == [statistics.median(report["sampling_s"]["gradio"])
-                                                   / statistics.median(report["sampling_s"]["app"])]
-    init = controls.initial_settings(ModelStore(None, "cpu", demo=True).get(DEFAULT_NAME))  # the page's start
-    assert report["request"] == {"steps": init["steps"], "sampler": init["sampler"], "guidance": init["guidance"],
-                                 "amm_blocks": init["blocks"], "num_images": 4}
-    assert set(report["idle_cpu_s_per_s"]) == {"gradio", "app"}
-
-
 def test_guidance_interval_speed_samples_both_settings_in_turns(tmp_path, monkeypatch, capsys):
     import guidance_interval_speed
 
@@ -218,7 +182,7 @@ def test_shipped_recommended_settings_are_the_rules_choice_in_the_recorded_sweep
     import settings_sweep
 
     root = Path(__file__).resolve().parents[1]
-    rows = json.loads((root / "docs/bench/settings_sweep_v2_intervals.json").read_text())["rows"]
+    rows = json.loads((root / "docs/bench/settings-sweep-seed0.json").read_text())["rows"]
     chosen = settings_sweep.choose([{**row, "passes_rule": settings_sweep.passes_rule(row)} for row in rows])
     recommended = json.loads((root / "assets/edt_t2_digits/recommended.json").read_text())
     assert {key: recommended[key] for key in settings_sweep.SETTING} == {key: chosen[key] for key in
@@ -232,7 +196,7 @@ def test_settings_sweep_rule_takes_the_most_real_looking_accurate_setting():
                    "stroke_width_w1": 0.1, "stroke_width_w1_real_floor": 0.1, "grey_share_w1": 0.02,
                    "grey_share_w1_real_floor": 0.02, "nearest_train_l2": nearest_train,
                    "nearest_train_l2_held_out": 10.0}
-        return {**metrics, "steps": steps, "appearance_ratio": settings_sweep.appearance_ratio(metrics),
+        return {**metrics, "num_inference_steps": steps, "appearance_ratio": settings_sweep.appearance_ratio(metrics),
                 "passes_rule": settings_sweep.passes_rule(metrics)}
 
     assert settings_sweep.appearance_ratio(row(1.0, 1.0, 90.0)) == 3.0  # the worst measure: ae_fid / floor
@@ -257,67 +221,106 @@ def test_masking_study_paired_interval_resolves_a_shift_and_not_a_tie():
     assert masking_study.paired_interval(base, base) == (0.0, 0.0)
 
 
-def test_precision_check_pairs_bf16_with_fp32_on_the_same_noise(tmp_path):
-    out = tmp_path / "precision.json"
-    precision_check.main(["--seeds", "0", "1", "--per-class", "2", "--resamples", "20", "--json", str(out)])
-    report = json.loads(out.read_text())
-    assert [(r["seed"], r["precision"]) for r in report["runs"]] == [(0, "fp32"), (0, "bf16"), (1, "fp32"),
-                                                                     (1, "bf16")]
-    assert report["settings"]["steps"] == 25 and all(r["num_samples"] == 20 for r in report["runs"])
-    assert report["threads"] == torch.get_num_threads() and "load_average_1_5_15_min" in report["machine"]
-    # bf16 moves the images a little on the same noise; another seed draws other digits
-    assert 0 < report["runs"][1]["mean_abs_uint8_difference_to_fp32"] < 10
-    assert set(report["differences"]) == {"bf16 - fp32, seed 0", "bf16 - fp32, seed 1", "fp32, seed 1 - seed 0"}
-    for measures in report["differences"].values():
-        for m in ("accuracy", "ae_fid", "mean_ink_w1", "stroke_width_w1", "grey_share_w1"):
-            assert measures[m]["diff_low"] <= measures[m]["diff"] <= measures[m]["diff_high"] or \
-                measures[m]["diff_low"] == measures[m]["diff_high"]
+def fake_digit_metrics(images, labels):
+    """digit_metrics' keys, with an ae_fid that grows with the images' mean (so settings differ)."""
+    return {"accuracy": 1.0, "per_class_accuracy": [1.0] * 10, "accuracy_real": 0.98,
+            "per_class_accuracy_real": [0.98] * 10, "fid": 1.0, "ae_fid": 40.0 + float(images.mean()),
+            "ae_fid_real_floor": 32.0, "mean_ink": 0.1, "mean_ink_real": 0.1, "mean_ink_w1": 0.003,
+            "mean_ink_w1_real_floor": 0.003, "stroke_width": 2.0, "stroke_width_real": 2.0,
+            "stroke_width_w1": 0.03, "stroke_width_w1_real_floor": 0.03, "grey_share": 0.4,
+            "grey_share_real": 0.4, "grey_share_w1": 0.01, "grey_share_w1_real_floor": 0.01,
+            "isolated_pixels": 0.0, "isolated_pixels_real": 0.0, "fid_real_floor": 1.0,
+            "nearest_train_l2": 10.0, "nearest_train_l2_held_out": 10.0}
 
 
 def test_settings_sweep_varies_the_amm_scale_of_each_amm_setting(tmp_path, monkeypatch):
-    calls = []
+    applied, drawn = [], []
 
     def fake_generate(pipe, labels, indices, **kwargs):
-        calls.append((kwargs["amm_blocks"], kwargs["amm_scale"]))
-        return np.zeros((len(labels), 32, 32, 1), np.uint8)
+        drawn.append((kwargs["guidance"].interval, kwargs["num_inference_steps"], kwargs["precision"]))
+        return np.full((len(labels), 32, 32, 1), len(drawn), np.uint8)
 
-    def fake_metrics(images, labels):
-        return {"accuracy": 1.0, "per_class_accuracy": [1.0] * 10, "accuracy_real": 0.98,
-                "per_class_accuracy_real": [0.98] * 10, "fid": 1.0, "ae_fid": 40.0 + len(calls),
-                "ae_fid_real_floor": 32.0, "mean_ink": 0.1, "mean_ink_real": 0.1, "mean_ink_w1": 0.003,
-                "mean_ink_w1_real_floor": 0.003, "stroke_width": 2.0, "stroke_width_real": 2.0,
-                "stroke_width_w1": 0.03, "stroke_width_w1_real_floor": 0.03, "grey_share": 0.4,
-                "grey_share_real": 0.4, "grey_share_w1": 0.01, "grey_share_w1_real_floor": 0.01,
-                "isolated_pixels": 0.0, "isolated_pixels_real": 0.0, "fid_real_floor": 1.0,
-                "nearest_train_l2": 10.0, "nearest_train_l2_held_out": 10.0}
-
+    monkeypatch.setattr(settings_sweep, "apply_amm", lambda model, blocks, scale, guidance_scale:
+                        applied.append((blocks, scale, guidance_scale)))
     monkeypatch.setattr(settings_sweep, "generate", fake_generate)
-    monkeypatch.setattr(settings_sweep, "digit_metrics", fake_metrics)
+    monkeypatch.setattr(settings_sweep, "digit_metrics", fake_digit_metrics)
     out = tmp_path / "sweep.json"
     rows, chosen = settings_sweep.main(["assets/edt_t2_digits", "--guidance", "2.5", "--samplers", "dpm:25",
-                                        "--amm", "off", "8", "--amm-scales", "0.3", "0.5", "--json", str(out)])
-    assert calls == [([], None), ([8], 0.3), ([8], 0.5)]  # no scale without an AMM
-    assert [(r["amm"], r["amm_scale"]) for r in rows] == [("off", None), ("8", 0.3), ("8", 0.5)]
-    assert (chosen["amm"], chosen["amm_scale"]) == ("off", None)  # the smallest ae_fid ratio
-    assert json.loads(out.read_text())["chosen"]["amm_scale"] is None
+                                        "--amm", "off", "8", "--amm-scales", "0.3", "0.5", "--intervals", "0:800",
+                                        "--json", str(out)])
+    assert applied == [([], None, 2.5), ([8], 0.3, 2.5), ([8], 0.5, 2.5)]  # no scale without an AMM
+    assert drawn == [((0, 800), 25, "fp32")] * 3
+    assert [(r["amm_blocks"], r["amm_scale"]) for r in rows] == [([], None), ([8], 0.3), ([8], 0.5)]
+    assert all(r["sampling_s"] >= 0 and r["guidance_interval"] == [0, 800] for r in rows)
+    assert (chosen["amm_blocks"], chosen["amm_scale"]) == ([], None)  # the smallest ae_fid ratio
+    recorded = json.loads(out.read_text())
+    assert recorded["chosen"]["amm_scale"] is None and "differences" not in recorded
+    # a recorded sweep joins a later one through --include, in the same names
+    rows, chosen = settings_sweep.main(["assets/edt_t2_digits", "--guidance", "1", "--samplers", "ddim:2",
+                                        "--amm", "off", "--include", str(out)])
+    assert [r["num_inference_steps"] for r in rows] == [2, 25, 25, 25]
+
+
+def test_settings_sweep_compares_precisions_on_the_same_noise_against_another_seed(tmp_path, monkeypatch):
+    drawn = []
+
+    def fake_generate(pipe, labels, indices, seed, **kwargs):
+        drawn.append((seed, kwargs["precision"]))
+        return np.full((len(labels), 32, 32, 1), 10 * seed + (kwargs["precision"] == "bf16"), np.uint8)
+
+    def fake_bootstrap(judgement, baseline, resamples):
+        return {"ae_fid": {"diff": judgement - baseline, "resamples": resamples}}
+
+    monkeypatch.setattr("edt_lab.accel.supports", lambda feature, device: feature == "bf16")
+    monkeypatch.setattr(settings_sweep, "generate", fake_generate)
+    monkeypatch.setattr(settings_sweep, "digit_metrics", fake_digit_metrics)
+    monkeypatch.setattr(settings_sweep, "judge_digits", lambda images, labels: int(images.flat[0]))
+    monkeypatch.setattr(settings_sweep, "bootstrap_digit_measures", fake_bootstrap)
+    out = tmp_path / "precision.json"
+    rows, _ = settings_sweep.main(["assets/edt_t2_digits", "--guidance", "2.5", "--samplers", "deis-karras:25",
+                                   "--amm", "10", "--seed", "0", "1", "--precisions", "fp32", "bf16",
+                                   "--resamples", "20", "--json", str(out)])
+    assert drawn == [(0, "fp32"), (0, "bf16"), (1, "fp32"), (1, "bf16")]
+    assert [(r["seed"], r["precision"]) for r in rows] == drawn
+    [differences] = json.loads(out.read_text())["differences"]
+    assert differences["amm_blocks"] == [10] and differences["guidance_scale"] == 2.5
+    assert {name: value["ae_fid"]["diff"] for name, value in differences.items() if isinstance(value, dict)} == {
+        "bf16 - fp32, seed 0": 1, "bf16 - fp32, seed 1": 1, "fp32, seed 1 - seed 0": 10}
+
+
+def test_settings_sweep_refuses_bf16_where_the_cpu_lacks_it_before_sampling(monkeypatch, capsys):
+    monkeypatch.setenv("EDT_LAB_FORCE_NO_NATIVE", "1")
+    monkeypatch.setattr(settings_sweep, "generate", lambda *a, **k: pytest.fail("sampled before refusing"))
+    for bad in (["--precisions", "fp32", "bf16"], ["--seed", "1", "1"]):
+        with pytest.raises(SystemExit) as error:
+            settings_sweep.main(["assets/edt_t2_digits", "--samplers", "dpm:2", *bad])
+        assert error.value.code == 2
+    err = capsys.readouterr().err
+    assert "--precisions: precision bf16:" in err and "take each value once" in err
+    assert len(err.strip().splitlines()) == 2
 
 
 def test_amm_study_varies_radius_and_scale_of_the_chosen_blocks(tmp_path, monkeypatch):
     import amm_study
 
     calls = []
-    real_generate = amm_study.generate
+    real_generate, real_apply_amm = amm_study.generate, amm_study.apply_amm
 
-    def recording_generate(pipe, labels, indices, **kwargs):
-        calls.append({k: kwargs.get(k) for k in ("guidance_scale", "guidance_interval", "amm_blocks", "amm_radius",
-                                                  "amm_scale")})
+    def recording_apply_amm(model, blocks, radius=None, scale=None, guidance_scale=1.0):
+        calls.append({"amm_blocks": blocks, "amm_radius": radius, "amm_scale": scale})
+        return real_apply_amm(model, blocks, radius, scale, guidance_scale)
+
+    def recording_generate(pipe, labels, indices, **kwargs):  # the AMM is set on the model when it draws
+        calls[-1].update(guidance_scale=kwargs["guidance"].scale, guidance_interval=kwargs["guidance"].interval,
+                         modulated=list(pipe.transformer.amm_blocks))
         return real_generate(pipe, labels, indices, **kwargs)
 
+    monkeypatch.setattr(amm_study, "apply_amm", recording_apply_amm)
     monkeypatch.setattr(amm_study, "generate", recording_generate)
     out = tmp_path / "study.json"
     rows = amm_study.main(["--per-class", "1", "--steps", "2", "--guidance", "2.5", "--parts", "radius",
                            "--vary-blocks", "10", "--cfg-interval", "0", "800", "--resamples", "5", "--json", str(out)])
-    assert [c["amm_blocks"] for c in calls] == [[]] + [[10]] * 3  # off, then three radii
+    assert [c["amm_blocks"] for c in calls] == [c["modulated"] for c in calls] == [[]] + [[10]] * 3  # off, 3 radii
     assert all(c["guidance_interval"] == (0, 800) for c in calls) and rows[0]["guidance_interval"] == (0, 800)
     assert [c["amm_radius"] for c in calls[1:]] == [4.0, 8.0, pytest.approx(15.13, abs=0.01)]
     assert all(c["guidance_scale"] == 2.5 for c in calls)
@@ -336,7 +339,7 @@ def test_amm_study_varies_radius_and_scale_of_the_chosen_blocks(tmp_path, monkey
         m: {"value": 0.0, "diff_low": 0.0, "diff_high": 0.0} for m in measures})
     calls.clear()
     rows = amm_study.main(["--per-class", "1", "--steps", "2", "--guidance", "2.5", "--parts", "scale"])
-    assert [c["amm_blocks"] for c in calls] == [[]] + [[8]] * 4
+    assert [c["amm_blocks"] for c in calls] == [c["modulated"] for c in calls] == [[]] + [[8]] * 4
     assert [c["amm_scale"] for c in calls[1:]] == [0.3, 0.4, 0.6, 0.8]
     assert rows[-1]["configuration"] == "preset, k = 0.8"
     assert all(c["guidance_interval"] is None for c in calls)  # every step guided unless asked
@@ -431,10 +434,9 @@ def test_settings_sweep_refuses_a_bad_include_or_setting_with_exit_2(tmp_path, c
         assert message in one_line_exit_2(settings_sweep.main, ["assets/edt_t2_digits", *argv], capsys)
 
 
-def test_masking_study_and_label_use_check_their_paths_up_front(tmp_path, capsys):
+def test_masking_study_checks_its_paths_up_front(tmp_path, capsys):
     assert "holds no trained arm" in one_line_exit_2(
         masking_study.main, ["--eval-only", "--runs-dir", str(tmp_path / "nope")], capsys)
-    assert "is a folder" in one_line_exit_2(label_use.main, [str(tmp_path)], capsys)
     assert "--steps: expected an integer >= 1" in one_line_exit_2(masking_study.main, ["--steps", "0"], capsys)
     assert "--batch-size 4501 is larger than the data (4500 training digits)" in one_line_exit_2(
         masking_study.main, ["--batch-size", "4501", "--runs-dir", str(tmp_path / "runs")], capsys)
@@ -446,9 +448,8 @@ def test_a_library_value_error_is_one_line_and_exit_2(tmp_path):
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "sampler_speed.py"
-    done = subprocess.run([sys.executable, str(script), "--pipeline", str(empty)], capture_output=True, text=True,
-                          timeout=120)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "settings_sweep.py"
+    done = subprocess.run([sys.executable, str(script), str(empty)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr == f"sampler_speed.py: error: {empty}: no model_index.json (expected an EDTPipeline." \
+    assert done.stderr == f"settings_sweep.py: error: {empty}: no model_index.json (expected an EDTPipeline." \
                           f"save_pretrained folder)\n"
