@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -453,3 +454,21 @@ def test_a_library_value_error_is_one_line_and_exit_2(tmp_path):
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == f"settings_sweep.py: error: {empty}: no model_index.json (expected an EDTPipeline." \
                           f"save_pretrained folder)\n"
+
+
+def test_docs_keep_their_sizes_and_cite_only_recorded_files_that_exist():
+    root = Path(__file__).resolve().parents[1]
+    limits = {"README.md": 12_000, "assets/edt_t2_digits/README.md": 8_000,
+              **{f"docs/{p.name}": 15_000 for p in (root / "docs").glob("*.md")}}
+    for path, limit in limits.items():
+        assert len((root / path).read_text()) <= limit, f"{path} is over {limit} characters"
+    recorded = sorted(p.relative_to(root).as_posix() for p in (root / "docs/bench").rglob("*") if p.is_file())
+    assert 0 < len(recorded) <= 40 and not any(p.endswith(".json") for p in map(str, (root / "docs").glob("*")))
+    texts = [(root / path).read_text() for path in limits] + [p.read_text() for folder in ("tests", "benchmarks")
+                                                                for p in (root / folder).glob("*.py")]
+    cited = {m.rstrip(".") for text in texts for m in re.findall(r"docs/bench/[\w.\-/]+", text)}
+    assert [path for path in cited if not (root / path).is_file()] == []
+    everything = "\n".join(texts)
+    assert [path for path in recorded if path not in cited and Path(path).name not in everything] == []
+    # named by configuration, not by run: no run series
+    assert [path for path in recorded if re.search(r"_run\d|_control_|_before", path)] == []
