@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from edt_lab import accel
+
 DATA = Path(__file__).resolve().parent / "data"
 
 
@@ -28,3 +30,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "native_bf16: needs a CPU that torch reports native bf16 for (skipped elsewhere)")
+
+
+def pytest_runtest_setup(item):
+    """Skip a `native_bf16` test, saying why, where this CPU lacks native bf16 (or EDT_LAB_FORCE_NO_NATIVE is set)."""
+    if item.get_closest_marker("native_bf16"):
+        if not accel.supports("bf16", "cpu"):
+            pytest.skip(f"needs native bf16: {accel.refusal('bf16', 'cpu')}")

@@ -1,25 +1,15 @@
 """Multi-head self-attention with an optional relative position bias (EDT, MDTv2) and the AMM hook.
 
-Three ways to compute the same thing, which agree to float32 rounding:
-- fused: `scaled_dot_product_attention` with the position bias as its additive mask (default, no AMM);
-- explicit: scores, softmax, AMM, @ v written out (AMM blocks in eval mode, attention capture, comparison);
-- flex: `flex_attention` with the bias (and the AMM's logarithm) as a score modification, fused into one kernel
-  under torch.compile (the GPU fast path; without compiling it runs an unfused reference; on a CPU inductor
-  compiles it without the AMM only, as it has no log-sum-exp output there). The AMM's weights are
-  not renormalised, so the modulated output is rescaled by exp(lse(s + log M) - lse(s)), the sum of the
-  modulated weights per query, which a second pass for lse(s) gives: exact, where SDPA has no exact form.
-`Attention.use_fused = False` on a module (or `set_attention_path`) selects the explicit path everywhere,
-`use_flex = True` the flex path (attention capture always takes the explicit one). Under bf16 autocast every path
-computes in q's dtype. `model.compile_blocks()` compiles the paths together with the rest of their blocks."""
+Two ways to compute the same thing, which agree to float32 rounding: `scaled_dot_product_attention` with the
+position bias as its additive mask (`use_fused`, the default without an AMM), and the scores, softmax, AMM and
+@ v written out (blocks with an AMM in eval mode, attention capture, FLOP counting). Under bf16 autocast both
+compute in q's dtype. Hardware fast paths (flex attention, compiled blocks) live in `edt_lab.accel`."""
 
 from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.attention.flex_attention import flex_attention
-
-from .layers import Linear
 
 
 def kept_pairs(matrix: torch.Tensor, keep_ids: torch.Tensor) -> torch.Tensor:
@@ -42,10 +32,8 @@ class RelativePositionBias(nn.Module):
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)  # as released (cut at +-2)
         if beit_layout:
             self.register_buffer("relative_position_index", self.index())
-        # the same index as a buffer outside the state dict, for the flex path's score modification: a compiled
-        # graph then reads the table and this input instead of a bias computed inside it
+        # the index outside the state dict too, so models without BEiT's layout have it and it moves with them
         self.register_buffer("pair_index", self.index(), persistent=False)
-        self._eval_cache = None  # (key, bias): reused across sampling steps while the table is unchanged
 
     def index(self) -> torch.Tensor:
         """Table row for each (query, key) pair: (N, N); row = (r1-r2+n-1)*(2n-1) + (c1-c2+n-1)."""
@@ -58,27 +46,11 @@ class RelativePositionBias(nn.Module):
 
     def forward(self, keep_ids: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The bias (1, heads, N, N), or (B, heads, L, L) among the kept tokens keep_ids (B, L) of an MDT masked pass,
-        in `dtype` (default: the table's).
-
-        4-D, since SDPA's fused CPU kernel rejects a 3-D mask for a slow fallback.
+        in `dtype` (default: the table's). 4-D, since SDPA's fused CPU kernel rejects a 3-D mask for a slow fallback.
         """
         table = self.relative_position_bias_table
-        dtype = dtype or table.dtype
-        if keep_ids is not None:
-            return table[kept_pairs(self.pair_index, keep_ids)].permute(0, 3, 1, 2).to(dtype)
-        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return self._bias(table).to(dtype)  # a compiled graph computes it in place: a gather, fused with its use
-        # The version counter moves on every in-place write (load_state_dict, optimiser steps), so a stale
-        # cache is never used.
-        version = 0 if table.is_inference() else table._version  # inference tensors cannot change outside it
-        key = (table.data_ptr(), version, table.device, dtype)
-        if self._eval_cache is None or self._eval_cache[0] != key:
-            self._eval_cache = (key, self._bias(table).to(dtype))
-        return self._eval_cache[1]
-
-    def _bias(self, table):
-        n2 = self.grid_size**2
-        return table[self.pair_index.flatten()].view(n2, n2, -1).permute(2, 0, 1).unsqueeze(0).contiguous()
+        pairs = self.pair_index[None] if keep_ids is None else kept_pairs(self.pair_index, keep_ids)  # (B, L, L)
+        return table[pairs].permute(0, 3, 1, 2).to(dtype or table.dtype).contiguous()
 
 
 def attention_probs(q, k, scale: float, bias=None):
@@ -92,8 +64,7 @@ def attention_probs(q, k, scale: float, bias=None):
 class Attention(nn.Module):
     """Self-attention on (B, N, C) tokens; `amm` (N, N), when set, multiplies the softmax in eval mode only."""
 
-    use_fused = True
-    use_flex = False
+    use_fused = True  # scaled_dot_product_attention where nothing needs the weights themselves
 
     def __init__(self, dim: int, num_heads: int, grid_size: int | None = None, beit_layout: bool = False):
         super().__init__()
@@ -102,12 +73,11 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
-        self.qkv = Linear(dim, dim * 3)
-        self.proj = Linear(dim, dim)
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
         if grid_size is not None:
             self.rel_pos_bias = RelativePositionBias(grid_size, num_heads, beit_layout)
         self.amm = None  # set through the model's set_amm; a plain tensor, not state, as released files lack it
-        self._amm_cache = None
         self.capture = None  # a dict while capture_attention is active
 
     def forward(self, x, keep_ids=None):
@@ -115,22 +85,19 @@ class Attention(nn.Module):
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, heads, N, head_dim)
-        # The bias and the AMM in the dtype of q (bf16 under autocast): mixing float32 into the scores would send
-        # every score through a slower mixed-dtype float32 path.
-        amm = self._amm_for(q) if (self.amm is not None and not self.training) else None
+        # The AMM in the dtype of q (bf16 under autocast): mixing float32 into the scores would send every score
+        # through a slower mixed-dtype float32 path.
+        amm = self.amm.to(q.device, q.dtype) if (self.amm is not None and not self.training) else None
         if amm is not None and keep_ids is not None:
             amm = kept_pairs(amm, keep_ids).unsqueeze(1)  # (B, 1, N, N)
-        flex = self.use_flex and self.capture is None  # the flex path reads the bias inside its score modification
-        bias = self.rel_pos_bias(keep_ids, q.dtype) if hasattr(self, "rel_pos_bias") and not flex else None
-        if flex:
-            out = self._flex(q, k, v, keep_ids, amm)
-        elif self.use_fused and amm is None and self.capture is None:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        else:
-            out = self._explicit(q, k, v, bias, amm)
+        out = self.attend(q, k, v, keep_ids, amm)  # (B, heads, N, head_dim)
         return self.proj(out.transpose(1, 2).reshape(B, N, C))
 
-    def _explicit(self, q, k, v, bias, amm):
+    def attend(self, q, k, v, keep_ids, amm):
+        """Attention of q, k, v (B, heads, N, head_dim) with the position bias and, when given, the AMM."""
+        bias = self.rel_pos_bias(keep_ids, q.dtype) if hasattr(self, "rel_pos_bias") else None
+        if self.use_fused and amm is None and self.capture is None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         probs = attention_probs(q, k, self.scale, bias)
         modulated = probs * amm if amm is not None else None  # not renormalised, as released
         if self.capture is not None:
@@ -138,56 +105,12 @@ class Attention(nn.Module):
             self.capture["modulated"] = modulated.detach() if modulated is not None else None
         return (modulated if modulated is not None else probs) @ v
 
-    def _flex(self, q, k, v, keep_ids, amm):
-        """flex_attention of q, k, v (B, heads, N, head_dim): scores + bias, and with the AMM the modulated weights
-        (not renormalised, as released) through log M and a rescaling by the modulated weights' sum per query.
 
-        The score modification reads the bias from its table (table[pair_index[q, k], h]) and takes the AMM's log
-        itself, so a compiled graph captures only the table, the index and the AMM, never a (heads, N, N) tensor
-        computed inside it (inductor's CPU kernel refuses one). An MDT masked pass (keep_ids) reads its own bias
-        and AMM of the kept pairs, broadcast to (B, heads, N, N) as views."""
-        shape, dtype = (*q.shape[:2], q.shape[2], k.shape[2]), q.dtype
-        if not hasattr(self, "rel_pos_bias"):
-            def add_bias(score, b, h, q_index, k_index):
-                return score
-        elif keep_ids is None:
-            table, pairs = self.rel_pos_bias.relative_position_bias_table, self.rel_pos_bias.pair_index
-
-            def add_bias(score, b, h, q_index, k_index):  # in q's dtype, as the other paths add it
-                return score + table[pairs[q_index, k_index], h].to(dtype)
-        else:
-            bias = self.rel_pos_bias(keep_ids, dtype).expand(shape)
-
-            def add_bias(score, b, h, q_index, k_index):
-                return score + bias[b, h, q_index, k_index]
-
-        if amm is None:
-            return flex_attention(q, k, v, score_mod=add_bias)
-        amm = amm.expand(shape) if amm.ndim == 4 else amm
-
-        def add_bias_and_log_amm(score, b, h, q_index, k_index):  # log 0 = -inf: those keys drop out
-            weight = amm[b, h, q_index, k_index] if amm.ndim == 4 else amm[q_index, k_index]
-            return add_bias(score, b, h, q_index, k_index) + torch.log(weight)
-
-        out, lse_modulated = flex_attention(q, k, v, score_mod=add_bias_and_log_amm, return_lse=True)
-        _, lse = flex_attention(q, k, v, score_mod=add_bias, return_lse=True)
-        return (out * (lse_modulated - lse).exp().unsqueeze(-1)).to(q.dtype)  # (B, heads, N, head_dim)
-
-    def _amm_for(self, x):
-        """The AMM on x's device and dtype, converted once rather than at every sampling step."""
-        if self._amm_cache is None or self._amm_cache[0] is not self.amm or self._amm_cache[1].device != x.device \
-                or self._amm_cache[1].dtype != x.dtype:
-            self._amm_cache = (self.amm, self.amm.to(device=x.device, dtype=x.dtype))
-        return self._amm_cache[1]
-
-
-def set_attention_path(model: nn.Module, fused: bool, flex: bool = False) -> None:
-    """Select the fused (`scaled_dot_product_attention`) or the explicit path in every attention of `model`, or
-    with flex=True the flex path (for torch.compile)."""
+def set_attention_path(model: nn.Module, fused: bool) -> None:
+    """Select the fused (`scaled_dot_product_attention`) or the explicit path in every attention of `model`."""
     for module in model.modules():
         if isinstance(module, Attention):
             module.use_fused = fused
-            module.use_flex = flex
 
 
 @contextmanager

@@ -69,13 +69,6 @@ class ClassConditionalTransformer(ModelMixin, ConfigMixin):
         for block, matrix in zip(self.blocks, matrices):
             block.attn.amm = matrix
 
-    def compile_blocks(self, **compile_kwargs) -> None:
-        """torch.compile every transformer block in place, so each runs as a few fused kernels rather than dozens.
-        Blocks of one shape share their compiled code, which takes seconds where the whole model takes minutes.
-        Opt-in: it costs start-up time and changes the rounding. State-dict keys are unchanged."""
-        for block in self.blocks:
-            block.compile(**compile_kwargs)
-
     def check_inputs(self, x, t, y):
         """Raise ValueError unless x is (B, in_channels, input_size, input_size) with matching t (B,), y (B,), all
         tensors, and y within the label embedding's rows."""

@@ -13,7 +13,7 @@ from diffusers.configuration_utils import register_to_config
 
 from .base import ClassConditionalTransformer, check_config
 from .block import TransformerBlock
-from .layers import (FinalLayer, LabelEmbedder, Linear, PatchEmbed, TimestepEmbedder, adaln_modulation,
+from .layers import (FinalLayer, LabelEmbedder, PatchEmbed, TimestepEmbedder, adaln_modulation,
                      fixed_pos_embed, init_transformer_weights, modulate, unpatchify)
 
 
@@ -50,7 +50,7 @@ class DownSample(nn.Module):
         self.grid_size = grid_size
         self.norm = nn.LayerNorm(4 * dim, elementwise_affine=False, eps=1e-6)
         self.adaLN_modulation = adaln_modulation(cond_dim, 8 * dim)  # token information enhancement
-        self.reduction = Linear(4 * dim, out_dim, bias=False)
+        self.reduction = nn.Linear(4 * dim, out_dim, bias=False)
         self.pos_embed = fixed_pos_embed(out_dim, grid_size // 2)  # positional encoding supplement
 
     def forward(self, x, c, keep=None):
@@ -69,7 +69,7 @@ class UpSample(nn.Module):
     def __init__(self, dim: int, out_dim: int, grid_size: int):
         super().__init__()
         self.grid_size = grid_size
-        self.expand = Linear(dim, 4 * out_dim, bias=False)
+        self.expand = nn.Linear(dim, 4 * out_dim, bias=False)
 
     def forward(self, x):
         B, n = x.shape[0], self.grid_size
@@ -84,7 +84,7 @@ class SkipConcat(nn.Module):
         super().__init__()
         self.norm_final = nn.LayerNorm(2 * dim, elementwise_affine=False, eps=1e-6)
         self.adaLN_modulation = adaln_modulation(cond_dim, 4 * dim)
-        self.cat = Linear(2 * dim, dim)
+        self.cat = nn.Linear(2 * dim, dim)
         self.pos_embed = fixed_pos_embed(dim, grid_size)
 
     def forward(self, x, skip, c):

@@ -1,67 +1,9 @@
 """Layers shared by EDT and DiT: embeddings, the MLP, adaLN modulation and the final layer (DiT's recipe)."""
 
 import math
-import weakref
 
 import torch
 import torch.nn as nn
-
-# CPU bf16 inference runs each Linear as one oneDNN kernel (edt_lab.models.layers.Linear); False: plain autocast.
-FUSED_CPU_LINEAR = True
-_ONEDNN_LINEAR = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-                  and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
-
-
-def fused_cpu_linear(x) -> bool:
-    """True where a Linear on x runs fused: CPU inference (no gradients, not compiling) under bf16 autocast."""
-    return (FUSED_CPU_LINEAR and _ONEDNN_LINEAR and x.device.type == "cpu" and not torch.is_grad_enabled()
-            and x.dtype in (torch.float32, torch.bfloat16)  # what autocast would cast to bf16
-            and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-            and not torch.compiler.is_compiling())
-
-
-# Linear -> {parameter name: (key, bf16 copy)}, outside the modules: a reordered weight is an opaque oneDNN tensor,
-# which copy.deepcopy and pickling cannot copy, and a copied module makes its own copies anyway.
-_ONEDNN_COPIES = weakref.WeakKeyDictionary()
-
-
-class Linear(nn.Linear):
-    """nn.Linear (same parameters and state-dict keys) that runs CPU bf16 inference as one oneDNN kernel.
-
-    Under CPU bf16 autocast a plain Linear is an addmm that first copies the bias into its output, and an
-    activation after it is one more pass over the tensor: the tanh GELU of the MLPs costs more than their matrix
-    products on these CPUs. The oneDNN kernel adds the bias and applies the activation to the float32
-    accumulator before its one rounding to bf16 (so it is also closer to float32 than the unfused bf16 GELU).
-    Its weight is kept in bf16 and in oneDNN's own blocked layout, which a plain weight would be reordered into at
-    every call. Everywhere else (float32, training, GPUs, torch.compile) it is nn.Linear.
-    """
-
-    def forward(self, x, activation: str | None = None):
-        """x (..., in) -> (..., out); activation None or "gelu_tanh" (then applied here, fused or not)."""
-        if activation not in (None, "gelu_tanh"):
-            raise ValueError(f"unknown activation {activation!r}: expected None or 'gelu_tanh'")
-        if fused_cpu_linear(x):
-            attr, algorithm = ("gelu", "tanh") if activation == "gelu_tanh" else ("none", "")
-            bias = None if self.bias is None else self._onednn("bias")
-            return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self._onednn("weight"), bias, attr, [],
-                                                      algorithm)
-        out = super().forward(x)
-        return nn.functional.gelu(out, approximate="tanh") if activation == "gelu_tanh" else out
-
-    def _onednn(self, name: str):
-        """The parameter `name` cast to bf16 (the weight also reordered into oneDNN's layout), kept until the
-        parameter changes (moved, loaded or updated in place: its storage or version differs; a write through
-        `param.data` bypasses the version counter and is not seen), where autocast keeps its casts only within one
-        autocast region. The copy costs half the float32 parameter's memory, for as long as the module lives."""
-        param = getattr(self, name)
-        key = (param.data_ptr(), 0 if param.is_inference() else param._version)  # inference tensors cannot change
-        copies = _ONEDNN_COPIES.setdefault(self, {})
-        if name not in copies or copies[name][0] != key:
-            copy = param.detach().to(torch.bfloat16)
-            if name == "weight":
-                copy = torch.ops.mkldnn._reorder_linear_weight(copy)
-            copies[name] = (key, copy)
-        return copies[name][1]
 
 
 def modulate(x, shift, scale):
@@ -77,7 +19,7 @@ def gated_residual(x, gate, update):
 
 def adaln_modulation(cond_dim: int, out_dim: int) -> nn.Sequential:
     """SiLU then Linear(cond_dim, out_dim): keys `adaLN_modulation.1.*` as released."""
-    return nn.Sequential(nn.SiLU(), Linear(cond_dim, out_dim))
+    return nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, out_dim))
 
 
 def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
@@ -125,7 +67,7 @@ class TimestepEmbedder(nn.Module):
 
     def __init__(self, dim: int, frequency_shift: int = 0):
         super().__init__()
-        self.mlp = nn.Sequential(Linear(self.frequency_dim, dim), nn.SiLU(), Linear(dim, dim))
+        self.mlp = nn.Sequential(nn.Linear(self.frequency_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.frequency_shift = frequency_shift
 
     @staticmethod
@@ -161,11 +103,12 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int):
         super().__init__()
-        self.fc1 = Linear(dim, hidden_dim)
-        self.fc2 = Linear(hidden_dim, dim)
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x):
-        return self.fc2(self.fc1(x, activation="gelu_tanh"))
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class FinalLayer(nn.Module):
@@ -174,7 +117,7 @@ class FinalLayer(nn.Module):
     def __init__(self, dim: int, patch_size: int, out_channels: int):
         super().__init__()
         self.norm_final = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.linear = Linear(dim, patch_size * patch_size * out_channels)
+        self.linear = nn.Linear(dim, patch_size * patch_size * out_channels)
         self.adaLN_modulation = adaln_modulation(dim, 2 * dim)
 
     def forward(self, x, c):

@@ -24,7 +24,7 @@ from diffusers.configuration_utils import register_to_config
 
 from .base import ClassConditionalTransformer, check_config
 from .block import TransformerBlock
-from .layers import FinalLayer, LabelEmbedder, Linear, PatchEmbed, TimestepEmbedder, init_transformer_weights, \
+from .layers import FinalLayer, LabelEmbedder, PatchEmbed, TimestepEmbedder, init_transformer_weights, \
     sincos_2d, unpatchify
 
 
@@ -51,7 +51,7 @@ class SkipBlock(TransformerBlock):
 
     def __init__(self, dim: int, num_heads: int, grid_size: int, mlp_ratio: float):
         super().__init__(dim, num_heads, dim, grid_size, mlp_ratio, beit_layout=True)
-        self.skip_linear = Linear(2 * dim, dim)
+        self.skip_linear = nn.Linear(2 * dim, dim)
 
     def forward(self, x, c, skip, keep_ids=None):
         return super().forward(self.skip_linear(torch.cat([x, skip], dim=-1)), c, keep_ids)
