@@ -6,15 +6,12 @@ import math
 import numbers
 from pathlib import Path
 
-import numpy as np
-import torch
-
 
 def single_item(value):
     """The Python number in a one-element tensor or array (tensor([3]) -> 3, tensor(1.5) -> 1.5); other values as
-    they are."""
-    size = value.numel() if torch.is_tensor(value) else value.size if isinstance(value, np.ndarray) else None
-    return value.item() if size == 1 else value
+    they are. Duck-typed (torch's numel(), numpy's size), so that this module imports neither."""
+    size = value.numel() if callable(getattr(value, "numel", None)) else getattr(value, "size", None)
+    return value.item() if size == 1 and callable(getattr(value, "item", None)) else value
 
 
 def whole_number(value, what: str) -> int:
@@ -41,20 +38,6 @@ def finite_number(value, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{what} must be a finite number, got {value!r}")
     return float(value)
-
-
-def available_device(device, what: str = "device") -> torch.device:
-    """`device` ("cpu", "cuda", "cuda:1" or a torch.device) as a torch.device; a CUDA device this machine lacks is
-    refused here, where torch would fail later inside a move or a kernel launch."""
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"{what} {device!r}: expected 'cpu', 'cuda' or 'cuda:N'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{what} {device}: no CUDA device is available")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"{what} {device}: this machine has CUDA devices 0..{torch.cuda.device_count() - 1}")
-    return device
 
 
 def read_json_object(path) -> dict:
