@@ -1,8 +1,8 @@
-"""The EDT web explorer: `python app.py [options]`, the same page as `edt-lab app` (see edt_lab/explorer/app.py)."""
+"""The EDT web explorer: `python app.py [options]`, the same page as `edt-lab app` (see edt_lab/commands/app.py)."""
 
 import sys
 
-from edt_lab.explorer.app import main
+from edt_lab.commands.app import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -17,7 +17,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .checks import available_device, read_json_object
+from .checks import read_json_object
+from .devices import available_device
 from .diffusers_dit import DIFFUSERS_DIT_CLASSES, dit_config, dit_state_dict
 from .models import DiT, EDT, MDTv2
 from .models.registry import MODEL_CONFIGS

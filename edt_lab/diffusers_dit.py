@@ -11,7 +11,6 @@ The learned-sigma output layout ((B, 2C, H, W): noise, then variance), the times
 labels (index num_classes = null label) are the same in both.
 """
 
-import argparse
 import inspect
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from diffusers import DiTTransformer2DModel
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from .amm import check_blocks, modulation_matrix
-from .cli import make_weights_readable
+from .files import make_weights_readable
 from .models import DiT
 from .models.attention import attention_probs
 
@@ -213,24 +212,3 @@ def set_amm_processors(transformer, blocks, radius: float | None = None, scale: 
     for i, block in enumerate(transformer.transformer_blocks):
         block.attn1.set_processor(AMMAttnProcessor(amm) if i in blocks else AttnProcessor2_0())
 
-
-# ----------------------------------------------------------------------------------------------------------
-# The `edt-lab export-diffusers` command
-# ----------------------------------------------------------------------------------------------------------
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("ckpt", help="a DiT: released .pt, state dict, training checkpoint, model or pipeline folder")
-    parser.add_argument("out_dir", help="the DiTTransformer2DModel folder to write")
-    parser.add_argument("--allow-timestep-change", action="store_true",
-                        help="write a DiT with DiT's own timestep frequencies, which diffusers computes differently")
-    parser.add_argument("--force", action="store_true", help="write into an out_dir that already holds files (the "
-                        "model's files are replaced, others such as a README stay)")
-
-
-def run(args: argparse.Namespace) -> None:
-    from .checkpoints import load_checkpoint  # here: checkpoints imports this module to read diffusers folders
-    from .cli import output_folder  # the same rule as `edt-lab export`: nothing overwritten unasked
-
-    out_dir = output_folder(args.out_dir, args.force)
-    out_dir = save_diffusers_dit(load_checkpoint(args.ckpt), out_dir, args.allow_timestep_change)
-    print(f"wrote {out_dir}: load it with diffusers.DiTTransformer2DModel.from_pretrained")

@@ -1,30 +1,13 @@
-"""The `edt-lab export` command: a training run's EMA (or raw) weights as an EDTPipeline folder (save_pretrained
-layout)."""
+"""A training run's EMA (or raw) weights as an EDTPipeline folder (save_pretrained layout): `edt-lab export`."""
 
-import argparse
 from pathlib import Path
 
 from .checkpoints import model_from_checkpoint, safe_torch_load
-from .cli import output_folder
+from .files import output_folder
 from .pipeline import EDTPipeline, load_vae, make_scheduler
-from .train import checkpoint_path, list_checkpoints, load_latest_checkpoint
+from .training.run_folder import checkpoint_path, list_checkpoints, load_latest_checkpoint
 
 CHECKPOINT_WEIGHTS = {"ema": "ema", "raw": "model"}  # --weights -> where a checkpoint keeps those weights
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", help="the --results-dir of an `edt-lab train` run")
-    parser.add_argument("out_dir", help="the pipeline folder to write")
-    parser.add_argument("--step", type=int, default=None, help="the checkpoint's step (default: the newest readable)")
-    parser.add_argument("--weights", choices=tuple(CHECKPOINT_WEIGHTS), default="ema",
-                        help="the EMA weights (default) or the raw weights the optimizer updates")
-    parser.add_argument("--force", action="store_true", help="write into an out_dir that already holds files (the "
-                        "pipeline's files are replaced, others such as a README stay)")
-
-
-def run(args: argparse.Namespace) -> None:
-    out_dir = export(args.run_dir, args.out_dir, args.step, args.force, args.weights)
-    print(f"wrote {out_dir}")
 
 
 def export(run_dir, out_dir, step: int | None = None, force: bool = False, weights: str = "ema") -> Path:

@@ -7,9 +7,8 @@ total is twice ours. Everything here is analytic: it reads the model's config an
 """
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from .models import MODEL_NAMES, DiT, EDT, MDTv2, create_model
+from .models import DiT, EDT, MDTv2
 
 def attention_macs(tokens: int, width: int) -> int:
     """The two attention products of one block, QK^T and (softmax) V: the only part that grows as N^2."""
@@ -161,25 +160,3 @@ def format_report(name: str, model) -> str:
                  f"{report.attention_total / report.total:.1%} of the total")
     return "\n".join(lines)
 
-
-def add_arguments(parser):
-    parser.add_argument("models", nargs="+", help="registered model names, e.g. EDT-S/2 DiT-S/2, or checkpoints "
-                                                  "(any file or folder `sample --ckpt` takes)")
-
-
-def run(args):
-    import torch
-
-    from .checkpoints import load_checkpoint
-
-    for name in args.models:
-        if name in MODEL_NAMES:
-            with torch.device("meta"):
-                model = create_model(name)
-        elif Path(name).exists():
-            model = load_checkpoint(name)
-        else:
-            raise ValueError(f"{name!r} is neither a registered model ({', '.join(MODEL_NAMES)}) nor a checkpoint "
-                             "file or folder")
-        print(format_report(name, model))
-        print()

@@ -11,6 +11,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 
+from edt_lab.amm import apply_amm
 from edt_lab.checkpoints import load_checkpoint
 from edt_lab.cli import main
 from edt_lab.diffusers_dit import dit_config, set_amm_processors
@@ -222,7 +223,8 @@ def test_dit_pipeline_folder_samples_as_diffusers_does_with_and_without_amm(mode
         set_amm_processors(theirs.transformer, amm_blocks)
         expected = theirs([3, 999], guidance_scale=4.0, num_inference_steps=3, output_type="np",
                           generator=torch.Generator().manual_seed(0)).images
-        images = ours([3, 999], guidance_scale=4.0, num_inference_steps=3, output_type="np", amm_blocks=amm_blocks,
+        apply_amm(ours.transformer, amm_blocks)
+        images = ours([3, 999], guidance_scale=4.0, num_inference_steps=3, output_type="np",
                       generator=torch.Generator().manual_seed(0)).images
         np.testing.assert_allclose(images, expected, atol=1e-5)
 

@@ -46,7 +46,7 @@ def test_wheel_carries_the_shipped_models_and_finds_them_outside_the_checkout(tm
         expected = {f"edt_lab/resources/{name}/{p.relative_to(source / 'assets' / name).as_posix()}"
                     for p in (source / "assets" / name).rglob("*") if p.is_file()}
         assert expected <= names, sorted(expected - names)
-    assert "edt_lab/explorer/app.py" in names and "edt_lab/resources/imagenet_classes.txt" in names
+    assert {"edt_lab/explorer/server.py", "edt_lab/commands/app.py"} <= names and "edt_lab/resources/imagenet_classes.txt" in names
 
     lookup = "from edt_lab.assets import asset_dir; print(asset_dir('edt_t2_digits'))"
     found = subprocess.run([sys.executable, "-c", lookup], cwd=tmp_path, capture_output=True, text=True,

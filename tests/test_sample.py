@@ -13,8 +13,9 @@ from PIL import Image
 
 from edt_lab.cli import main
 from edt_lab.metrics import read_npz
-from edt_lab.pipeline import SAMPLERS, EDTPipeline, make_scheduler
-from edt_lab.sample import draw_labels, generate
+from edt_lab.generation import draw_labels, generate
+from edt_lab.pipeline import EDTPipeline, make_scheduler
+from edt_lab.settings import SAMPLERS
 from test_pipeline import DIGITS, tiny_edt, tiny_vae
 
 
@@ -58,7 +59,7 @@ def test_same_arguments_same_bytes(files, tmp_path):
 
 
 def test_bf16_precision_samples_what_fp32_samples_up_to_rounding(files, tmp_path, monkeypatch):
-    monkeypatch.setattr("edt_lab.precision.native_bf16", lambda device: True)  # emulated where the CPU lacks it
+    monkeypatch.setattr("edt_lab.accel.supports", lambda feature, device: feature == "bf16")  # emulated where the CPU lacks it
     assert sample(files, tmp_path / "fp32.npz", "--cfg", "2") == 0
     assert sample(files, tmp_path / "bf16.npz", "--cfg", "2", "--precision", "bf16") == 0
     fp32, bf16 = (np.load(tmp_path / f"{name}.npz")["arr_0"].astype(int) for name in ("fp32", "bf16"))
@@ -67,8 +68,8 @@ def test_bf16_precision_samples_what_fp32_samples_up_to_rounding(files, tmp_path
 
 def test_compile_flag_compiles_the_blocks(files, tmp_path, monkeypatch):
     compiled = []
-    monkeypatch.setattr("edt_lab.models.base.ClassConditionalTransformer.compile_blocks",
-                        lambda model, **kwargs: compiled.append(type(model).__name__))
+    monkeypatch.setattr("edt_lab.accel.compile_blocks",
+                        lambda model, device, **kwargs: compiled.append(type(model).__name__))
     assert sample(files, tmp_path / "plain.npz") == 0 and compiled == []
     assert sample(files, tmp_path / "compiled.npz", "--compile") == 0 and compiled == ["EDT"]
 
@@ -100,11 +101,11 @@ def test_two_processes_write_the_same_bytes_as_one(files, tmp_path):
 def test_default_model_uses_its_recommended_settings(files, tmp_path, monkeypatch):
     pipe = EDTPipeline(tiny_edt(in_channels=1, input_size=16), make_scheduler("ddpm"), None, DIGITS)
     pipe.save_pretrained(tmp_path / "default")
-    recommended = {"sampler": "ddim", "steps": 2, "cfg": 2.0, "cfg_interval": [500, 999], "amm": [8],
-                   "amm_radius": 3.0, "amm_scale": 0.6}
+    recommended = {"sampler": "ddim", "num_inference_steps": 2, "guidance_scale": 2.0,
+                   "guidance_interval": [500, 999], "amm_blocks": [8], "amm_radius": 3.0, "amm_scale": 0.6}
     (tmp_path / "default" / "recommended.json").write_text(json.dumps(recommended))
     monkeypatch.setattr("edt_lab.pipeline.DEFAULT_MODEL_DIR", tmp_path / "default")
-    monkeypatch.setattr("edt_lab.sample.DEFAULT_MODEL_DIR", tmp_path / "default")
+    monkeypatch.setattr("edt_lab.generation.DEFAULT_MODEL_DIR", tmp_path / "default")
     common = ["--classes", "seven,1", "--per-class", "2", "--device", "cpu"]
     assert main(["sample", "--model", "default", *common, "--out", str(tmp_path / "a.npz")]) == 0
     explicit = ["--sampler", "ddim", "--steps", "2", "--cfg", "2", "--amm", "8", "--amm-radius", "3",
@@ -144,8 +145,8 @@ def test_bad_input_is_one_line_and_exit_2(files, tmp_path, capsys, monkeypatch):
     base = ["sample", "--ckpt", str(files / "edt.pt"), "--vae", str(files / "vae"), "--device", "cpu"]
     cases = [
         ([*base, "--classes", "3,10", "--out", out], "class 10 is out of range: this model has classes 0..9"),
-        ([*base, "--steps", "0", "--out", out], "sampling steps must be at least 1"),
-        ([*base, "--sampler", "euler", "--out", out], "unknown sampler 'euler'"),
+        ([*base, "--steps", "0", "--out", out], "--steps must be at least 1, got 0"),
+        ([*base, "--sampler", "euler", "--out", out], "--sampler must be one of ddpm, ddim"),
         (["sample", "--ckpt", str(files / "edt.pt"), "--out", out], "needs a VAE"),
         ([*base[:2], str(tmp_path / "missing.pt"), *base[3:], "--out", out], "no such file"),
         ([*base[:2], str(tmp_path / "garbage.pt"), *base[3:], "--out", out], "garbage.pt"),
@@ -159,7 +160,7 @@ def test_bad_input_is_one_line_and_exit_2(files, tmp_path, capsys, monkeypatch):
         ([*base, "--num-samples", "4", "--out", str(tmp_path / "x.png")], "an .npz --out"),
         ([*base, "--out", str(tmp_path / "x.jpg")], "expected a .png or .npz"),
         ([*base, "--classes", "ten", "--out", out], "this model has no class names"),
-        ([*base, "--cfg-interval", "900", "100", "--out", out], "--cfg-interval 900 100: expected LOW <= HIGH"),
+        ([*base, "--cfg-interval", "900", "100", "--out", out], "--cfg-interval must be None or (low, high) timesteps with 0 <= low <= high"),
         ([*base, "--classes", "1,,2", "--out", out], "--classes '1,,2': expected 'all' or a comma-separated list"),
         ([*base, "--seed", "-1", "--out", out], "--seed must be an integer in 0..18446744073709551615, got -1"),
         ([*base, "--cfg", "nan", "--out", out], "--cfg must be a finite number, got nan"),
@@ -179,11 +180,11 @@ def test_bad_input_is_one_line_and_exit_2(files, tmp_path, capsys, monkeypatch):
          "--cfg-interval: has no effect without guidance (this model's default is --cfg 1)"),
         ([*base, "--cfg", "1", "--cfg-schedule", "power-cos", "--guided-channels", "3", "--out", out],
          "--cfg-schedule and --guided-channels: have no effect at --cfg 1; guide with --cfg above 1"),
-        ([*base, "--cfg", "2", "--guided-channels", "-1", "--out", out], "guided_channels must lie in [1, 4], got -1"),
+        ([*base, "--cfg", "2", "--guided-channels", "-1", "--out", out], "--guided-channels must be at least 1 (or None for all), got -1"),
         ([*base, "--cfg", "2", "--guided-channels", "5", "--out", out], "guided_channels must lie in [1, 4], got 5"),
     ]
-    monkeypatch.setattr("edt_lab.precision.native_bf16", lambda device: False)
-    cases.append(([*base, "--precision", "bf16", "--out", out], "precision bf16 needs native bf16 hardware"))
+    monkeypatch.setattr("edt_lab.accel.supports", lambda feature, device: False)
+    cases.append(([*base, "--precision", "bf16", "--out", out], "precision bf16: this CPU"))
     monkeypatch.setattr("edt_lab.pipeline.DEFAULT_MODEL_DIR", tmp_path / "nothing_here")
     cases.append((["sample", "--model", "default", "--out", out], "the default model is not in assets/edt_t2_digits"))
     for argv, message in cases:
@@ -206,7 +207,8 @@ def test_no_effect_options_and_output_folders_are_refused_before_sampling(files,
     pixel = EDTPipeline(tiny_edt(in_channels=1, input_size=16), make_scheduler("ddim"), None, DIGITS)
     pixel.save_pretrained(tmp_path / "pixel")
     # A recommended radius and scale beside "off" are the folder's defaults, not the user's: no error.
-    recommended = {"sampler": "ddim", "steps": 1, "amm": "off", "amm_radius": 3.0, "amm_scale": 0.6}
+    recommended = {"sampler": "ddim", "num_inference_steps": 1, "amm_blocks": [], "amm_radius": 3.0,
+                   "amm_scale": 0.6}
     (tmp_path / "pixel" / "recommended.json").write_text(json.dumps(recommended))
     base = ["sample", "--ckpt", str(tmp_path / "pixel"), "--classes", "1", "--device", "cpu"]
     assert main([*base, "--out", str(tmp_path / "ok.npz")]) == 0
@@ -229,14 +231,15 @@ def test_no_effect_options_and_output_folders_are_refused_before_sampling(files,
 
 
 @pytest.mark.parametrize("recommended, message", [
-    ({"sampler": "euler"}, "sampler: expected one of ddpm, ddim"),
-    ({"steps": 2.5}, "steps: the step count must be a whole number, got 2.5"),
-    ({"cfg": 0.5}, "cfg: expected a guidance scale of at least 1, got 0.5"),
-    ({"cfg_schedule": "linear"}, "cfg_schedule: expected one of constant, power-cos, got 'linear'"),
-    ({"cfg_interval": [0]}, "cfg_interval: expected null or [LOW, HIGH] with 0 <= LOW <= HIGH <= 999, got [0]"),
-    ({"cfg_interval": [800, 0]}, "cfg_interval: expected null or [LOW, HIGH]"),
-    ({"amm": "7,x"}, "amm: --amm '7,x': expected 'preset', 'off' or comma-separated block indices"),
-    ({"amm_scale": -1}, "amm_scale: expected null or a positive number, got -1"),
+    ({"sampler": "euler"}, "sampler must be one of ddpm, ddim"),
+    ({"num_inference_steps": 2.5}, "num_inference_steps must be a whole number, got 2.5"),
+    ({"guidance_scale": 0.5}, "guidance_scale must be at least 1 (1 = no guidance), got 0.5"),
+    ({"guidance_schedule": "linear"}, "guidance_schedule must be one of constant, power-cos, got 'linear'"),
+    ({"guidance_interval": [0]}, "guidance_interval must be None or (low, high) timesteps"),
+    ({"guidance_interval": [800, 0]}, "guidance_interval must be None or (low, high) timesteps"),
+    ({"amm_blocks": "7,x"}, "amm_blocks must be 'preset', [] (off) or a list of block indices, got '7,x'"),
+    ({"amm_scale": -1}, "amm_scale must be null or a positive number, got -1"),
+    ({"cfg": 2}, "cfg is an old name: rename it guidance_scale"),
 ])
 def test_a_folders_bad_recommended_settings_are_named_before_sampling(tmp_path, capsys, recommended, message):
     pipe = EDTPipeline(tiny_edt(in_channels=1, input_size=16), make_scheduler("ddim"), None, DIGITS)

@@ -1,19 +1,11 @@
-"""The `edt-lab extract-features` command: encode a folder of class images into VAE latents to train on.
+"""`edt-lab extract-features`: encode a folder of class images into VAE latents to train on.
 
     edt-lab extract-features --data images:DIR --image-size 256 --vae VAE_DIR --out FEATURES_DIR
     edt-lab train --model EDT-S/2 --data features:FEATURES_DIR --vae VAE_DIR ...
 """
 
-import argparse
 
-from .checks import generator_seed
-from .cli import output_folder
-from .data import extract_features, make_dataset
-from .pipeline import load_vae
-from .sample import process_device
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser):
     parser.add_argument("--data", required=True, help="images:DIR, one sub-folder of images per class")
     parser.add_argument("--image-size", type=int, default=256, help="centre-crop size; latents are 1/8 of it")
     parser.add_argument("--vae", required=True, help="diffusers AutoencoderKL folder (e.g. sd-vae-ft-ema)")
@@ -28,7 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="write into an --out folder that already holds files")
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args):
+    from ..checks import generator_seed
+    from ..data import extract_features, make_dataset
+    from ..devices import process_device
+    from ..files import output_folder
+    from ..pipeline import load_vae
+
     if not str(args.data).startswith("images:"):
         raise ValueError(f"--data {args.data!r}: expected images:DIR (one sub-folder of images per class)")
     if args.image_size < 8 or args.image_size % 8:
