@@ -6,6 +6,7 @@ effective radius R. The attention probabilities are multiplied by M element-wise
 """
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -104,3 +105,35 @@ def preset_for(model, guidance_scale: float = 1.0) -> str:
     if family == "MDTv2" and depth == 12:  # released for MDTv2-S; the 12-block B (and our T) share the layout
         return "mdtv2-s"
     raise ValueError(f"no released AMM arrangement for a {family} with {depth} blocks; pass the blocks explicitly")
+
+
+def apply_amm(model, blocks, radius: float | None = None, scale: float | None = None,
+              guidance_scale: float = 1.0) -> tuple[int, ...]:
+    """Set the AMM of `model` (EDT, DiT or MDTv2) until it is set again; returns the modulated blocks.
+
+    blocks: a list of block indices ([] = off), "preset" (the released arrangement for this model at
+    `guidance_scale`, `preset_for`) or a preset name (AMM_PRESETS). radius: None = the released radius of each
+    block's grid. scale: k, None = the preset's (0.5 for a list of blocks).
+    """
+    form = "exp"
+    if isinstance(blocks, str):
+        name = preset_for(model, guidance_scale) if blocks == "preset" else blocks
+        if name not in AMM_PRESETS:
+            raise ValueError(f"unknown AMM setting {blocks!r}: expected 'preset', a preset name "
+                             f"({', '.join(AMM_PRESETS)}) or a list of block indices")
+        preset = AMM_PRESETS[name]
+        blocks, form, scale = preset.blocks, preset.form, preset.scale if scale is None else scale
+    model.set_amm(blocks, radius, 0.5 if scale is None else scale, form)
+    return model.amm_blocks
+
+
+@contextmanager
+def amm_applied(model, blocks, radius: float | None = None, scale: float | None = None,
+                guidance_scale: float = 1.0):
+    """`apply_amm` inside the `with` only: the model's previous AMM comes back afterwards. Yields the blocks."""
+    previous = [block.attn.amm for block in model.blocks]
+    try:
+        yield apply_amm(model, blocks, radius, scale, guidance_scale)
+    finally:
+        for block, amm in zip(model.blocks, previous):
+            block.attn.amm = amm

@@ -1,13 +1,14 @@
-"""EDTPipeline: class-conditional sampling with EDT, DiT or MDTv2, guidance, AMM per call, previews and attention maps.
+"""EDTPipeline: class-conditional sampling with EDT, DiT or MDTv2, in the shape of diffusers' DiTPipeline.
 
 Data flow: a model (`edt_lab.checkpoints.load_checkpoint`) + a diffusers scheduler (+ a VAE for latent models)
--> `pipe(class_labels, ...)` -> images in [0, 1]. Samplers are swappable: `pipe.scheduler = make_scheduler("dpm")`.
+-> `pipe(class_labels, guidance_scale=...)` -> images in [0, 1]. Samplers are swappable
+(`pipe.scheduler = make_scheduler("dpm")`), guidance is a `Guidance` (edt_lab.guidance), the AMM is set on the model
+(`edt_lab.amm.apply_amm`), and previews or attention maps come from step callbacks (`edt_lab.callbacks`).
 """
 
 import inspect
 import json
-import math
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,19 +22,16 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .amm import AMM_PRESETS, preset_for
 from .assets import asset_dir
 from .checkpoints import load_checkpoint
-from .checks import available_device, finite_number, read_json_object, whole_number
-from .cli import make_weights_readable
+from .checks import read_json_object, whole_number
+from .devices import available_device
+from .files import make_weights_readable
 from .data import LATENT_SCALE
 from .diffusion import make_training_scheduler
-from .models import capture_attention
-from .models.base import CFG_SCHEDULES
+from .guidance import Guidance
 from .precision import autocast, resolve_precision
-
-SAMPLERS = ("ddpm", "ddim", "dpm", "dpm-karras", "dpm3-karras", "dpm-sde-karras", "unipc-karras", "deis-karras",
-            "euler-karras", "euler-ancestral")
+from .settings import SAMPLERS
 OUTPUT_TYPES = ("pil", "np", "pt")
 DEFAULT_MODEL_DIR = asset_dir("edt_t2_digits")
 # Written into every saved pipeline folder: diffusers' generic loader imports the pipeline class and the
@@ -94,13 +92,9 @@ def image_generators(seed: int, indices) -> list[torch.Generator]:
 
 @dataclass
 class EDTPipelineOutput(BaseOutput):
-    """Images (list of PIL, (B, H, W, C) array or (B, C, H, W) tensor in [0, 1]) and, when asked, previews and
-    attention maps: previews[s] holds the predicted clean images after step s; attention[block] holds
-    "attention" and "modulated" (N, N) arrays (the latter None for a block without AMM)."""
+    """Images: a list of PIL images, a (B, H, W, C) array or a (B, C, H, W) tensor, in [0, 1]."""
 
     images: list | np.ndarray | torch.Tensor
-    previews: list | None = None
-    attention: dict | None = None
 
 
 class EDTPipeline(DiffusionPipeline):
@@ -111,6 +105,7 @@ class EDTPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "transformer->vae"
+    _callback_tensor_inputs = ["latents", "latent_model_input", "noise_pred", "pred_original_sample"]
     _optional_components = ["vae"]
 
     def __init__(self, transformer, scheduler, vae: AutoencoderKL | None = None, id2label: dict | None = None):
@@ -198,30 +193,14 @@ class EDTPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------------------------------------------
 
     @contextmanager
-    def _sampling_state(self, amm_blocks, amm_radius, amm_scale, guidance_scale):
-        """Eval mode and this call's AMM; the previous AMM and training flag are restored afterwards."""
-        model = self.transformer
-        previous_amm = [block.attn.amm for block in model.blocks]
-        was_training = model.training
-        if amm_blocks is not None:
-            form, scale = "exp", amm_scale
-            if isinstance(amm_blocks, str):
-                name = preset_for(model, guidance_scale) if amm_blocks == "preset" else amm_blocks
-                if name not in AMM_PRESETS:
-                    raise ValueError(f"unknown AMM setting {amm_blocks!r}: expected 'preset', a preset name "
-                                     f"({', '.join(AMM_PRESETS)}) or a list of block indices")
-                preset = AMM_PRESETS[name]
-                amm_blocks, form, scale = preset.blocks, preset.form, preset.scale if scale is None else scale
-            model.set_amm(amm_blocks, amm_radius, 0.5 if scale is None else scale, form)
-        elif amm_radius is not None or amm_scale is not None:
-            raise ValueError("amm_radius and amm_scale need amm_blocks (a list of blocks, 'preset' or a preset name)")
-        model.eval()
+    def _eval_mode(self):
+        """The transformer in eval mode (the AMM acts in eval mode only); its training flag comes back afterwards."""
+        was_training = self.transformer.training
+        self.transformer.eval()
         try:
             yield
         finally:
-            model.train(was_training)
-            for block, amm in zip(model.blocks, previous_amm):
-                block.attn.amm = amm
+            self.transformer.train(was_training)
 
     def _scheduler_takes_variance(self) -> bool:
         """True when the scheduler reads the learned variance channels (DDPM with learned variance)."""
@@ -239,43 +218,34 @@ class EDTPipeline(DiffusionPipeline):
         sigma = self.scheduler.sigmas[self.scheduler.step_index].to(t.device)
         return 1 / (1 + sigma**2)
 
-    def _to_images(self, x, output_type: str):
+    def to_images(self, latents, output_type: str = "np"):
         """Model-space samples (B, C, h, w) -> images in [0, 1] as PIL list, (B, H, W, C) array or (B, C, H, W);
         the VAE decodes in its own dtype whatever the transformer's precision."""
         if self.vae is not None:
-            with torch.autocast(x.device.type, enabled=False):
-                x = self.vae.decode(x.to(self.vae.dtype) / LATENT_SCALE).sample
-        images = (x.float() / 2 + 0.5).clamp(0, 1).cpu()  # [-1, 1] -> [0, 1]
+            with torch.autocast(latents.device.type, enabled=False):
+                latents = self.vae.decode(latents.to(self.vae.dtype) / LATENT_SCALE).sample
+        images = (latents.float() / 2 + 0.5).clamp(0, 1).cpu()  # [-1, 1] -> [0, 1]
         if output_type == "pt":
             return images
         images = images.permute(0, 2, 3, 1).numpy()
         return self.numpy_to_pil(images) if output_type == "pil" else images
 
-    def _check_call(self, num_inference_steps, guidance_scale, output_type, generator, batch_size, cfg_schedule,
-                    guidance_interval, guided_channels, callback_on_step_end):
+    def _guidance(self, guidance_scale, guidance) -> Guidance:
+        """The call's Guidance: `guidance`, or one of `guidance_scale` alone (diffusers' float), checked to fit."""
+        if guidance is not None and guidance_scale is not None:
+            raise ValueError("give guidance_scale or guidance (a Guidance with its scale), not both")
+        if guidance is None:
+            guidance = Guidance(1.0 if guidance_scale is None else guidance_scale)
+        elif not isinstance(guidance, Guidance):
+            raise ValueError(f"guidance must be an edt_lab.guidance.Guidance, got {type(guidance).__name__}")
+        guidance.check_fits(self.scheduler.config.num_train_timesteps, self.transformer.config.in_channels)
+        return guidance
+
+    def _check_call(self, num_inference_steps, output_type, generator, batch_size, callback, tensor_inputs):
         config = self.transformer.config
-        whole_number(num_inference_steps, "num_inference_steps")
-        finite_number(guidance_scale, "guidance_scale")  # NaN would skip the guidance unnoticed, inf ruin every image
-        if num_inference_steps < 1:
-            raise ValueError(f"the number of sampling steps must be at least 1, got {num_inference_steps}")
-        if num_inference_steps > self.scheduler.config.num_train_timesteps:
-            raise ValueError(f"the number of sampling steps must be at most "
-                             f"{self.scheduler.config.num_train_timesteps}, got {num_inference_steps}")
-        if guidance_scale < 1:
-            raise ValueError(f"guidance_scale must be at least 1 (1 = no guidance), got {guidance_scale}")
-        if cfg_schedule not in CFG_SCHEDULES:
-            raise ValueError(f"unknown cfg_schedule {cfg_schedule!r}: expected one of {', '.join(CFG_SCHEDULES)}")
-        if guidance_interval is not None:
-            try:
-                low, high = (int(t) for t in guidance_interval)
-            except (TypeError, ValueError):
-                low, high = -1, -1  # not a pair of timesteps: the message below says what is expected
-            if not 0 <= low <= high < self.scheduler.config.num_train_timesteps:
-                raise ValueError(f"guidance_interval must be (low, high) with 0 <= low <= high < "
-                                 f"{self.scheduler.config.num_train_timesteps}, got {guidance_interval!r}")
-        channels = config.in_channels
-        if guided_channels is not None and not 1 <= whole_number(guided_channels, "guided_channels") <= channels:
-            raise ValueError(f"guided_channels must lie in [1, {channels}], got {guided_channels}")
+        steps, most = whole_number(num_inference_steps, "num_inference_steps"), self.scheduler.config.num_train_timesteps
+        if not 1 <= steps <= most:
+            raise ValueError(f"num_inference_steps must lie in 1..{most}, got {num_inference_steps}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"unknown output_type {output_type!r}: expected one of {', '.join(OUTPUT_TYPES)}")
         if self.vae is None and config.in_channels == 4:
@@ -293,121 +263,106 @@ class EDTPipeline(DiffusionPipeline):
                              f"{type(generator).__name__}")
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(f"expected one generator per image ({batch_size}), got {len(generator)}")
-        if callback_on_step_end is not None and not callable(callback_on_step_end):
-            raise ValueError(f"callback_on_step_end must be a function, got {type(callback_on_step_end).__name__}")
+        if callback is not None and not callable(callback):
+            raise ValueError(f"callback_on_step_end must be a function, got {type(callback).__name__}")
+        unknown = [name for name in tensor_inputs if name not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs: unknown tensor {unknown[0]!r}, expected some of "
+                             f"{', '.join(self._callback_tensor_inputs)}")
+
+    def _predict(self, x_in, t, y, guidance: Guidance | None) -> torch.Tensor:
+        """The model's prediction (B, C', h, w) in float32 at x_in (B, C, h, w), guided when `guidance` is given;
+        y holds the labels (B,), followed by as many null labels when guided."""
+        batch_size = len(x_in)
+        t_batch = t.reshape(1).to(x_in.device).expand(len(y) if guidance else batch_size)
+        if guidance:  # (2B, ...) in, the guided prediction in both halves out
+            out = self.transformer.forward_with_cfg(torch.cat([x_in, x_in]), t_batch, y, guidance.scale,
+                                                    guidance.channels, guidance.schedule)[:batch_size]
+        else:
+            out = self.transformer(x_in, t_batch, y[:batch_size])
+        return out.float()  # the sampler works in float32 at any precision
 
     @torch.no_grad()
     def __call__(
         self,
         class_labels,
-        guidance_scale: float = 1.0,
+        guidance_scale: float | None = None,
+        guidance: Guidance | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         num_inference_steps: int = 250,
         output_type: str = "pil",
-        amm_blocks=None,
-        amm_radius: float | None = None,
-        amm_scale: float | None = None,
-        guided_channels: int | None = None,
-        cfg_schedule: str = "constant",
-        guidance_interval: tuple[int, int] | None = None,
-        callback_on_step_end=None,
-        return_previews: bool = False,
-        attention_blocks=None,
-        attention_step: int | None = None,
         precision: str = "fp32",
-    ) -> EDTPipelineOutput:
-        """Generate one image per class label.
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        return_dict: bool = True,
+    ) -> EDTPipelineOutput | tuple:
+        """Generate one image per class label, with the AMM as set on the model (`edt_lab.amm.apply_amm`).
 
-        class_labels: class indices or names (see `labels`). guidance_scale: classifier-free guidance, 1 = none.
+        class_labels: class indices or names (see `labels`). guidance_scale: classifier-free guidance, 1 = none;
+            or guidance: a `Guidance` (scale, guided timesteps, schedule, guided channels), not both.
         generator: a torch.Generator, or one per image (see `image_generators`) so each image is reproducible
             whatever the batch; noise is drawn where the generator lives (CPU) and then moved.
         num_inference_steps: scheduler steps (the paper evaluates DDPM with 250).
         output_type: "pil" (list of images), "np" ((B, H, W, C) float in [0, 1]) or "pt" ((B, C, H, W) tensor).
-        amm_blocks: None keeps the model's AMM as set; a list of block indices ([] = off), "preset" (the released
-            arrangement for this model and guidance, `edt_lab.amm.preset_for`) or a preset name sets it for this
-            call only. amm_radius: None = released radius per grid. amm_scale: k, None = 0.5 (or the preset's).
-        guided_channels: channels guided by CFG, None = all noise channels, 3 = as the released scripts.
-        cfg_schedule: "constant" (guidance_scale at every step) or "power-cos" (MDTv2's released schedule: the scale
-            rises from about 1 at the noisiest step to guidance_scale at t = 0; see `edt_lab.models.base`).
-        guidance_interval: (low, high) training timesteps, both included: guide only the steps with t in it and
-            run the conditional model alone at the others (None = guide every step). Guidance at the low-noise
-            steps adds little to which class is drawn but thickens and sharpens strokes, as Kynkaanniemi et al.
-            (2024, "Applying guidance in a limited interval improves sample and distribution quality") found on
-            ImageNet; e.g. (300, 999) leaves the last 30 % of the noise levels unguided.
-        callback_on_step_end: f(pipe, step_index, timestep, {"latents": x}) -> dict; a returned "latents" replaces x.
-        return_previews: also return the predicted clean images x0 after every step (decoded for latent models).
-        attention_blocks: blocks whose attention (head mean, first image, conditional half) is returned, plain
-            softmax and AMM-modulated, recorded at step index attention_step (default: the middle step).
-        precision: "fp32", "bf16" (the transformer's forwards under bf16 autocast: its weights, the sampler and the
-            VAE stay float32; needs hardware with native bf16, see `edt_lab.precision`) or "auto" (bf16 where the
-            hardware has it, else fp32).
+        precision: "fp32", "bf16" (the transformer under bf16 autocast; sampler and VAE stay float32) or "auto"
+            (bf16 where the hardware computes it natively); see `edt_lab.precision`.
+        callback_on_step_end: f(pipe, step_index, timestep, tensors) -> dict or None after each step; a returned
+            "latents" replaces the sample. Previews and attention maps: `edt_lab.callbacks`.
+        callback_on_step_end_tensor_inputs: the tensors passed, some of "latents", "latent_model_input",
+            "noise_pred", "pred_original_sample" (default: the callback's `tensor_inputs`, else "latents").
+        return_dict: an EDTPipelineOutput, else the tuple (images,).
         """
         labels = self.class_ids(class_labels)
         batch_size = len(labels)
-        self._check_call(num_inference_steps, guidance_scale, output_type, generator, batch_size, cfg_schedule,
-                         guidance_interval, guided_channels, callback_on_step_end)
+        guidance = self._guidance(guidance_scale, guidance)
+        tensor_inputs = list(callback_on_step_end_tensor_inputs or getattr(callback_on_step_end, "tensor_inputs",
+                                                                           ["latents"]))
+        self._check_call(num_inference_steps, output_type, generator, batch_size, callback_on_step_end, tensor_inputs)
         model, device = self.transformer, self._execution_device
         dtype = resolve_precision(precision, device)
         channels, size = model.config.in_channels, model.config.input_size
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
-        attention_blocks = list(attention_blocks or [])
-        attention_step = len(timesteps) // 2 if attention_step is None else attention_step
-        if attention_blocks and not 0 <= attention_step < len(timesteps):
-            raise ValueError(f"attention_step must lie in 0..{len(timesteps) - 1}, got {attention_step}")
-        bad_blocks = [b for b in attention_blocks if not 0 <= b < model.num_blocks]
-        if bad_blocks:
-            raise ValueError(f"attention block {bad_blocks[0]} is out of range: expected 0..{model.num_blocks - 1}")
-
-        y = torch.tensor(labels, device=device)
-        guided = guidance_scale > 1
         # Which steps are guided, decided once from the timesteps (no per-step device sync in the loop).
-        low, high = (0, math.inf) if guidance_interval is None else map(int, guidance_interval)
-        guided_steps = [guided and low <= t <= high for t in timesteps.tolist()]
-        if guided:
+        guided_steps = guidance.guided_steps(timesteps.tolist())
+        y = torch.tensor(labels, device=device)
+        if guidance.active:
             y = torch.cat([y, torch.full_like(y, model.config.num_classes)])  # second half: the null label
         x = randn_tensor((batch_size, channels, size, size), generator=generator, device=device, dtype=model.dtype)
         x = x * self.scheduler.init_noise_sigma
         # A stochastic sampler draws its step noise from the generator; a deterministic one may not take it (UniPC).
         takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
         step_noise = {"generator": generator} if takes_generator else {}
-        previews, attention = [], None
 
         # One autocast region for the whole loop, so each weight is cast to bf16 once per call rather than per step
         # (autocast caches the casts of weights that require grad, outside torch.inference_mode).
-        with self._sampling_state(amm_blocks, amm_radius, amm_scale, guidance_scale), autocast(device, dtype):
+        with self._eval_mode(), autocast(device, dtype):
             for i, (t, guide_now) in enumerate(zip(self.progress_bar(timesteps), guided_steps)):
-                capture = i == attention_step and attention_blocks
-                with capture_attention(model, attention_blocks) if capture else nullcontext() as captured:
-                    x_in = self.scheduler.scale_model_input(x, t)
-                    t_batch = t.reshape(1).to(device).expand(len(y) if guide_now else batch_size)
-                    if guide_now:  # (2B, ...) in, the guided prediction in both halves out
-                        out = model.forward_with_cfg(torch.cat([x_in, x_in]), t_batch, y, guidance_scale,
-                                                     guided_channels, cfg_schedule)[:batch_size]
-                    else:
-                        out = model(x_in, t_batch, y[:batch_size])
-                out = out.float()  # the sampler works in float32 at any precision
-                if capture:
-                    attention = {block: {name: None if maps is None else maps[0].float().mean(0).cpu().numpy()
-                                         for name, maps in captured[block].items()} for block in attention_blocks}
-                eps = out[:, :channels]
-                if return_previews:
+                latent_model_input = self.scheduler.scale_model_input(x, t)
+                out = self._predict(latent_model_input, t, y, guidance if guide_now else None)
+                noise_pred = out[:, :channels]
+                x0 = None
+                if "pred_original_sample" in tensor_inputs:
                     abar = self._alpha_bar(t)
-                    x0 = (x_in - (1 - abar).sqrt() * eps) / abar.sqrt()
-                    previews.append(self._to_images(x0, output_type))
-                step_output = out if self._scheduler_takes_variance() else eps
+                    x0 = (latent_model_input - (1 - abar).sqrt() * noise_pred) / abar.sqrt()
+                step_output = out if self._scheduler_takes_variance() else noise_pred
                 x = self.scheduler.step(step_output, t, x, **step_noise).prev_sample
                 if callback_on_step_end is not None:
-                    returned = callback_on_step_end(self, i, t, {"latents": x})
-                    if returned is not None and not isinstance(returned, dict):
-                        raise ValueError(f"callback_on_step_end must return a dict or None, got "
-                                         f"{type(returned).__name__}")
-                    x = (returned or {}).get("latents", x)
+                    tensors = {"latents": x, "latent_model_input": latent_model_input, "noise_pred": noise_pred,
+                               "pred_original_sample": x0}
+                    x = self._run_callback(callback_on_step_end, i, t, {n: tensors[n] for n in tensor_inputs}, x)
 
-        images = self._to_images(x, output_type)
+        images = self.to_images(x, output_type)
         self.maybe_free_model_hooks()
-        return EDTPipelineOutput(images=images, previews=previews if return_previews else None, attention=attention)
+        return EDTPipelineOutput(images=images) if return_dict else (images,)
+
+    def _run_callback(self, callback, i, t, tensors, latents) -> torch.Tensor:
+        """Call `callback` after step i; the latents it returns (or `latents`)."""
+        returned = callback(self, i, t, tensors)
+        if returned is not None and not isinstance(returned, dict):
+            raise ValueError(f"callback_on_step_end must return a dict or None, got {type(returned).__name__}")
+        return (returned or {}).get("latents", latents)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
-"""EDTPipeline: schedulers, ADM-faithful respaced DDPM, guidance, AMM per call, previews, attention, save/load."""
+"""EDTPipeline: schedulers, ADM-faithful respaced DDPM, guidance, the AMM set on the model, step callbacks (previews,
+attention), save/load."""
 
+import contextlib
 import json
 import os
 import re
@@ -14,6 +16,9 @@ from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, DEISMultiste
 from diffusers.utils.torch_utils import randn_tensor
 
 import edt_lab
+from edt_lab.amm import amm_applied, apply_amm
+from edt_lab.callbacks import AttentionCapture, PreviewCallback, StepCallbacks
+from edt_lab.guidance import Guidance
 from edt_lab.models import create_model
 from edt_lab.pipeline import SAMPLERS, EDTPipeline, image_generators, load_default, make_scheduler
 
@@ -150,7 +155,7 @@ def test_respaced_ddpm_matches_adm_learned_range_steps():
 def test_output_types_labels_and_determinism(latent_pipe, pixel_pipe):
     out = latent_pipe(["three", 1], generator=image_generators(0, [0, 1]), num_inference_steps=3, output_type="np")
     assert out.images.shape == (2, 128, 128, 3) and out.images.dtype == np.float32
-    assert 0 <= out.images.min() and out.images.max() <= 1 and out.previews is None and out.attention is None
+    assert 0 <= out.images.min() and out.images.max() <= 1 and list(out.keys()) == ["images"]
     again = latent_pipe([3, 1], generator=image_generators(0, [0, 1]), num_inference_steps=3, output_type="pt")
     np.testing.assert_array_equal(again.images.permute(0, 2, 3, 1).numpy(), out.images)
     # Per-image generators: an image does not depend on the rest of its batch (up to the kernels' rounding,
@@ -200,21 +205,22 @@ def test_previews_of_samplers_between_the_training_timesteps(pixel_pipe, sampler
     image the sampler itself predicts at that step (diffusers' pred_original_sample, x - sigma * eps)."""
     kept = pixel_pipe.scheduler
     pixel_pipe.scheduler = make_scheduler(sampler)
+    previews = PreviewCallback("pt")
     try:
         out = pixel_pipe([3, 8], generator=image_generators(0, [0, 1]), num_inference_steps=5, output_type="pt",
-                         return_previews=True, precision="fp32")
+                         callback_on_step_end=previews, precision="fp32")
     finally:
         pixel_pipe.scheduler = kept
     scheduler, model, y = make_scheduler(sampler), pixel_pipe.transformer, torch.tensor([3, 8])
     scheduler.set_timesteps(5)
     generators = image_generators(0, [0, 1])  # drawn from in the pipeline's order: the start, then each step
     x = randn_tensor(out.images.shape, generator=generators) * scheduler.init_noise_sigma
-    assert len(out.previews) == 5
+    assert len(previews.images) == 5
     with torch.no_grad():
-        for t, preview in zip(scheduler.timesteps, out.previews):
+        for t, preview in zip(scheduler.timesteps, previews.images):
             eps = model(scheduler.scale_model_input(x, t), t.expand(2), y)[:, :1]
             step = scheduler.step(eps, t, x, generator=generators)
-            expected = pixel_pipe._to_images(step.pred_original_sample, "pt")
+            expected = pixel_pipe.to_images(step.pred_original_sample, "pt")
             torch.testing.assert_close(preview, expected, atol=1e-5, rtol=0)
             x = step.prev_sample
 
@@ -222,23 +228,16 @@ def test_previews_of_samplers_between_the_training_timesteps(pixel_pipe, sampler
 def test_bad_calls_raise_value_error(latent_pipe):
     pipe_without_vae = EDTPipeline(latent_pipe.transformer, make_scheduler("ddim"))
     cases = [
-        (latent_pipe, dict(num_inference_steps=0), "sampling steps must be at least 1"),
+        (latent_pipe, dict(num_inference_steps=0), "num_inference_steps must lie in 1..1000, got 0"),
         (latent_pipe, dict(guidance_scale=0.5), "guidance_scale must be at least 1"),
         (latent_pipe, dict(output_type="jpg"), "unknown output_type"),
-        (latent_pipe, dict(amm_blocks="nearby"), "unknown AMM setting 'nearby'"),
-        (latent_pipe, dict(amm_blocks=[12]), "AMM block index 12 is out of range"),
-        (latent_pipe, dict(amm_radius=2.0), "need amm_blocks"),
-        (latent_pipe, dict(attention_blocks=[0], attention_step=5), "attention_step must lie in 0..1"),
-        (latent_pipe, dict(guided_channels=0), r"guided_channels must lie in \[1, 4\], got 0"),  # also unguided
+        (latent_pipe, dict(guidance=Guidance(channels=5)), r"guided_channels must lie in \[1, 4\], got 5"),  # unguided
         (pipe_without_vae, {}, "needs a VAE"),
         # Numbers that would be truncated, skip the guidance unnoticed (NaN) or ruin every image (inf).
         (latent_pipe, dict(num_inference_steps=2.0), "num_inference_steps must be a whole number, got 2.0"),
         (latent_pipe, dict(guidance_scale=float("nan")), "guidance_scale must be a finite number, got nan"),
         (latent_pipe, dict(guidance_scale=float("inf")), "guidance_scale must be a finite number, got inf"),
         (latent_pipe, dict(guidance_scale="2"), "guidance_scale must be a finite number, got '2'"),
-        (latent_pipe, dict(amm_blocks=[7], amm_scale=float("nan")), "AMM scale must be a finite number, got nan"),
-        (latent_pipe, dict(amm_blocks=[7], amm_radius=float("nan")), "AMM radius must be a finite number, got nan"),
-        (latent_pipe, dict(amm_blocks=7), "AMM blocks must be a list of block indices, got 7"),
         (latent_pipe, dict(generator=0), "generator must be a torch.Generator or a list of them, one per image, "
                                          "got int"),
         (latent_pipe, dict(callback_on_step_end="print"), "callback_on_step_end must be a function, got str"),
@@ -247,12 +246,23 @@ def test_bad_calls_raise_value_error(latent_pipe):
     for pipe, kwargs, message in cases:
         with pytest.raises(ValueError, match=message if message.startswith("guided_channels") else re.escape(message)):
             pipe([0], **{"num_inference_steps": 2, **kwargs})
+    model = latent_pipe.transformer
+    amm_cases = [
+        (dict(blocks="nearby"), "unknown AMM setting 'nearby'"),
+        (dict(blocks=[12]), "AMM block index 12 is out of range"),
+        (dict(blocks=[7], scale=float("nan")), "AMM scale must be a finite number, got nan"),
+        (dict(blocks=[7], radius=float("nan")), "AMM radius must be a finite number, got nan"),
+        (dict(blocks=7), "AMM blocks must be a list of block indices, got 7"),
+    ]
+    for kwargs, message in amm_cases:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            apply_amm(model, **kwargs)
     assert latent_pipe.transformer.amm_blocks == ()
     # A refused AMM leaves the model's own AMM as it was.
     latent_pipe.transformer.set_amm([0, 1])
-    for kwargs in (dict(amm_blocks=[7], amm_radius=-1.0), dict(amm_blocks=[7], amm_scale="x")):
+    for kwargs in (dict(blocks=[7], radius=-1.0), dict(blocks=[7], scale="x")):
         with pytest.raises(ValueError, match="AMM"):
-            latent_pipe([0], num_inference_steps=1, **kwargs)
+            apply_amm(model, **kwargs)
     with pytest.raises(ValueError, match="AMM form must be 'exp' or 'cos'"):
         latent_pipe.transformer.set_amm([7], form="sin")
     assert latent_pipe.transformer.amm_blocks == (0, 1)
@@ -282,18 +292,19 @@ def test_integer_class_labels_of_numpy_and_torch_are_classes(latent_pipe):
         assert latent_pipe.class_ids(labels) == [3], labels
 
 
-def test_amm_per_call_changes_images_and_is_restored():
+def test_amm_set_on_the_model_changes_images_and_amm_applied_restores_it():
     pipe = EDTPipeline(tiny_edt(in_channels=1), make_scheduler("ddim"))
     pipe.set_progress_bar_config(disable=True)
     model = pipe.transformer
     model.set_amm([8])
     model.train()
 
-    def sample(**kwargs):
+    def sample(amm_blocks=None):
         """The final sample before clamping to images (a random model's images are mostly 0 or 1)."""
         steps = []
-        pipe([2], generator=image_generators(0, [0]), num_inference_steps=3, output_type="np",
-             callback_on_step_end=lambda pipe, i, t, tensors: steps.append(tensors["latents"]), **kwargs)
+        with amm_applied(model, amm_blocks) if amm_blocks is not None else contextlib.nullcontext():
+            pipe([2], generator=image_generators(0, [0]), num_inference_steps=3, output_type="np",
+                 callback_on_step_end=lambda pipe, i, t, tensors: steps.append(tensors["latents"]))
         return steps[-1].numpy()
 
     off, on = sample(amm_blocks=[]), sample(amm_blocks=[7, 10])
@@ -321,8 +332,9 @@ def test_guidance_equals_forward_with_cfg_at_a_step(latent_pipe):
     """The first step's predicted clean image comes from forward_with_cfg(..., guided_channels=3)."""
     model, scheduler = latent_pipe.transformer, latent_pipe.scheduler
     labels = [4, 6]
-    out = latent_pipe(labels, guidance_scale=4.0, guided_channels=3, generator=image_generators(0, [0, 1]),
-                      num_inference_steps=2, output_type="pt", return_previews=True)
+    previews = PreviewCallback("pt")
+    out = latent_pipe(labels, guidance=Guidance(4.0, channels=3), generator=image_generators(0, [0, 1]),
+                      num_inference_steps=2, output_type="pt", callback_on_step_end=previews)
     x = randn_tensor((2, 4, 16, 16), generator=image_generators(0, [0, 1]), dtype=torch.float32)
     t = scheduler.timesteps[0]
     y = torch.tensor(labels + [10, 10])
@@ -331,10 +343,12 @@ def test_guidance_equals_forward_with_cfg_at_a_step(latent_pipe):
         abar = scheduler.alphas_cumprod[t]
         x0 = (x - (1 - abar).sqrt() * eps) / abar.sqrt()
         expected = (latent_pipe.vae.decode(x0 / 0.18215).sample / 2 + 0.5).clamp(0, 1)
-    torch.testing.assert_close(out.previews[0], expected, atol=1e-5, rtol=0)
-    all_channels = latent_pipe(labels, guidance_scale=4.0, generator=image_generators(0, [0, 1]),
-                               num_inference_steps=2, output_type="pt", return_previews=True)
-    assert (all_channels.previews[0] - out.previews[0]).abs().max() > 1e-4
+    assert out.images.shape == (2, 3, 128, 128)
+    torch.testing.assert_close(previews.images[0], expected, atol=1e-5, rtol=0)
+    all_channels = PreviewCallback("pt")
+    latent_pipe(labels, guidance_scale=4.0, generator=image_generators(0, [0, 1]), num_inference_steps=2,
+                output_type="pt", callback_on_step_end=all_channels)
+    assert (all_channels.images[0] - previews.images[0]).abs().max() > 1e-4
 
 
 
@@ -345,12 +359,15 @@ def test_guidance_interval_guides_only_the_steps_inside_it(pixel_pipe):
     timesteps.set_timesteps(steps)
     ts = [int(t) for t in timesteps.timesteps]
     low, high = ts[2], ts[0]  # the first three steps guided, the last one not
-    common = dict(guidance_scale=4.0, num_inference_steps=steps, output_type="pt", return_previews=True)
+    common = dict(num_inference_steps=steps, output_type="pt")
 
-    def run(**kwargs):
-        return pixel_pipe(labels, generator=image_generators(0, [0, 1]), **common, **kwargs).previews
+    def run(interval=None):
+        previews = PreviewCallback("pt")
+        pixel_pipe(labels, generator=image_generators(0, [0, 1]), guidance=Guidance(4.0, interval), **common,
+                   callback_on_step_end=previews)
+        return previews.images
 
-    guided, interval = run(), run(guidance_interval=(low, high))
+    guided, interval = run(), run((low, high))
     for i in range(3):
         torch.testing.assert_close(interval[i], guided[i], atol=0, rtol=0)
     # The last step: the conditional model alone on the same x, so the preview differs from the guided run's.
@@ -371,29 +388,34 @@ def test_guidance_interval_guides_only_the_steps_inside_it(pixel_pipe):
     torch.testing.assert_close(interval[3], expected, atol=1e-5, rtol=0)
     assert (interval[3] - guided[3]).abs().max() > 1e-4
     # No step inside the interval: the same images as no guidance.
-    no_step = pixel_pipe(labels, generator=image_generators(0, [0, 1]), guidance_scale=4.0, num_inference_steps=steps,
-                         output_type="pt", guidance_interval=(ts[0] + 1, 999)).images
+    no_step = pixel_pipe(labels, generator=image_generators(0, [0, 1]), guidance=Guidance(4.0, (ts[0] + 1, 999)),
+                         num_inference_steps=steps, output_type="pt").images
     plain = pixel_pipe(labels, generator=image_generators(0, [0, 1]), num_inference_steps=steps, output_type="pt")
     torch.testing.assert_close(no_step, plain.images, atol=1e-6, rtol=0)
     for bad in [(-1, 999), (500, 400), (0, 1000), "all", (1, 2, 3)]:
         with pytest.raises(ValueError, match="guidance_interval must be"):
-            pixel_pipe(labels, guidance_interval=bad, **common)
+            pixel_pipe(labels, guidance=Guidance(4.0, bad), **common)
+
 
 def test_previews_and_attention_maps(pixel_pipe):
-    out = pixel_pipe([1, 2], generator=image_generators(0, [0, 1]), num_inference_steps=4, output_type="np",
-                     amm_blocks=[7, 10], return_previews=True, attention_blocks=[0, 7, 10], guidance_scale=2.0)
-    assert len(out.previews) == 4 and all(p.shape == out.images.shape == (2, 16, 16, 1) for p in out.previews)
+    previews = PreviewCallback("np")
+    with amm_applied(pixel_pipe.transformer, [7, 10]), \
+            AttentionCapture(pixel_pipe.transformer, [0, 7, 10], step=2) as capture:
+        out = pixel_pipe([1, 2], generator=image_generators(0, [0, 1]), num_inference_steps=4, output_type="np",
+                         callback_on_step_end=StepCallbacks([previews, capture]), guidance_scale=2.0)
+    assert len(previews.images) == 4
+    assert all(p.shape == out.images.shape == (2, 16, 16, 1) for p in previews.images)
     # A DDIM step ending at t = 0 lands on the last predicted clean image.
-    np.testing.assert_allclose(out.previews[-1], out.images, atol=1e-5)
+    np.testing.assert_allclose(previews.images[-1], out.images, atol=1e-5)
     grids = {0: 8, 7: 4, 10: 8}  # the tokens of each block's stage grid
-    for block, maps in out.attention.items():
+    for block, maps in capture.maps.items():
         n = grids[block] ** 2
         assert maps["attention"].shape == (n, n)
         np.testing.assert_allclose(maps["attention"].sum(-1), np.ones(n), atol=1e-5)  # softmax rows
-    assert out.attention[0]["modulated"] is None
+    assert capture.maps[0]["modulated"] is None
     for block in (7, 10):
-        assert out.attention[block]["modulated"].shape == out.attention[block]["attention"].shape
-        assert np.abs(out.attention[block]["modulated"] - out.attention[block]["attention"]).max() > 1e-3
+        assert capture.maps[block]["modulated"].shape == capture.maps[block]["attention"].shape
+        assert np.abs(capture.maps[block]["modulated"] - capture.maps[block]["attention"]).max() > 1e-3
 
 
 def test_dit_in_the_pipeline_with_its_amm_preset():
@@ -401,7 +423,10 @@ def test_dit_in_the_pipeline_with_its_amm_preset():
     pipe = EDTPipeline(model, make_scheduler("dpm"))
     pipe.set_progress_bar_config(disable=True)
     kwargs = dict(generator=image_generators(0, [0]), num_inference_steps=3, output_type="np")
-    off, preset = pipe([5], **kwargs).images, pipe([5], amm_blocks="preset", **kwargs).images  # DiT-S: 8, 10
+    off = pipe([5], **kwargs).images
+    with amm_applied(model, "preset") as blocks:
+        preset = pipe([5], **kwargs).images
+    assert blocks == (8, 10)  # DiT-S's released arrangement
     assert off.shape == (1, 16, 16, 1) and np.abs(off - preset).max() > 1e-3
 
 
@@ -454,19 +479,20 @@ def test_load_default_says_where_the_model_belongs(monkeypatch, tmp_path):
 
 def test_bf16_precision_autocasts_the_transformer_only(pixel_pipe, monkeypatch):
     def run(precision):
-        return pixel_pipe([1, 2], guidance_scale=2.0, generator=image_generators(0, range(2)), num_inference_steps=3,
-                          output_type="pt", amm_blocks="preset", precision=precision).images
+        with amm_applied(pixel_pipe.transformer, "preset", guidance_scale=2.0):
+            return pixel_pipe([1, 2], guidance_scale=2.0, generator=image_generators(0, range(2)),
+                              num_inference_steps=3, output_type="pt", precision=precision).images
 
     matmul_dtypes = []
     hook = pixel_pipe.transformer.blocks[0].mlp.fc1.register_forward_hook(
         lambda module, args, out: matmul_dtypes.append(out.dtype))
     try:
-        monkeypatch.setattr("edt_lab.precision.native_bf16", lambda device: False)
+        monkeypatch.setattr("edt_lab.accel.supports", lambda feature, device: False)
         fp32 = run("fp32")
         assert torch.equal(run("auto"), fp32) and set(matmul_dtypes) == {torch.float32}
-        with pytest.raises(ValueError, match="precision bf16 needs native bf16 hardware"):
+        with pytest.raises(ValueError, match="precision bf16: this .* lacks native bf16"):
             run("bf16")
-        monkeypatch.setattr("edt_lab.precision.native_bf16", lambda device: True)  # emulated where the CPU lacks it
+        monkeypatch.setattr("edt_lab.accel.supports", lambda feature, device: True)  # emulated where the CPU lacks it
         matmul_dtypes.clear()
         bf16 = run("bf16")
     finally:
@@ -485,3 +511,135 @@ def test_guidance_is_computed_in_float32_under_autocast(latent_pipe):
         cond, uncond = model(x, t, y).float().chunk(2)
     assert guided.dtype == torch.float32
     torch.testing.assert_close(guided[:2, :4], uncond[:, :4] + 4.0 * (cond[:, :4] - uncond[:, :4]))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Guidance, the AMM setter and step callbacks
+# ----------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(scale=0.5), "guidance_scale must be at least 1 (1 = no guidance), got 0.5"),
+    (dict(scale=float("nan")), "guidance_scale must be a finite number, got nan"),
+    (dict(scale="2"), "guidance_scale must be a finite number, got '2'"),
+    (dict(schedule="cos"), "guidance_schedule must be one of constant, power-cos, got 'cos'"),
+    (dict(interval=(500, 400)), "guidance_interval must be None or (low, high) timesteps with 0 <= low <= high"),
+    (dict(interval=(-1, 5)), "guidance_interval must be None or (low, high)"),
+    (dict(interval=(1.5, 5)), "guidance_interval must be None or (low, high)"),
+    (dict(interval="all"), "guidance_interval must be None or (low, high)"),
+    (dict(channels=0), "guided_channels must be at least 1 (or None for all), got 0"),
+    (dict(channels=2.0), "guided_channels must be a whole number, got 2.0"),
+])
+def test_guidance_refuses_each_bad_value_where_it_is_made(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Guidance(**kwargs)
+
+
+def test_guidance_normalises_its_values_and_knows_its_steps():
+    guidance = Guidance(np.float32(3), [300, np.int64(999)], "power-cos", torch.tensor(3))
+    assert guidance == Guidance(3.0, (300, 999), "power-cos", 3) and isinstance(guidance.interval, tuple)
+    assert guidance.active and not Guidance().active
+    assert guidance.guided_steps([999, 500, 299, 0]) == [True, True, False, False]
+    assert Guidance(1.0, (0, 999)).guided_steps([999, 0]) == [False, False]  # scale 1 guides nothing
+    assert Guidance(2.0).guided_steps([999, 0]) == [True, True]
+    with pytest.raises(ValueError, match=re.escape("guidance_interval must be (low, high) with 0 <= low <= high < 500")):
+        Guidance(2.0, (0, 500)).check_fits(500, 4)
+    Guidance(2.0, (0, 499), channels=4).check_fits(500, 4)
+    with pytest.raises(Exception):
+        guidance.scale = 1.0  # frozen: checked once, never changed afterwards
+
+
+def test_guidance_scale_float_or_guidance_object(pixel_pipe):
+    common = dict(num_inference_steps=2, output_type="np")
+    plain = pixel_pipe([1, 2], guidance_scale=3.0, generator=image_generators(0, [0, 1]), **common).images
+    same = pixel_pipe([1, 2], guidance=Guidance(3.0), generator=image_generators(0, [0, 1]), **common).images
+    np.testing.assert_array_equal(plain, same)
+    unguided = pixel_pipe([1, 2], generator=image_generators(0, [0, 1]), **common).images
+    assert np.abs(unguided - plain).max() > 1e-3
+    with pytest.raises(ValueError, match="give guidance_scale or guidance"):
+        pixel_pipe([1], guidance_scale=3.0, guidance=Guidance(3.0), **common)
+    with pytest.raises(ValueError, match="guidance must be an edt_lab.guidance.Guidance, got float"):
+        pixel_pipe([1], guidance=3.0, **common)
+
+
+def test_apply_amm_resolves_presets_by_model_and_guidance():
+    model = tiny_edt()
+    assert apply_amm(model, "preset") == (7, 10)  # the 12-block EDT below guidance 2
+    assert apply_amm(model, "preset", guidance_scale=2.5) == (8,)
+    assert apply_amm(model, "edt-s-512") == (10,)
+    grid = model.block_info()[10]["grid"]
+    released = edt_lab.amm.modulation_matrix(grid, None, 1.3, "cos")  # the 512 preset's form and scale
+    torch.testing.assert_close(model.blocks[10].attn.amm, released, atol=0, rtol=0)
+    apply_amm(model, [3], scale=0.8)
+    scaled = edt_lab.amm.modulation_matrix(model.block_info()[3]["grid"], None, 0.8)  # exp form, k = 0.8
+    torch.testing.assert_close(model.blocks[3].attn.amm, scaled, atol=0, rtol=0)
+    assert apply_amm(model, []) == () and model.amm_blocks == ()
+    model.set_amm([8])
+    with pytest.raises(RuntimeError, match="inside"):
+        with amm_applied(model, [7, 10]) as blocks:
+            assert blocks == (7, 10) and model.amm_blocks == (7, 10)
+            raise RuntimeError("inside")
+    assert model.amm_blocks == (8,)  # restored even when the body fails
+
+
+def test_callback_tensor_inputs_and_returned_latents(pixel_pipe):
+    seen = {}
+
+    def record(pipe, i, t, tensors):
+        seen[i] = {name: tuple(value.shape) for name, value in tensors.items()}
+
+    common = dict(generator=image_generators(0, [0, 1]), num_inference_steps=2, output_type="np")
+    names = ["latents", "latent_model_input", "noise_pred", "pred_original_sample"]
+    pixel_pipe([1, 2], guidance_scale=2.0, callback_on_step_end=record, callback_on_step_end_tensor_inputs=names,
+               **common)
+    assert seen == {i: {name: (2, 1, 16, 16) for name in names} for i in (0, 1)}
+    seen.clear()
+    pixel_pipe([1, 2], callback_on_step_end=record, **common)
+    assert seen[0] == {"latents": (2, 1, 16, 16)}  # the default
+    with pytest.raises(ValueError, match="callback_on_step_end_tensor_inputs: unknown tensor 'prompt_embeds'"):
+        pixel_pipe([1], callback_on_step_end=record, callback_on_step_end_tensor_inputs=["prompt_embeds"],
+                   num_inference_steps=1)
+
+    def zero(pipe, i, t, tensors):
+        return {"latents": torch.zeros_like(tensors["latents"])}
+
+    images = pixel_pipe([1, 2], callback_on_step_end=zero, **common).images
+    np.testing.assert_array_equal(images, np.full((2, 16, 16, 1), 0.5, np.float32))  # x = 0 -> grey
+    latents = []
+    StepCallbacks([zero, lambda pipe, i, t, tensors: latents.append(tensors["latents"])])(pixel_pipe, 0, 999, {
+        "latents": torch.ones(1)})
+    assert latents[0].tolist() == [0.0]  # the next callback receives the latents the one before returned
+    (tuple_images,) = pixel_pipe([1, 2], return_dict=False, **{**common, "generator": image_generators(0, [0, 1])})
+    plain = pixel_pipe([1, 2], **{**common, "generator": image_generators(0, [0, 1])}).images
+    np.testing.assert_array_equal(tuple_images, plain)
+    with pytest.raises(ValueError, match="a step callback must be a function, got int"):
+        StepCallbacks([zero, 3])
+
+
+def test_attention_capture_records_its_step_only_inside_its_with(pixel_pipe):
+    model = pixel_pipe.transformer
+    common = dict(generator=image_generators(0, [0]), num_inference_steps=2, output_type="np")
+    armed = []  # after each step: whether block 7 records the next forward
+
+    def watch(pipe, i, t, tensors):
+        armed.append(model.blocks[7].attn.capture is not None)
+
+    first = AttentionCapture(model, [7], step=0)
+    with first:  # step 0: armed before the first forward
+        pixel_pipe([3], callback_on_step_end=StepCallbacks([first, watch]), **common)
+    assert first.maps[7]["attention"].shape == (16, 16) and first.maps[7]["modulated"] is None
+    assert armed == [False, False]  # recorded the first forward only
+    assert all(block.attn.capture is None for block in model.blocks)  # nothing left recording
+    later, armed[:] = AttentionCapture(model, [7], step=1), []
+    with later:
+        pixel_pipe([3], callback_on_step_end=StepCallbacks([later, watch]),
+                   **{**common, "generator": image_generators(0, [0])})
+    assert armed == [True, False]
+    assert np.abs(later.maps[7]["attention"] - first.maps[7]["attention"]).max() > 1e-4  # another step's maps
+    with pytest.raises(ValueError, match="AttentionCapture records only inside its with statement"):
+        pixel_pipe([3], callback_on_step_end=AttentionCapture(model, [7], step=0), num_inference_steps=1)
+    with pytest.raises(ValueError, match="the attention step must lie in 0..1, got 5"):
+        with AttentionCapture(model, [7], step=5) as capture:
+            pixel_pipe([3], callback_on_step_end=capture, num_inference_steps=2)
+    assert all(block.attn.capture is None for block in model.blocks)
+    with pytest.raises(ValueError, match="attention block 12 is out of range: expected 0..11"):
+        AttentionCapture(model, [12], step=0)
