@@ -106,20 +106,23 @@ def sampling_seconds(status: str) -> float:
 
 def default_request(loaded):
     """The explorer page's defaults as a `controls.Request`: 4 images of the first class, seed 0, the model's
-    initial settings (`loaded`: an `explorer.models.ModelStore` entry)."""
+    initial settings (`loaded`: the explorer's entry of a loaded model)."""
     from edt_lab.explorer import controls
 
     init = controls.initial_settings(loaded)
     first_class = controls.class_choices(loaded.pipe)[0]
-    return controls.check_request(loaded.pipe, first_class, 0, 4, init["sampler"], init["steps"], init["guidance"],
-                                  controls.format_blocks(init["blocks"]), init["released_radius"], init["radius"],
-                                  init["scale"], controls.PRECISION_DEFAULT, recommended=loaded.recommended)
+    return controls.check_request(loaded.pipe, first_class, 0, 4, init["sampler"], init["num_inference_steps"],
+                                  init["guidance_scale"], controls.format_blocks(init["amm_blocks"]),
+                                  init["released_radius"], init["amm_radius"], init["amm_scale"],
+                                  controls.PRECISION_DEFAULT, init["guidance_interval"], recommended=loaded.recommended)
 
 
 def request_record(request) -> dict:
-    """What a report records of the sampled request."""
-    return {"steps": request.steps, "sampler": request.sampler, "guidance": request.guidance,
-            "amm_blocks": request.amm_blocks, "num_images": request.num_images}
+    """What a report records of the sampled request, in the settings' names."""
+    interval = request.guidance.interval
+    return {"sampler": request.sampler, "num_inference_steps": request.num_inference_steps,
+            "guidance_scale": request.guidance.scale, "guidance_interval": None if interval is None else list(interval),
+            "amm_blocks": request.amm_blocks, "num_images": request.num_images, "precision": request.precision}
 
 
 def in_turns(calls: dict, rounds: int) -> dict:
