@@ -123,6 +123,7 @@ def test_gpu_check_graphs_section_compiles_the_whole_model_in_one_graph(capsys, 
         torch._dynamo.reset()
 
 
+@pytest.mark.slow  # starts a process or samples the digits model: over 5 s on 2 cores
 def test_app_latency_times_generate_at_the_app_defaults(tmp_path, monkeypatch):
     import app_latency
     import gradio_client
@@ -301,6 +302,7 @@ def test_settings_sweep_refuses_bf16_where_the_cpu_lacks_it_before_sampling(monk
     assert len(err.strip().splitlines()) == 2
 
 
+@pytest.mark.slow  # starts a process or samples the digits model: over 5 s on 2 cores
 def test_amm_study_varies_radius_and_scale_of_the_chosen_blocks(tmp_path, monkeypatch):
     import amm_study
 
@@ -444,6 +446,7 @@ def test_masking_study_checks_its_paths_up_front(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow  # starts a process or samples the digits model: over 5 s on 2 cores
 def test_a_library_value_error_is_one_line_and_exit_2(tmp_path):
     import subprocess
 
