@@ -14,7 +14,7 @@ from gradio_client import Client
 from PIL import Image
 
 from edt_lab.cli import main
-from edt_lab.explorer.models import demo_pipeline
+from edt_lab.explorer.model_folders import demo_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 APP_PY = (sys.executable, "app.py")
@@ -70,38 +70,38 @@ def test_generate_with_defaults(client):
 
 
 def test_bad_requests_show_errors_and_the_server_keeps_serving(client):
-    for bad in (dict(class_name="banana"), dict(steps=10000), dict(model="broken.pt"), dict(model="/etc/passwd"),
-                dict(amm_blocks="99"), dict(guided_timesteps="900-100")):
+    for bad in (dict(class_name="banana"), dict(num_inference_steps=10000), dict(model="broken.pt"),
+                dict(model="/etc/passwd"), dict(amm_blocks="99"), dict(guidance_interval="900-100")):
         with pytest.raises(Exception) as error:
             client.predict(api_name="/generate", **bad)
         assert type(error.value).__name__ == "AppError"
     with pytest.raises(Exception, match="unknown class 'banana'"):
         client.predict(class_name="banana", num_images=1, api_name="/compare")
-    # values the page cannot send: gradio's own range check would fail on them with an unexplained error
+    # values the page's fields cannot send, and numbers out of range: the request check's one-line messages
     for bad, message in ((dict(num_images="abc"), "number of images must be a number, got 'abc'"),
-                         (dict(steps=None), "steps must be a number, got None"),
-                         (dict(released_radius=False, radius="x"), "radius R \\(tokens\\) must be a number"),
+                         (dict(num_inference_steps=None), "steps is empty: enter a number"),
+                         (dict(num_inference_steps=0), "steps must lie in 1..250, got 0"),
+                         (dict(released_radius=False, amm_radius="x"), "AMM radius R must be a number, got 'x'"),
                          (dict(class_name="\u00b2"), "unknown class"),  # a digit to str.isdigit, not to int()
-                         (dict(guided_timesteps="1-\u00b2"), "guided timesteps must be all, or LOW-HIGH"),
-                         # gradio's own range check, with the field's name
-                         (dict(seed=-1), r"seed \(the same seed gives the same noise\): Value -1 is less than"),
-                         (dict(released_radius=False, radius=0), r"radius R \(tokens\): Value 0 is less than")):
+                         (dict(guidance_interval="1-\u00b2"), "guided timesteps must be all, or LOW-HIGH"),
+                         (dict(seed=-1), r"seed must lie in 0..2147483647, got -1"),
+                         (dict(released_radius=False, amm_radius=0), r"AMM radius R must lie in 1.0..22.0, got 0")):
         with pytest.raises(Exception, match=message):
             client.predict(api_name="/generate", **bad)
-    samples, _ = client.predict(num_images=2, steps=3, api_name="/generate")
+    samples, _ = client.predict(num_images=2, num_inference_steps=3, api_name="/generate")
     assert pixels(samples).shape[0] == 2
 
 
 def test_guided_timesteps_reach_the_sampler(client):
-    every, status = client.predict(num_images=1, steps=4, guidance_scale=4.0, api_name="/generate")
-    late, late_status = client.predict(num_images=1, steps=4, guidance_scale=4.0, guided_timesteps="600-999",
-                                       api_name="/generate")
+    every, status = client.predict(num_images=1, num_inference_steps=4, guidance_scale=4.0, api_name="/generate")
+    late, late_status = client.predict(num_images=1, num_inference_steps=4, guidance_scale=4.0,
+                                       guidance_interval="600-999", api_name="/generate")
     assert "guided at t" not in status and "guided at t 600-999 only" in late_status
     assert (pixels(every) != pixels(late)).any()  # the steps below t = 600 ran unguided
 
 
 def test_models_folder_entries_are_offered_by_name(client):
-    samples, status = client.predict(model="tiny-pipeline", num_images=1, steps=2, api_name="/generate")
+    samples, status = client.predict(model="tiny-pipeline", num_images=1, num_inference_steps=2, api_name="/generate")
     assert pixels(samples).shape[0] == 1 and "pipeline tiny-pipeline" in status
 
 
@@ -135,7 +135,7 @@ def test_a_busy_port_is_one_line_and_exit_2(capsys):
 
 
 def test_a_port_just_freed_by_a_stopped_server_is_not_busy():
-    from edt_lab.explorer.app import check_address
+    from edt_lab.explorer.server import check_address
 
     with socket.socket() as listener:  # a server that served one connection and stopped
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's
@@ -154,7 +154,7 @@ def test_a_port_just_freed_by_a_stopped_server_is_not_busy():
     ("::1", "--host ::1: IPv6 addresses are not supported"),
 ])
 def test_an_address_the_app_cannot_serve_on_is_one_line_before_loading(host, message, capsys, monkeypatch):
-    monkeypatch.setattr("edt_lab.explorer.app.ModelStore", None)  # the check comes before any model loads
+    monkeypatch.setattr("edt_lab.explorer.server.ModelStore", None)  # the check comes before any model loads
     assert main(["app", "--host", host, "--port", "0", "--demo", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"edt-lab app: error: {message}") and err.count("\n") == 1

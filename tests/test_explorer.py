@@ -13,12 +13,14 @@ from safetensors.torch import save_file
 
 from edt_lab.amm import modulation_matrix
 from edt_lab.explorer import controls, views
-from edt_lab.explorer.app import (ATTENTION_TAB, COMPARE_LABEL, DENOISING_TAB, IMAGES_TAB, QUEUE_POLL_S, build_app,
-                                  compare_button_state, model_page, number_field, open_tab, queue_requests, show_views,
-                                  status_line)
-from edt_lab.explorer.models import (DEFAULT_NAME, DEMO_NOTE, LoadedModel, ModelStore, demo_pipeline,
-                                     imagenet_class_names, randomize_weights, scan_models)
+from edt_lab.explorer.events import REFUSED, compare_button_state, open_tab, show_views, status_line
+from edt_lab.explorer.layout import (ATTENTION_TAB, COMPARE_LABEL, DENOISING_TAB, IMAGES_TAB, PREVIEWS_LABEL,
+                                     model_page)
+from edt_lab.explorer.model_folders import (DEFAULT_NAME, DEMO_NOTE, LoadedModel, ModelStore, demo_pipeline,
+                                            imagenet_class_names, randomize_weights, scan_models)
+from edt_lab.explorer.server import QUEUE_POLL_S, build_app, queue_requests
 from edt_lab.explorer.sampling import compare, sample
+from edt_lab.guidance import Guidance
 from edt_lab.models import create_model
 from edt_lab.models.attention import capture_attention
 from edt_lab.pipeline import EDTPipeline, make_scheduler
@@ -42,8 +44,8 @@ def pipe():
 
 
 def request(pipe, **changes):
-    values = dict(class_name="3", seed=0, num_images=2, sampler="ddim", steps=4, guidance=1.0, amm_blocks="7, 10",
-                  released_radius=True, radius=15.0, scale=0.5)
+    values = dict(class_name="3", seed=0, num_images=2, sampler="ddim", num_inference_steps=4, guidance_scale=1.0,
+                  amm_blocks="7, 10", released_radius=True, amm_radius=15.0, amm_scale=0.5)
     values.update(changes)
     return controls.check_request(pipe, **values)
 
@@ -115,21 +117,22 @@ def test_latent_checkpoint_takes_the_vae_beside_it(tmp_path):
     assert store.names() == [DEFAULT_NAME, "latent.pt"]  # vae/ is not a model
     pipe = store.get("latent.pt").pipe
     assert controls.class_choices(pipe)[:2] == ["tench", "goldfish"]  # ImageNet names for 1000 classes
-    run = sample(pipe, request(pipe, class_name="goldfish", num_images=1, steps=2, amm_blocks="preset"))
+    run = sample(pipe, request(pipe, class_name="goldfish", num_images=1, num_inference_steps=2, amm_blocks="preset"))
     assert run.images.shape == (1, 128, 128, 3) and run.previews == []  # no per-step VAE decoding
 
 
 def test_default_switches_from_demo_to_the_trained_model_once_it_exists(tmp_path, monkeypatch):
     folder = tmp_path / "edt_t2_digits"
     monkeypatch.setattr("edt_lab.pipeline.DEFAULT_MODEL_DIR", folder)
-    monkeypatch.setattr("edt_lab.explorer.models.DEFAULT_MODEL_DIR", folder)
+    monkeypatch.setattr("edt_lab.explorer.model_folders.DEFAULT_MODEL_DIR", folder)
     store = ModelStore()
     assert store.get(DEFAULT_NAME).is_demo
     EDTPipeline(tiny_edt(), make_scheduler("ddim"), None, {i: str(i) for i in range(10)}).save_pretrained(folder)
-    (folder / "recommended.json").write_text('{"sampler": "ddim", "steps": 20, "cfg": 1.5, "amm": "preset"}')
+    (folder / "recommended.json").write_text('{"sampler": "ddim", "num_inference_steps": 20, "guidance_scale": 1.5, '
+                                             '"amm_blocks": "preset"}')
     loaded = store.get(DEFAULT_NAME)
     assert not loaded.is_demo and loaded.note == "trained EDT-T/2 digits model"
-    assert controls.initial_settings(loaded)["steps"] == 20
+    assert controls.initial_settings(loaded)["num_inference_steps"] == 20
     assert ModelStore(demo=True).get(DEFAULT_NAME).is_demo  # --demo keeps the demo model
 
 
@@ -190,9 +193,9 @@ def test_parse_blocks(pipe):
 
 
 def test_check_request_accepts_names_and_indices(pipe):
-    checked = request(pipe, released_radius=False, radius=5.5)
-    assert (checked.class_index, checked.amm_blocks, checked.radius, checked.scale) == (3, [7, 10], 5.5, 0.5)
-    assert request(pipe).radius is None  # released radius per grid
+    checked = request(pipe, released_radius=False, amm_radius=5.5)
+    assert (checked.class_index, checked.amm_blocks, checked.amm_radius, checked.amm_scale) == (3, [7, 10], 5.5, 0.5)
+    assert request(pipe).amm_radius is None  # released radius per grid
     names_pipe = EDTPipeline(pipe.transformer, pipe.scheduler, None, {i: f"digit {i}" for i in range(10)})
     assert request(names_pipe, class_name="digit 4").class_index == 4
     assert request(names_pipe, class_name="4").class_index == 4
@@ -201,26 +204,26 @@ def test_check_request_accepts_names_and_indices(pipe):
 @pytest.mark.parametrize("change, words", [
     (dict(class_name="banana"), "unknown class 'banana'"),
     (dict(class_name="10"), "unknown class '10'"),
-    (dict(steps=10000), "steps must lie in 1..250"),
-    (dict(steps=0), "steps must lie in 1..250"),
-    (dict(steps=2.5), "steps must be a whole number"),
+    (dict(num_inference_steps=10000), "steps must lie in 1..250"),
+    (dict(num_inference_steps=0), "steps must lie in 1..250"),
+    (dict(num_inference_steps=2.5), "steps must be a whole number"),
     (dict(num_images=17), "number of images must lie in 1..16"),
     (dict(seed=-1), "seed must lie in"),
     (dict(seed="abc"), "seed must be a number"),
     (dict(seed=None), "seed is empty: enter a number"),
-    (dict(guidance=0.5), "guidance scale must lie in"),
-    (dict(guidance=float("nan")), "guidance scale must lie in"),
+    (dict(guidance_scale=0.5), "guidance scale must lie in"),
+    (dict(guidance_scale=float("nan")), "guidance scale must lie in"),
     (dict(sampler="euler"), "unknown sampler 'euler'"),
     (dict(amm_blocks="7, x"), "expected comma-separated block indices"),
     (dict(amm_blocks="12"), "AMM block 12 is out of range"),
-    (dict(released_radius=False, radius=0), "AMM radius R must lie in"),
-    (dict(scale=-1), "AMM scale k must lie in"),
+    (dict(released_radius=False, amm_radius=0), "AMM radius R must lie in"),
+    (dict(amm_scale=-1), "AMM scale k must lie in"),
     (dict(precision="fp16"), "unknown precision 'fp16'"),
-    (dict(guided_timesteps="800-0"), "guided timesteps must be all, or LOW-HIGH with 0 <= LOW <= HIGH <= 999"),
-    (dict(guided_timesteps="0-1000"), r"LOW <= HIGH <= 999 \(e.g. 0-800\), got '0-1000'"),
-    (dict(guided_timesteps="-5-10"), "guided timesteps must be all, or LOW-HIGH"),
-    (dict(guided_timesteps="800"), "guided timesteps must be all, or LOW-HIGH"),
-    (dict(guided_timesteps="some"), "guided timesteps must be all, or LOW-HIGH"),
+    (dict(guidance_interval="800-0"), "guided timesteps must be all, or LOW-HIGH with 0 <= LOW <= HIGH <= 999"),
+    (dict(guidance_interval="0-1000"), r"LOW <= HIGH <= 999 \(e.g. 0-800\), got '0-1000'"),
+    (dict(guidance_interval="-5-10"), "guided timesteps must be all, or LOW-HIGH"),
+    (dict(guidance_interval="800"), "guided timesteps must be all, or LOW-HIGH"),
+    (dict(guidance_interval="some"), "guided timesteps must be all, or LOW-HIGH"),
 ])
 def test_bad_inputs_raise_clear_value_errors(pipe, change, words):
     with pytest.raises(ValueError, match=words):
@@ -230,14 +233,15 @@ def test_bad_inputs_raise_clear_value_errors(pipe, change, words):
 def test_initial_settings_follow_the_recommendation():
     class Loaded:
         pipe = demo_pipeline()
-        recommended = {"sampler": "ddpm", "steps": 1000, "cfg": 4.0, "cfg_interval": [0, 800], "amm": "preset",
-                       "amm_scale": 0.6}
+        recommended = {"sampler": "ddpm", "num_inference_steps": 1000, "guidance_scale": 4.0,
+                       "guidance_interval": (0, 800), "amm_blocks": "preset", "amm_scale": 0.6}
 
     settings = controls.initial_settings(Loaded)
-    assert settings == {"sampler": "ddpm", "steps": controls.MAX_STEPS, "guidance": 4.0, "guided_timesteps": "0-800",
-                        "blocks": [8], "released_radius": True, "radius": controls.RADIUS_DEFAULT, "scale": 0.6}
+    assert settings == {"sampler": "ddpm", "num_inference_steps": controls.MAX_STEPS, "guidance_scale": 4.0,
+                        "guidance_interval": "0-800", "amm_blocks": [8], "released_radius": True,
+                        "amm_radius": controls.RADIUS_DEFAULT, "amm_scale": 0.6}
     Loaded.recommended = {}
-    assert controls.initial_settings(Loaded)["guided_timesteps"] == "all"
+    assert controls.initial_settings(Loaded)["guidance_interval"] == "all"
     assert abs(controls.RADIUS_DEFAULT - 229**0.5) < 1e-12
 
 
@@ -261,7 +265,7 @@ def test_compare_gives_same_noise_different_images(pipe):
 
 def test_views_are_recorded_only_when_asked(pipe, monkeypatch):
     captures = []
-    monkeypatch.setattr("edt_lab.pipeline.capture_attention",
+    monkeypatch.setattr("edt_lab.callbacks.capture_attention",
                         lambda *args, _real=capture_attention: captures.append(args) or _real(*args))
     plain = sample(pipe, request(pipe), record_views=False)
     assert plain.attention == {} and plain.previews == [] and captures == []  # no capture step at all
@@ -272,48 +276,54 @@ def test_views_are_recorded_only_when_asked(pipe, monkeypatch):
 
 
 def test_precision_reaches_the_pipeline(pipe, monkeypatch):
-    monkeypatch.setattr("edt_lab.precision.native_bf16", lambda device: False)
-    with pytest.raises(ValueError, match="precision bf16 needs native bf16 hardware"):
+    monkeypatch.setattr("edt_lab.accel.supports", lambda feature, device: False)
+    with pytest.raises(ValueError, match="precision bf16: .* lacks native bf16"):
         request(pipe, precision="bf16")
     assert request(pipe, precision="auto").precision == "auto"
-    monkeypatch.setattr("edt_lab.precision.native_bf16", lambda device: True)  # emulated where the CPU lacks it
+    # emulated where the CPU lacks it
+    monkeypatch.setattr("edt_lab.accel.supports", lambda feature, device: feature == "bf16")
     fp32, bf16 = (sample(pipe, request(pipe, precision=p)).images for p in ("fp32", "bf16"))
     assert np.abs(fp32 - bf16).max() > 0 and np.abs(fp32 - bf16).mean() < 0.02  # rounding, not another image
 
 
 def test_recommended_guidance_interval_and_schedule_reach_the_pipeline(pipe, monkeypatch):
     plain = request(pipe)
-    assert (plain.cfg_schedule, plain.guidance_interval) == ("constant", None)
-    shaped = request(pipe, guidance=3.0, recommended={"cfg_interval": [300, 999], "cfg_schedule": "power-cos"})
-    assert (shaped.cfg_schedule, shaped.guidance_interval) == ("power-cos", (300, 999))
+    assert plain.guidance == Guidance(1.0)
+    recommended = {"guidance_interval": (300, 999), "guidance_schedule": "power-cos"}
+    shaped = request(pipe, guidance_scale=3.0, recommended=recommended)
+    assert shaped.guidance == Guidance(3.0, (300, 999), "power-cos")
     calls = []
     real_call = type(pipe).__call__
     monkeypatch.setattr(type(pipe), "__call__", lambda self, *args, **kwargs: calls.append(kwargs)
                         or real_call(self, *args, **kwargs))
-    late = sample(pipe, request(pipe, guidance=3.0, recommended={"cfg_interval": [600, 999]}), record_views=False)
-    assert calls[-1]["guidance_interval"] == (600, 999) and calls[-1]["cfg_schedule"] == "constant"
+    late = sample(pipe, request(pipe, guidance_scale=3.0, recommended={"guidance_interval": (600, 999)}),
+                  record_views=False)
+    assert calls[-1]["guidance"] == Guidance(3.0, (600, 999))
     # guiding only the noisiest steps draws other images than guiding every step, from the same noise
-    every = sample(pipe, request(pipe, guidance=3.0), record_views=False)
-    assert calls[-1]["guidance_interval"] is None and np.abs(late.images - every.images).max() > 1e-3
+    every = sample(pipe, request(pipe, guidance_scale=3.0), record_views=False)
+    assert calls[-1]["guidance"].interval is None and np.abs(late.images - every.images).max() > 1e-3
     loaded = LoadedModel("default", pipe, "trained EDT-T/2 digits model")
     assert status_line(loaded, shaped, "2 images in 0.10 s") == ("2 images in 0.10 s · ddim, 4 steps, guidance 3 "
                                                                  "(power-cos schedule, as the model recommends, "
                                                                  "guided at t 300-999 only) · trained EDT-T/2 digits "
                                                                  "model")
     assert status_line(loaded, plain, "x") == "x · ddim, 4 steps, no guidance · trained EDT-T/2 digits model"
+    one_step = request(pipe, num_inference_steps=1)
+    assert status_line(loaded, one_step, "x") == "x · ddim, 1 step, no guidance · trained EDT-T/2 digits model"
     # without guidance there is no guided interval or schedule to report
-    unguided = request(pipe, guidance=1.0, recommended={"cfg_interval": [0, 800], "cfg_schedule": "power-cos"})
-    assert unguided.guidance_interval == (0, 800)
+    unguided = request(pipe, guidance_scale=1.0, recommended={"guidance_interval": (0, 800),
+                                                              "guidance_schedule": "power-cos"})
+    assert unguided.guidance.interval == (0, 800)
     assert status_line(loaded, unguided, "x") == "x · ddim, 4 steps, no guidance · trained EDT-T/2 digits model"
 
 
 def test_guided_timesteps_on_the_page_replace_the_recommended_ones(pipe):
-    recommended = {"cfg_interval": [300, 999], "cfg_schedule": "power-cos"}
-    assert request(pipe, recommended=recommended).guidance_interval == (300, 999)  # no page value: the folder's
+    recommended = {"guidance_interval": (300, 999), "guidance_schedule": "power-cos"}
+    assert request(pipe, recommended=recommended).guidance.interval == (300, 999)  # no page value: the folder's
     for text, interval in (("all", None), ("", None), (" ALL ", None), ("0-800", (0, 800)), (" 5 - 5 ", (5, 5)),
                            ("0-999", (0, 999))):
-        checked = request(pipe, guided_timesteps=text, recommended=recommended)
-        assert (checked.guidance_interval, checked.cfg_schedule) == (interval, "power-cos")
+        checked = request(pipe, guidance_interval=text, recommended=recommended)
+        assert (checked.guidance.interval, checked.guidance.schedule) == (interval, "power-cos")
     assert [controls.format_interval(i) for i in (None, (0, 800))] == ["all", "0-800"]
     assert controls.parse_interval(controls.format_interval((120, 640))) == (120, 640)
 
@@ -387,48 +397,127 @@ def test_cost_markdown_names_the_convention():
 
 @pytest.fixture(scope="module")
 def page_events():
-    """The functions behind /generate and /compare over the demo model, and the model's facts for the views."""
+    """The functions behind the page's events over the demo model (by name; /generate and /compare by their API
+    name), the page itself, and the model's facts for the views."""
     store = ModelStore(None, "cpu", demo=True)
-    events = {block_fn.api_name: block_fn.fn for block_fn in build_app(store).fns.values()
-              if block_fn.api_name in ("generate", "compare")}
-    return events | {"facts": model_page(store.get(DEFAULT_NAME))["facts"]}
+    demo = build_app(store)
+    events = {getattr(block_fn.fn, "__name__", None): block_fn.fn for block_fn in demo.fns.values()}
+    events |= {block_fn.api_name: block_fn.fn for block_fn in demo.fns.values()
+               if block_fn.api_name in ("generate", "compare")}
+    return events | {"demo": demo, "facts": model_page(store.get(DEFAULT_NAME))["facts"]}
 
 
-def test_a_bad_input_is_an_error_without_a_server_traceback(page_events):
-    with pytest.raises(gr.Error) as error:
-        page_events["generate"](DEFAULT_NAME, "banana", 0, 2, "dpm", 3, 3.0, "", True, 15.0, 0.5, "fp32", "all", None)
-    assert "unknown class 'banana'" in error.value.message and not error.value.print_exception
-    seed = number_field(0, label="mask seed", precision=0, minimum=0, maximum=10)
-    with pytest.raises(gr.Error) as error:  # gradio's own range check, named
-        seed.preprocess(-1)
-    assert error.value.message.startswith("mask seed: Value -1 is less than") and not error.value.print_exception
+QUICK = dict(model=DEFAULT_NAME, class_name="0", seed=0, num_images=2, sampler="dpm", num_inference_steps=3,
+             guidance_scale=3.0, amm_blocks="", released_radius=True, amm_radius=15.0, amm_scale=0.5,
+             precision="fp32", guidance_interval="all")
+
+
+@pytest.fixture
+def messages(monkeypatch):
+    """The toasts (errors raised, warnings and notes shown) an event gives besides its outputs."""
+    shown = []
+    for kind in ("Warning", "Info"):
+        monkeypatch.setattr(gr, kind, lambda message, *args, _kind=kind, **kwargs: shown.append((_kind, message)))
+    return shown
+
+
+def test_an_api_request_out_of_range_is_an_error_without_a_server_traceback(page_events):
+    for change, words in ((dict(class_name="banana"), "unknown class 'banana'"),
+                          (dict(num_inference_steps=0), "steps must lie in 1..250, got 0")):
+        with pytest.raises(gr.Error) as error:
+            page_events["generate"](**QUICK | change, view=None)
+        assert words in error.value.message and not error.value.print_exception
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(num_inference_steps=0), "steps must lie in 1..250, got 0"),  # not clamped to 1 step
+    (dict(num_inference_steps=2.5), "steps must be a whole number, got 2.5"),  # not rounded
+    (dict(num_images=17), "number of images must lie in 1..16, got 17"),
+    (dict(guidance_scale=0.5), "guidance scale must lie in 1.0..10.0, got 0.5"),
+    (dict(seed=-1), "seed must lie in 0..2147483647, got -1"),
+    (dict(amm_blocks="99"), "AMM block 99 is out of range"),
+])
+def test_a_refused_run_is_one_message_in_the_status_line_until_the_next_run(page_events, messages, change, words):
+    for name, status in (("generate", 1), ("compare", 3)):
+        outputs = page_events[name](**QUICK | {"amm_blocks": "10"} | change, view=IMAGES_TAB)
+        assert outputs[status] == REFUSED + words or outputs[status].startswith(REFUSED + words)
+        others = [out for k, out in enumerate(outputs) if k != status]
+        assert all(isinstance(out, type(gr.skip())) for out in others)  # the last images stay as they were
+    assert messages == []  # no toast beside it
+    _, status, _ = page_events["generate"](**QUICK, view=IMAGES_TAB)
+    assert status.startswith("2 images in ") and REFUSED not in status  # the next run replaces the message
+
+
+def test_the_page_sends_numbers_unchanged_to_the_request_check(page_events):
+    """Gradio's sliders clamp a typed number and its fields round or refuse it in their own words: the request's
+    numbers are plain fields whose values reach `check_request` as typed, for the page as for the API."""
+    demo = page_events["demo"]
+    generate = next(block_fn for block_fn in demo.fns.values() if block_fn.api_name == "generate")
+    numbers = [c for c in generate.inputs if isinstance(c, (gr.Number, gr.Slider))]
+    assert [c.label for c in numbers] == ["seed", "number of images", "steps", "guidance scale",
+                                          "radius R (tokens)", "scale k"]
+    for component in numbers:
+        assert not isinstance(component, gr.Slider) and component.minimum is component.maximum is None
+        assert [component.preprocess(v) for v in (0, 2.5, -1, "abc", None)] == [0, 2.5, -1, "abc", None]
+
+
+def test_a_bad_amm_field_is_one_message_in_the_status_line(page_events, messages):
+    outputs = page_events["field_to_boxes"](DEFAULT_NAME, "99", 3.0)
+    assert outputs[-1] == REFUSED + "AMM block 99 is out of range: this model has blocks 0..11"
+    assert all(isinstance(out, type(gr.skip())) for out in outputs[:-1]) and messages == []
+    outputs = page_events["field_to_boxes"](DEFAULT_NAME, " 10, 7", 3.0)
+    assert outputs[-2] == "7, 10" and isinstance(outputs[-1], type(gr.skip()))  # a good field keeps the status
+    assert page_events["show_amm"](page_events["facts"], 11, 8, 8, False, 0, 0.5)[-1].startswith(
+        REFUSED + "AMM radius R must lie in")
+    assert page_events["show_masks"](DEFAULT_NAME, "edt", -1, None)[-1] == (
+        REFUSED + "mask seed must lie in 0..2147483647, got -1")
+
+
+def test_the_api_names_its_outputs(page_events):
+    endpoints = page_events["demo"].get_api_info()["named_endpoints"]
+    assert sorted(endpoints) == ["/compare", "/generate"]
+    assert [r["label"] for r in endpoints["/generate"]["returns"]] == [
+        "Generate: samples with the AMM blocks as chosen", "status"]
+    assert [r["label"] for r in endpoints["/compare"]["returns"]] == [
+        "AMM off", "AMM on", "difference |on − off| (scaled to its maximum)", "status"]
+    assert [p["parameter_name"] for p in endpoints["/generate"]["parameters"]] == [*QUICK]  # the settings' names
+
+
+def test_labels_sit_above_the_images_not_on_them(page_events):
+    """Gradio's label badge covers an image's top pixels: every image and gallery hides it, under a caption."""
+    blocks = list(page_events["demo"].blocks.values())
+    captions = {b.value for b in blocks if isinstance(b, gr.Markdown) and "caption" in (b.elem_classes or [])}
+    pictures = [b for b in blocks if isinstance(b, (gr.Image, gr.Gallery))]
+    assert len(pictures) == 5
+    for picture in pictures:
+        assert picture.show_label is False and f"**{picture.label}**" in captions, picture.label
 
 
 def test_runs_record_the_views_only_for_a_page(page_events):
     generate = page_events["generate"]
-    quick = dict(model=DEFAULT_NAME, class_name="0", seed=0, num_images=2, sampler="dpm", steps=3, guidance_scale=3.0,
-                 amm_blocks="", released_radius=True, radius=15.0, scale=0.5, precision="fp32", guided_timesteps="all")
-    tiles, status, api_runs = generate(**quick, view=None)  # an API client: no view to show
+    tiles, status, api_runs = generate(**QUICK, view=None)  # an API client: no view to show
     assert len(tiles) == 2 and status.startswith("2 images in ") and " s · AMM off" in status
-    _, status, _ = generate(**{**quick, "num_images": 1, "amm_blocks": "7, 10"}, view=None)
+    _, status, _ = generate(**{**QUICK, "num_images": 1, "amm_blocks": "7, 10"}, view=None)
     assert status.startswith("1 image in ") and " s · AMM in blocks 7, 10" in status
     assert api_runs["runs"][0][1] == {} and api_runs["previews"] == []
-    _, _, runs = generate(**quick, view=IMAGES_TAB)  # a page, on another tab: its views can be opened later
+    _, _, runs = generate(**QUICK, view=IMAGES_TAB)  # a page, on another tab: its views can be opened later
     assert len(runs["runs"][0][1]) == 12 and len(runs["previews"]) == 3
 
 
 def test_only_the_open_tab_draws_its_view(page_events):
-    _, _, runs = page_events["generate"](DEFAULT_NAME, "0", 0, 2, "dpm", 3, 3.0, "", True, 15.0, 0.5, "fp32", "all",
-                                         IMAGES_TAB)
+    _, _, runs = page_events["generate"](**QUICK, view=IMAGES_TAB)
     query = (runs, page_events["facts"], 11, 8, 8)
     assert all(isinstance(out, type(gr.skip())) for out in show_views(IMAGES_TAB, *query))
-    previews, attention = show_views(DENOISING_TAB, *query)
-    assert previews["label"].endswith("of 3") and previews["value"].size == (2 * views.TILE + 2, 3 * views.TILE + 4)
+    previews, caption, attention = show_views(DENOISING_TAB, *query)
+    assert caption.endswith("of 3**") and previews.size == (2 * views.TILE + 2, 3 * views.TILE + 4)
     assert isinstance(attention, type(gr.skip()))
-    previews, attention = show_views(ATTENTION_TAB, *query)
+    previews, caption, attention = show_views(ATTENTION_TAB, *query)
     assert isinstance(attention, Figure) and isinstance(previews, type(gr.skip()))
-    view, previews, _ = open_tab(*query, gr.SelectData(None, {"index": 2, "value": DENOISING_TAB}))
-    assert view == DENOISING_TAB and previews["label"].endswith("of 3")  # opening a tab draws the last run's view
+    view, previews, caption, _, status = open_tab(*query, gr.SelectData(None, {"index": 2, "value": DENOISING_TAB}))
+    assert view == DENOISING_TAB and caption.endswith("of 3**")  # opening a tab draws the last run's view
+    assert isinstance(status, type(gr.skip()))
+    latent = {**runs, "previews": []}  # a latent model records no previews: the sheet is emptied
+    assert show_views(DENOISING_TAB, latent, *query[1:])[:2] == (None, f"**{PREVIEWS_LABEL}**")
 
 
 def test_queue_polls_calmly():

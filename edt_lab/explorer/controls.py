@@ -1,15 +1,16 @@
 """The explorer's controls as plain values: choices, defaults, AMM presets and checked requests.
 
-Every bad input raises ValueError with one line saying what was expected; the app shows it in the page.
+Every bad input raises ValueError with one line saying what was expected; the app shows it in the status line.
+The settings carry the names of edt_lab/settings.py (num_inference_steps, guidance_scale, amm_blocks, ...).
 """
 
 import math
 from dataclasses import dataclass
 
 from ..amm import AMM_PRESETS, default_radius, preset_for
-from ..pipeline import SAMPLERS
+from ..guidance import Guidance
 from ..precision import resolve_precision
-from ..sample import FALLBACK_SETTINGS
+from ..settings import FALLBACK_SETTINGS, SAMPLERS
 
 MAX_IMAGES = 16
 MAX_STEPS = 250  # the paper's DDPM evaluation; more only costs time in an interactive page
@@ -26,7 +27,7 @@ PRESETS = {
     "up": "every up-sampling block",
 }
 # The app's own settings for a model whose folder recommends none: quick enough for a first look on a CPU.
-APP_SETTINGS = {**FALLBACK_SETTINGS, "sampler": "dpm", "steps": 25, "amm": "preset"}
+APP_SETTINGS = {**FALLBACK_SETTINGS, "sampler": "dpm", "num_inference_steps": 25, "amm_blocks": "preset"}
 # bf16 where the hardware computes it natively: the digits model's bf16 samples score within what another seed
 # changes of its fp32 ones, a little worse on Karras noise levels (docs/performance.md), and they come 2-3x faster.
 PRECISION_DEFAULT = "auto"
@@ -41,16 +42,12 @@ class Request:
     seed: int
     num_images: int
     sampler: str
-    steps: int
-    guidance: float
+    num_inference_steps: int
+    guidance: Guidance  # the scale from the page; the guided timesteps and the schedule as the model recommends
     amm_blocks: list[int]
-    radius: float | None  # None: the released radius of each block's own grid
-    scale: float
+    amm_radius: float | None  # None: the released radius of each block's own grid
+    amm_scale: float
     precision: str = "fp32"  # of the transformer's forwards: fp32, bf16 or auto (edt_lab.precision)
-    # the guided timesteps (None: every step) and the guidance schedule, as the model's folder recommends (the
-    # schedule has no page control): see EDTPipeline.__call__
-    guidance_interval: tuple[int, int] | None = None
-    cfg_schedule: str = "constant"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -140,23 +137,24 @@ def initial_settings(loaded) -> dict:
     recommendation, else ours."""
     settings = {**APP_SETTINGS, **loaded.recommended}
     try:
-        blocks = parse_blocks(settings["amm"], loaded.pipe.transformer, settings["cfg"])
+        blocks = parse_blocks(settings["amm_blocks"], loaded.pipe.transformer, settings["guidance_scale"])
     except ValueError:  # e.g. no released arrangement for this model: start with AMM off
         blocks = []
     radius = settings["amm_radius"]
-    return {"sampler": settings["sampler"], "steps": min(int(settings["steps"]), MAX_STEPS),
-            "guidance": float(settings["cfg"]),
-            "guided_timesteps": format_interval(_interval(settings["cfg_interval"])),
-            "blocks": blocks, "released_radius": radius is None,
-            "radius": RADIUS_DEFAULT if radius is None else float(radius),
-            "scale": SCALE_DEFAULT if settings["amm_scale"] is None else float(settings["amm_scale"])}
+    return {"sampler": settings["sampler"],
+            "num_inference_steps": min(int(settings["num_inference_steps"]), MAX_STEPS),
+            "guidance_scale": float(settings["guidance_scale"]),
+            "guidance_interval": format_interval(settings["guidance_interval"]),
+            "amm_blocks": blocks, "released_radius": radius is None,
+            "amm_radius": RADIUS_DEFAULT if radius is None else float(radius),
+            "amm_scale": SCALE_DEFAULT if settings["amm_scale"] is None else float(settings["amm_scale"])}
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Checking a request
 # ----------------------------------------------------------------------------------------------------------
 
-def _number(name: str, value, low, high, integer: bool = False):
+def check_number(name: str, value, low, high, integer: bool = False):
     """value as a number inside [low, high], else ValueError naming the control."""
     if value is None:  # an emptied field
         raise ValueError(f"{name} is empty: enter a number")
@@ -173,47 +171,47 @@ def _number(name: str, value, low, high, integer: bool = False):
 
 def check_seed(seed, name: str = "seed") -> int:
     """A noise or mask seed (named `name` in the error): a whole number in 0..MAX_SEED, else ValueError."""
-    return _number(name, seed, 0, MAX_SEED, integer=True)
+    return check_number(name, seed, 0, MAX_SEED, integer=True)
 
 
-def check_request(pipe, class_name, seed, num_images, sampler, steps, guidance, amm_blocks, released_radius,
-                  radius, scale, precision="fp32", guided_timesteps=None, recommended=None) -> Request:
+def check_request(pipe, class_name, seed, num_images, sampler, num_inference_steps, guidance_scale, amm_blocks,
+                  released_radius, amm_radius, amm_scale, precision="fp32", guidance_interval=None,
+                  recommended=None) -> Request:
     """A Request from the page's raw values (the class by name or index), or ValueError with what was expected;
-    `recommended` (the model folder's recommended.json) gives the guidance schedule, and the guided timesteps
-    where `guided_timesteps` (the page's "all" or "LOW-HIGH") is None."""
-    names = class_choices(pipe)
-    if class_name in names:
-        class_index = names.index(class_name)
-    elif str(class_name).strip().isdecimal() and int(class_name) < len(names):  # a class index works too
-        class_index = int(class_name)
-    else:
-        shown = ", ".join(names[:10]) + (f", ... ({len(names)} classes)" if len(names) > 10 else "")
-        raise ValueError(f"unknown class {class_name!r}: expected a class name ({shown}) or an index "
-                         f"0..{len(names) - 1}")
+    `recommended` (the model folder's checked recommended.json) gives the guidance schedule, and the guided
+    timesteps where `guidance_interval` (the page's "all" or "LOW-HIGH") is None."""
+    recommended, index = recommended or {}, class_index(pipe, class_name)
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}: expected one of {', '.join(SAMPLERS)}")
-    guidance = _number("guidance scale", guidance, 1.0, MAX_GUIDANCE)
+    scale = check_number("guidance scale", guidance_scale, 1.0, MAX_GUIDANCE)
+    interval = (recommended.get("guidance_interval") if guidance_interval is None
+                else parse_interval(guidance_interval, pipe.scheduler.config.num_train_timesteps))
     resolve_precision(precision, pipe.device)  # an unknown name, or bf16 where the hardware lacks it
     return Request(
-        class_index=class_index,
+        class_index=index,
         seed=check_seed(seed),
-        num_images=_number("number of images", num_images, 1, MAX_IMAGES, integer=True),
+        num_images=check_number("number of images", num_images, 1, MAX_IMAGES, integer=True),
         sampler=sampler,
-        steps=_number("steps", steps, 1, MAX_STEPS, integer=True),
-        guidance=guidance,
-        amm_blocks=parse_blocks(amm_blocks, pipe.transformer, guidance),
-        radius=None if released_radius else _number("AMM radius R", radius, *RADIUS_RANGE),
-        scale=_number("AMM scale k", scale, *SCALE_RANGE),
+        num_inference_steps=check_number("steps", num_inference_steps, 1, MAX_STEPS, integer=True),
+        guidance=Guidance(scale, interval, recommended.get("guidance_schedule") or "constant",
+                          recommended.get("guided_channels")),
+        amm_blocks=parse_blocks(amm_blocks, pipe.transformer, scale),
+        amm_radius=None if released_radius else check_number("AMM radius R", amm_radius, *RADIUS_RANGE),
+        amm_scale=check_number("AMM scale k", amm_scale, *SCALE_RANGE),
         precision=precision,
-        guidance_interval=(_interval((recommended or {}).get("cfg_interval")) if guided_timesteps is None
-                           else parse_interval(guided_timesteps, pipe.scheduler.config.num_train_timesteps)),
-        cfg_schedule=(recommended or {}).get("cfg_schedule") or "constant",
     )
 
 
-def _interval(value) -> tuple[int, int] | None:
-    """A recommended.json `cfg_interval` ([low, high] or null) as the pipeline's guidance_interval."""
-    return None if value is None else (int(value[0]), int(value[1]))
+def class_index(pipe, class_name) -> int:
+    """The index of a class given by name or index, else ValueError listing the names."""
+    names = class_choices(pipe)
+    if class_name in names:
+        return names.index(class_name)
+    if str(class_name).strip().isdecimal() and int(class_name) < len(names):  # a class index works too
+        return int(class_name)
+    shown = ", ".join(names[:10]) + (f", ... ({len(names)} classes)" if len(names) > 10 else "")
+    raise ValueError(f"unknown class {class_name!r}: expected a class name ({shown}) or an index "
+                     f"0..{len(names) - 1}")
 
 
 def format_interval(interval) -> str:
@@ -222,7 +220,7 @@ def format_interval(interval) -> str:
 
 
 def parse_interval(text, num_train_timesteps: int = 1000) -> tuple[int, int] | None:
-    """The page's guided timesteps, "all" (or empty) or "LOW-HIGH", as the pipeline's guidance_interval."""
+    """The page's guided timesteps, "all" (or empty) or "LOW-HIGH", as a guidance_interval."""
     text = str(text).strip().lower()
     if text in ("", "all"):
         return None

@@ -11,11 +11,13 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from ..accel import enable_fast_paths
 from ..checkpoints import load_checkpoint
-from ..checks import available_device, whole_number
+from ..checks import whole_number
+from ..devices import available_device
 from ..models import create_model, randomize_weights
 from ..pipeline import DEFAULT_MODEL_DIR, EDTPipeline, load_default, load_vae, make_scheduler
-from ..sample import read_recommended
+from ..settings import read_recommended
 
 DEFAULT_NAME = "digits (default)"
 DEMO_NOTE = "untrained demo model (random weights)"
@@ -189,6 +191,7 @@ class ModelStore:
             while len(self._loaded) >= self.keep:
                 self._loaded.pop(next(iter(self._loaded)))  # the least recently loaded goes first
             loaded.pipe.set_progress_bar_config(disable=True)
+            enable_fast_paths(loaded.pipe.transformer, self.device)  # what this hardware runs natively, if anything
             self._loaded[name] = loaded
         return loaded
 
