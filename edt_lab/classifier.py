@@ -12,7 +12,7 @@ from diffusers.configuration_utils import register_to_config
 
 from edt_lab.assets import asset_dir
 from edt_lab.checks import read_json_object
-from edt_lab.cli import make_parent_folder, make_weights_readable, output_folder
+from edt_lab.files import make_weights_readable
 from edt_lab.data import load_digits, split_digits
 
 DEFAULT_CLASSIFIER_DIR = asset_dir("digit_classifier")
@@ -159,33 +159,3 @@ sample against the class it was asked for, and its 128-d penultimate features fo
 Load it with `edt_lab.classifier.load_digit_classifier()`.
 """
 
-
-#################################################################################
-#                                  The command                                  #
-#################################################################################
-
-def add_arguments(parser):
-    parser.add_argument("--out", required=True, help="folder to save the classifier in (safetensors + config.json)")
-    parser.add_argument("--epochs", type=int, default=12, help="passes over the 4,000 training digits")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--force", action="store_true", help="write into an --out folder that already holds files "
-                        "(its config.json, weights and README.md are replaced)")
-
-
-def check_fit_command(args) -> None:
-    """Check the command line of train-classifier or train-autoencoder before the training: ValueError for a bad
-    value. Creates the --out folder, so one that cannot be is refused now, not after the training; one that holds
-    files (another model, say) needs --force, as with export."""
-    if args.epochs < 1:
-        raise ValueError(f"--epochs must be at least 1, got {args.epochs}")
-    if not 0 <= args.seed < 2 ** 31:  # as `edt-lab train`
-        raise ValueError(f"--seed must lie in [0, 2**31), got {args.seed}")
-    out = output_folder(args.out, args.force, "--out")
-    make_parent_folder(out / "config.json", "--out")
-
-
-def run(args):
-    check_fit_command(args)
-    results = train_digit_classifier(args.out, epochs=args.epochs, seed=args.seed)
-    print(f"saved to {args.out}: held-out accuracy {100 * results['val_accuracy']:.2f} % "
-          f"in {results['seconds']:.0f} s")

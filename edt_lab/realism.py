@@ -22,8 +22,8 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
 from edt_lab.assets import asset_dir
-from edt_lab.classifier import check_fit_command, fit_on_digits, load_judge
-from edt_lab.cli import make_weights_readable
+from edt_lab.classifier import fit_on_digits, load_judge
+from edt_lab.files import make_weights_readable
 
 DEFAULT_AUTOENCODER_DIR = asset_dir("digit_autoencoder")
 INK_THRESHOLD = 0.5  # ink in [0, 1] above this is stroke (stroke width)
@@ -172,21 +172,3 @@ def degrade(images, kind: str, generator: torch.Generator):
         raise ValueError(f"unknown degradation {kind!r}: expected one of {', '.join(DEGRADATIONS)}")
     return ink.clamp(0, 1) * 2 - 1
 
-
-#################################################################################
-#                                  The command                                  #
-#################################################################################
-
-def add_arguments(parser):
-    parser.add_argument("--out", required=True, help="folder to save the autoencoder in (safetensors + config.json)")
-    parser.add_argument("--epochs", type=int, default=30, help="passes over the 4,000 training digits")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--force", action="store_true", help="write into an --out folder that already holds files "
-                        "(its config.json, weights and README.md are replaced)")
-
-
-def run(args):
-    check_fit_command(args)
-    results = train_digit_autoencoder(args.out, epochs=args.epochs, seed=args.seed)
-    print(f"saved to {args.out}: held-out reconstruction MSE {results['held_out_mse']:.4f} "
-          f"in {results['seconds']:.0f} s")
