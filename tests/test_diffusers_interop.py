@@ -267,6 +267,7 @@ for folder, out in zip(sys.argv[1::2], sys.argv[2::2]):
 """
 
 
+@pytest.mark.slow
 def test_edt_lab_pipeline_folders_load_with_diffusion_pipeline(tmp_path):
     pipe = EDTPipeline(tiny_edt(in_channels=1), DDIMScheduler(), None, {i: str(i) for i in range(10)})
     pipe.save_pretrained(tmp_path / "pipe")

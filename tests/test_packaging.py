@@ -22,6 +22,7 @@ def test_checkout_finds_the_shipped_models_in_assets():
         assert (asset_dir(name) / marker).is_file()
 
 
+@pytest.mark.slow
 def test_wheel_carries_the_shipped_models_and_finds_them_outside_the_checkout(tmp_path):
     """Build a wheel from a copy of the sources (offline, the installed setuptools), unpack it elsewhere and
     ask the unpacked package where its models are."""

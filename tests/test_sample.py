@@ -83,6 +83,7 @@ def test_png_grid_has_one_labelled_row_per_class(files, tmp_path):
     assert (label_column < 128).any(axis=(1, 2))[:128].any() and (label_column < 128).any(axis=(1, 2))[128:].any()
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_same_bytes_as_one(files, tmp_path):
     one, two = tmp_path / "one.npz", tmp_path / "two.npz"
     args = ["sample", "--ckpt", str(files / "edt.pt"), "--vae", str(files / "vae"), "--classes", "3,1,4",
@@ -195,6 +196,7 @@ def test_bad_input_is_one_line_and_exit_2(files, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "x.npz").exists()
 
 
+@pytest.mark.slow
 def test_command_line_error_has_no_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "edt_lab.cli", "sample", "--ckpt", str(tmp_path / "none.pt"),
                              "--out", str(tmp_path / "x.npz")], capture_output=True, text=True, timeout=120)
