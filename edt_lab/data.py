@@ -208,6 +208,16 @@ class FeatureFolder(Dataset):
 #                              The trainer's --data                             #
 #################################################################################
 
+def in_memory_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The (inputs (N, C, H, W), labels (N,)) tensors of a dataset held in memory (the digits, latents), which a
+    trainer may index directly; None for data read sample by sample (image folders)."""
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+        return dataset.tensors
+    if isinstance(dataset, FeatureFolder):
+        return dataset.latents, dataset.labels
+    return None
+
+
 def make_dataset(spec: str, image_size: int | None = None, num_classes: int | None = None):
     """The dataset named by the trainer's --data value: 'mnist', 'images:DIR' or 'features:DIR'."""
     source, _, folder = str(spec).partition(":")

@@ -1,5 +1,6 @@
 """Diffusion schedule and training loss of EDT/DiT (the ADM recipe), built on diffusers' DDPMScheduler."""
 
+import functools
 import math
 
 import torch
@@ -67,13 +68,14 @@ def alphas_cumprod64(scheduler: DDPMScheduler) -> torch.Tensor:
     return torch.cumprod(1.0 - scheduler.betas.double(), dim=0)
 
 
-def _posterior_constants(scheduler: DDPMScheduler) -> dict:
-    """Closed forms of q(x_{t-1} | x_t, x0) from the scheduler's betas, in float64, each (T,)."""
-    betas = scheduler.betas.double()
-    abar = alphas_cumprod64(scheduler)
+def _posterior_constants(betas: torch.Tensor) -> dict:
+    """Closed forms of q(x_{t-1} | x_t, x0) from the schedule's betas (T,), in float64, each (T,)."""
+    betas = betas.double()
+    abar = torch.cumprod(1.0 - betas, dim=0)
     abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
     variance = betas * (1.0 - abar_prev) / (1.0 - abar)
     return {
+        "abar": abar,
         "sqrt_recip_abar": torch.sqrt(1.0 / abar),
         "sqrt_recipm1_abar": torch.sqrt(1.0 / abar - 1.0),
         "coef_x0": betas * torch.sqrt(abar_prev) / (1.0 - abar),
@@ -84,6 +86,25 @@ def _posterior_constants(scheduler: DDPMScheduler) -> dict:
     }
 
 
+@functools.lru_cache(maxsize=16)
+def _cached_tables(betas_bytes: bytes, device: torch.device, dtype: torch.dtype, gamma: float | None) -> dict:
+    constants = _posterior_constants(torch.frombuffer(bytearray(betas_bytes), dtype=torch.float64))
+    abar = constants.pop("abar")
+    tables = {name: c.to(device=device, dtype=dtype) for name, c in constants.items()}
+    if gamma is not None:
+        snr = abar / (1.0 - abar)
+        tables["min_snr_weight"] = (snr.clamp(max=gamma) / snr).float().to(device)
+    return tables
+
+
+def schedule_tables(scheduler: DDPMScheduler, device, dtype: torch.dtype, gamma: float | None = MIN_SNR_GAMMA):
+    """The per-timestep constants of the loss (`_posterior_constants` but abar, and "min_snr_weight" for a gamma),
+    each (T,), on `device` in `dtype` (the weight in float32), computed once per schedule, device and dtype: a
+    training step only indexes them."""
+    betas = scheduler.betas.detach().to("cpu", torch.float64).contiguous()
+    return _cached_tables(betas.numpy().tobytes(), torch.device(device), dtype, gamma)
+
+
 def min_snr_weight(scheduler: DDPMScheduler, t: torch.Tensor, gamma: float = MIN_SNR_GAMMA) -> torch.Tensor:
     """MDTv2's min-SNR weight of the epsilon MSE, min(SNR(t), gamma) / SNR(t), (B,) float32, SNR = abar / (1 - abar).
 
@@ -91,9 +112,19 @@ def min_snr_weight(scheduler: DDPMScheduler, t: torch.Tensor, gamma: float = MIN
     """
     if not gamma > 0:
         raise ValueError(f"the min-SNR gamma must be positive, got {gamma}")
-    abar = alphas_cumprod64(scheduler).to(t.device)[t]
-    snr = abar / (1.0 - abar)
-    return (snr.clamp(max=gamma) / snr).float()
+    return schedule_tables(scheduler, t.device, torch.float32, float(gamma))["min_snr_weight"][t]
+
+
+def check_timesteps(t: torch.Tensor, num_timesteps: int, batch_size: int | None = None) -> None:
+    """ValueError unless t is a (B,) tensor of steps in [0, num_timesteps). The values are checked on the CPU only:
+    on a GPU reading them would make every step wait for the device (an out-of-range step fails there when it
+    indexes the schedule)."""
+    if t.ndim != 1 or (batch_size is not None and len(t) != batch_size):
+        raise ValueError(f"t must be a ({batch_size or 'B'},) tensor of steps in [0, {num_timesteps}), got shape "
+                         f"{tuple(t.shape)}")
+    if t.device.type == "cpu" and len(t) and not torch.compiler.is_compiling() \
+            and (t.min() < 0 or t.max() >= num_timesteps):
+        raise ValueError(f"t must hold steps in [0, {num_timesteps}), got [{t.min().item()}, {t.max().item()}]")
 
 
 def training_losses(model_output, x0, x_t, t, noise, scheduler: DDPMScheduler,
@@ -110,23 +141,23 @@ def training_losses(model_output, x0, x_t, t, noise, scheduler: DDPMScheduler,
     if model_output.shape not in (x0.shape, (B, 2 * C, *x0.shape[2:])):
         raise ValueError(f"model_output must have {C} or {2 * C} channels and the shape of x0 otherwise, "
                          f"got {tuple(model_output.shape)} for x0 {tuple(x0.shape)}")
+    if min_snr_gamma is not None and not min_snr_gamma > 0:
+        raise ValueError(f"the min-SNR gamma must be positive, got {min_snr_gamma}")
     num_timesteps = scheduler.config.num_train_timesteps
-    if t.shape != (B,) or t.min() < 0 or t.max() >= num_timesteps:
-        raise ValueError(f"t must be a ({B},) tensor of steps in [0, {num_timesteps}), got shape {tuple(t.shape)} "
-                         f"with values in [{t.min().item()}, {t.max().item()}]")
+    check_timesteps(t, num_timesteps, B)
+    tables = schedule_tables(scheduler, x0.device, x0.dtype, None if min_snr_gamma is None else float(min_snr_gamma))
 
     eps = model_output[:, :C]
     mse = _mean_flat((noise - eps) ** 2)
     if min_snr_gamma is not None:
-        mse = mse * min_snr_weight(scheduler, t, min_snr_gamma).to(mse.dtype)
+        mse = mse * tables["min_snr_weight"][t].to(mse.dtype)
     if model_output.shape[1] == C:  # fixed variance: no variational bound term
         return {"mse": mse, "vb": torch.zeros_like(mse), "loss": mse}
 
     v = model_output[:, C:]
-    consts = {name: c.to(device=x0.device, dtype=x0.dtype) for name, c in _posterior_constants(scheduler).items()}
 
     def at_t(name):  # (T,) -> (B, 1, 1, 1)
-        return consts[name][t].view(B, *([1] * (x0.ndim - 1)))
+        return tables[name][t].view(B, *([1] * (x0.ndim - 1)))
 
     def posterior_mean(x_start):
         return at_t("coef_x0") * x_start + at_t("coef_xt") * x_t
@@ -157,13 +188,20 @@ class UniformSampler:
         if num_timesteps < 1:
             raise ValueError(f"num_timesteps must be a positive integer, got {num_timesteps}")
         self.num_timesteps = num_timesteps
+        self.device = torch.device("cpu")
+
+    def to(self, device) -> "UniformSampler":
+        """Keep the sampler's state on `device` (where it then draws), in place; returns the sampler."""
+        self.device = torch.device(device)
+        return self
 
     def probabilities(self) -> torch.Tensor:
-        """Sampling probability of each timestep, (T,) float64."""
-        return torch.full((self.num_timesteps,), 1.0 / self.num_timesteps, dtype=torch.float64)
+        """Sampling probability of each timestep, (T,) float64, on the sampler's device."""
+        return torch.full((self.num_timesteps,), 1.0 / self.num_timesteps, dtype=torch.float64, device=self.device)
 
     def sample(self, batch_size: int, device, generator: torch.Generator | None = None):
-        """Timesteps t (B,) long and weights 1/(T p_t) (B,) float32, so that E[w * loss] is the uniform mean."""
+        """Timesteps t (B,) long and weights 1/(T p_t) (B,) float32, so that E[w * loss] is the uniform mean.
+        They are drawn on the generator's device (the sampler's without one) and returned on `device`."""
         p = self.probabilities()
         if generator is not None:
             p = p.to(generator.device)
@@ -175,7 +213,7 @@ class UniformSampler:
         """Uniform sampling learns nothing from the losses."""
 
     def state_dict(self) -> dict:
-        """The sampler's state as plain ints and tensors, for checkpoints."""
+        """The sampler's state as plain ints and CPU tensors, for checkpoints."""
         return {"num_timesteps": self.num_timesteps}
 
     def load_state_dict(self, state: dict) -> None:
@@ -186,7 +224,11 @@ class UniformSampler:
 
 
 class LossSecondMomentSampler(UniformSampler):
-    """Draw t with p_t proportional to sqrt(E[loss_t^2]) over recent losses; uniform until warmed up."""
+    """Draw t with p_t proportional to sqrt(E[loss_t^2]) over recent losses; uniform until warmed up.
+
+    The history is kept on the sampler's device and updated there in a fixed number of tensor ops whatever the
+    batch size, with no read-back: a step neither loops over samples nor waits for the device.
+    """
 
     def __init__(self, num_timesteps: int, history_per_term: int = 10, uniform_prob: float = 0.001):
         super().__init__(num_timesteps)
@@ -196,38 +238,53 @@ class LossSecondMomentSampler(UniformSampler):
             raise ValueError(f"uniform_prob must be in [0, 1], got {uniform_prob}")
         self.history_per_term = history_per_term
         self.uniform_prob = uniform_prob
-        self.loss_history = torch.zeros(num_timesteps, history_per_term, dtype=torch.float64)  # (T, K), newest last
+        self.loss_history = torch.zeros(num_timesteps, history_per_term, dtype=torch.float64)  # (T, K), oldest first
         self.loss_counts = torch.zeros(num_timesteps, dtype=torch.long)  # (T,)
+
+    def to(self, device) -> "LossSecondMomentSampler":
+        super().to(device)
+        self.loss_history, self.loss_counts = self.loss_history.to(device), self.loss_counts.to(device)
+        return self
 
     def warmed_up(self) -> bool:
         """True once every timestep has a full history."""
         return bool((self.loss_counts == self.history_per_term).all())
 
     def probabilities(self) -> torch.Tensor:
-        if not self.warmed_up():
-            return super().probabilities()
+        # Chosen on the device (torch.where), so that drawing never waits for it.
+        uniform = super().probabilities()
         p = torch.sqrt((self.loss_history ** 2).mean(dim=-1))
         # A little uniform mass keeps every timestep reachable, so the weights stay finite.
-        return p / p.sum() * (1.0 - self.uniform_prob) + self.uniform_prob / self.num_timesteps
+        p = p / p.sum() * (1.0 - self.uniform_prob) + self.uniform_prob / self.num_timesteps
+        return torch.where((self.loss_counts == self.history_per_term).all(), p, uniform)
 
     def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
-        """Record the per-sample losses (B,) observed at timesteps t (B,)."""
+        """Record the per-sample losses (B,) observed at timesteps t (B,), in batch order: each timestep keeps its
+        last history_per_term losses, oldest first."""
         if t.shape != losses.shape or t.ndim != 1:
             raise ValueError(f"t and losses must both be (B,), got {tuple(t.shape)} and {tuple(losses.shape)}")
-        if len(t) and (t.min() < 0 or t.max() >= self.num_timesteps):
-            raise ValueError(f"t must hold steps in [0, {self.num_timesteps}), "
-                             f"got [{t.min().item()}, {t.max().item()}]")
-        for step, loss in zip(t.tolist(), losses.detach().double().cpu().tolist()):
-            if self.loss_counts[step] == self.history_per_term:  # full: drop the oldest
-                self.loss_history[step, :-1] = self.loss_history[step, 1:].clone()
-                self.loss_history[step, -1] = loss
-            else:
-                self.loss_history[step, self.loss_counts[step]] = loss
-                self.loss_counts[step] += 1
+        check_timesteps(t, self.num_timesteps)
+        K, T = self.history_per_term, self.num_timesteps
+        t = t.to(self.device)
+        counts = self.loss_counts
+        arrivals = torch.bincount(t, minlength=T)  # (T,) new losses per timestep
+        drop = (counts + arrivals - K).clamp(min=0)  # (T,) oldest losses that leave each history
+        # Each new loss's rank among the batch's losses at its timestep (a stable sort keeps batch order).
+        order = torch.sort(t, stable=True).indices
+        first = torch.cumsum(arrivals, 0) - arrivals  # (T,) where each timestep's run starts in sorted order
+        rank = torch.empty_like(t).index_put_((order,), torch.arange(len(t), device=t.device) - first[t[order]])
+        # Old losses move left by `drop`; new ones land after them; those pushed out go to a spare column K.
+        slots = torch.arange(K, device=t.device) + drop[:, None]  # (T, K) where each kept slot's loss was
+        history = torch.where(slots < counts[:, None], self.loss_history.gather(1, slots.clamp(max=K - 1)), 0.0)
+        history = torch.cat([history, history.new_zeros(T, 1)], dim=1)  # (T, K + 1)
+        column = (counts[t] + rank - drop[t]).clamp(min=-1) % (K + 1)  # -1 (pushed out) -> K
+        history.index_put_((t, column), losses.detach().to(history))
+        self.loss_history = history[:, :K].contiguous()
+        self.loss_counts = (counts + arrivals).clamp(max=K)
 
     def state_dict(self) -> dict:
-        return {"num_timesteps": self.num_timesteps, "loss_history": self.loss_history.clone(),
-                "loss_counts": self.loss_counts.clone()}
+        return {"num_timesteps": self.num_timesteps, "loss_history": self.loss_history.cpu().clone(),
+                "loss_counts": self.loss_counts.cpu().clone()}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
@@ -236,8 +293,8 @@ class LossSecondMomentSampler(UniformSampler):
                 or counts.shape != self.loss_counts.shape:
             raise ValueError(f"sampler state must hold loss_history {tuple(self.loss_history.shape)} and "
                              f"loss_counts {tuple(self.loss_counts.shape)}")
-        self.loss_history = history.to(torch.float64).clone()
-        self.loss_counts = counts.to(torch.long).clone()
+        self.loss_history = history.to(self.device, torch.float64).clone()
+        self.loss_counts = counts.to(self.device, torch.long).clone()
 
 
 TIMESTEP_SAMPLERS = {"uniform": UniformSampler, "loss-second-moment": LossSecondMomentSampler}

@@ -229,6 +229,34 @@ def test_second_moment_sampler_keeps_last_losses():
         sampler.update(torch.tensor([3]), torch.tensor([1.0]))
 
 
+def _reference_update(history, counts, t, losses):
+    """The released update, one sample at a time: a full history drops its oldest loss."""
+    history, counts = history.clone(), counts.clone()
+    K = history.shape[1]
+    for step, loss in zip(t.tolist(), losses.double().tolist()):
+        if counts[step] == K:
+            history[step, :-1] = history[step, 1:].clone()
+            history[step, -1] = loss
+        else:
+            history[step, counts[step]] = loss
+            counts[step] += 1
+    return history, counts
+
+
+def test_second_moment_sampler_update_equals_the_per_sample_loop():
+    # Batches that repeat timesteps (more often than the history holds), over empty, filling and full histories.
+    generator = torch.Generator().manual_seed(0)
+    sampler = LossSecondMomentSampler(7, history_per_term=3)
+    history, counts = sampler.loss_history.clone(), sampler.loss_counts.clone()
+    for size in (0, 1, 5, 12, 30, 4, 64):
+        t = torch.randint(0, 7, (size,), generator=generator)
+        losses = torch.rand(size, generator=generator)
+        sampler.update(t, losses)
+        history, counts = _reference_update(history, counts, t, losses)
+        assert torch.equal(sampler.loss_counts, counts)
+        assert torch.equal(sampler.loss_history, history), size
+
+
 def test_sampler_state_round_trip():
     sampler = make_timestep_sampler("loss-second-moment", 30)
     _warm_up(sampler, lambda t: (t - 15).abs() + 0.1)

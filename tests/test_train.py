@@ -1,5 +1,6 @@
 """The trainer: loss goes down, exact resume after kill -9, corrupt checkpoints, export, features, bad input."""
 
+import copy
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 from PIL import Image
+from pytorch_optimizer import Adan
 
 from edt_lab.checkpoints import load_checkpoint, safe_torch_load
 from edt_lab.classifier import DEFAULT_CLASSIFIER_DIR
@@ -21,10 +23,16 @@ from edt_lab.cli import main
 from edt_lab.export import export
 from edt_lab.models import EDT, registry
 from edt_lab.pipeline import EDTPipeline
-import edt_lab.train as trainer
+import edt_lab.commands.train as command
+import edt_lab.training.loop as loop
+import edt_lab.training.step as trainer
 from edt_lab.diffusion import LossSecondMomentSampler
-from edt_lab.train import (CHECKPOINT_KEYS, StepBatches, epoch_permutation, fill_released_defaults, lr_factor,
-                           next_position, save_atomic, truncate_log, update_ema)
+from edt_lab.training.batches import StepBatches, batches, epoch_permutation, next_position
+from edt_lab.training.loop import fill_released_defaults
+from edt_lab.training.run_folder import CHECKPOINT_KEYS, save_atomic, truncate_log
+from edt_lab.training.profile import profile_steps
+from edt_lab.training.state import TrainState, lr_factor, make_optimizer, update_ema
+from edt_lab.training.step import train_step
 
 # A ~20k-parameter stand-in for EDT-T/2 (same 32x32 digits, 16x16 token grid, five stages) so tests run in seconds.
 TINY_EDT = dict(dims=(16, 24, 32, 24, 16), num_heads=(1, 1, 1, 1, 1), stages_depth=(1, 1, 1, 1, 1), input_size=32,
@@ -93,7 +101,7 @@ def test_learning_rate_decays_linearly_then_stays_flat():
 
 def test_released_defaults_per_model_and_masking():
     parser = __import__("argparse").ArgumentParser()
-    trainer.add_arguments(parser)
+    command.add_arguments(parser)
 
     def filled(*argv):
         args = parser.parse_args(["--results-dir", "r", "--max-steps", "1", *argv])
@@ -116,6 +124,40 @@ def test_ema_update():
     torch.testing.assert_close(ema.weight, 0.9 * before + 0.1 * model.weight.detach())
 
 
+def test_adan_with_foreach_updates_equals_its_per_parameter_loop():
+    # The trainer's Adan (pytorch_optimizer's, foreach=True: a few ops for all parameters) against the same optimiser
+    # updating parameter by parameter, over 100 steps.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.GELU(), torch.nn.LayerNorm(32), torch.nn.Linear(32, 4))
+    twin = copy.deepcopy(model)
+    fused, loop_ = make_optimizer("adan", model.parameters(), 1e-2), Adan(twin.parameters(), lr=1e-2, foreach=False)
+    assert fused.param_groups[0]["foreach"] is True
+    for step in range(100):
+        x = torch.randn(16, 8, generator=torch.Generator().manual_seed(step))
+        for net, optimizer in ((model, fused), (twin, loop_)):
+            net(x).square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("sizes", [(8, 32), pytest.param((8, 256), marks=pytest.mark.slow)])
+def test_a_step_runs_few_ops_outside_the_model_whatever_the_batch(sizes):
+    """At most 250 top-level ops outside the model's forward and backward (the noising, masks, loss, timestep
+    sampler, Adan and EMA), the same count at every batch size: nothing loops over samples or parameters."""
+    outside = []
+    for batch in sizes:
+        torch.manual_seed(0)
+        state = TrainState.create(registry.create_model("EDT-T/2").train(), "cpu", "edt")
+        x0, y = torch.randn(batch, 1, 32, 32), torch.randint(0, 10, (batch,))
+        train_step(state, [(x0, y)])  # the optimiser's state is created in the first step
+        counts = profile_steps(lambda: train_step(state, [(x0, y)]))
+        assert counts["ops_inside"] > 500  # the model's forward and backward are seen, and told apart
+        outside.append(counts["ops_outside"])
+    assert outside[0] == outside[1] <= 250, outside
+
+
 def test_data_order_is_per_epoch_sharded_and_resumable():
     n, batch = 10, 4
     assert torch.equal(epoch_permutation(n, 0, 3), epoch_permutation(n, 0, 3))
@@ -136,6 +178,17 @@ def test_data_order_is_per_epoch_sharded_and_resumable():
     assert sorted(sum(step, [])) == sorted(first[0])
 
 
+def test_in_memory_data_is_indexed_on_the_device_in_step_batches_order():
+    dataset = torch.utils.data.TensorDataset(torch.randn(50, 1, 4, 4), torch.arange(50))  # as the digits are held
+    order = StepBatches(len(dataset), 6, seed=3, epoch=2, position=42, grad_accum=2)
+    loaded = batches(dataset, order, "cpu", num_workers=0)
+    assert not isinstance(loaded, torch.utils.data.DataLoader)
+    reference = iter(torch.utils.data.DataLoader(dataset, batch_sampler=order))  # as the loader gave them
+    for _ in range(6):  # across the end of epoch 2
+        (x, y), (ref_x, ref_y) = next(loaded), next(reference)
+        assert x.shape == (3, 1, 4, 4) and torch.equal(x, ref_x) and torch.equal(y, ref_y)
+
+
 def test_truncate_log_and_atomic_save(tmp_path):
     log = tmp_path / "log.jsonl"
     log.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 4, "lo')
@@ -150,6 +203,7 @@ def test_truncate_log_and_atomic_save(tmp_path):
 # Training runs
 # ----------------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_loss_falls_on_the_digits(tmp_path):
     assert main(train_argv(tmp_path / "run", steps=50, batch=8)) == 0
     log = read_log(tmp_path / "run")
@@ -337,6 +391,7 @@ def test_the_timestep_sampler_learns_full_plus_masked_losses(tmp_path, monkeypat
         torch.testing.assert_close(seen, full + masked)
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
     # The real EDT-T/2 with EDT masking; besides the logged losses, the final weights, EMA weights and the
     # importance sampler's loss history must equal those of a run that was never interrupted.
@@ -494,13 +549,12 @@ def test_a_results_dir_that_would_lose_files_is_refused_before_training(tmp_path
 
 def test_bf16_mixed_precision_runs_under_autocast_where_native_and_is_refused_elsewhere(tmp_path, capsys,
                                                                                         monkeypatch):
-    import edt_lab.train as train_module
-
-    monkeypatch.setattr(train_module, "native_bf16", lambda device: False)
-    one_line_error(capsys, train_argv(tmp_path / "refused", "--mixed-precision", "bf16"), "needs native bf16")
+    monkeypatch.setattr("edt_lab.accel.supports", lambda feature, device: False)
+    one_line_error(capsys, train_argv(tmp_path / "refused", "--mixed-precision", "bf16"),
+                   "--mixed-precision bf16: precision bf16")
     assert not (tmp_path / "refused").exists()
 
-    monkeypatch.setattr(train_module, "native_bf16", lambda device: True)  # emulated where the CPU lacks it
+    monkeypatch.setattr("edt_lab.accel.supports", lambda feature, device: feature == "bf16")  # emulated where the CPU lacks it
     matmul_dtypes = []
 
     def recording_model(name):
@@ -508,7 +562,7 @@ def test_bf16_mixed_precision_runs_under_autocast_where_native_and_is_refused_el
         model.blocks[0].mlp.fc1.register_forward_hook(lambda module, args, out: matmul_dtypes.append(out.dtype))
         return model
 
-    monkeypatch.setattr(train_module, "create_model", recording_model)
+    monkeypatch.setattr(loop, "create_model", recording_model)
     # accelerate keeps one precision per process: start this run, and the tests after it, afresh
     AcceleratorState._reset_state(reset_partial_state=True)
     try:
