@@ -104,43 +104,6 @@ def sampling_seconds(status: str) -> float:
     return float(match.group(1))
 
 
-def default_request(loaded):
-    """The explorer page's defaults as a `controls.Request`: 4 images of the first class, seed 0, the model's
-    initial settings (`loaded`: the explorer's entry of a loaded model)."""
-    from edt_lab.explorer import controls
-
-    init = controls.initial_settings(loaded)
-    first_class = controls.class_choices(loaded.pipe)[0]
-    return controls.check_request(loaded.pipe, first_class, 0, 4, init["sampler"], init["num_inference_steps"],
-                                  init["guidance_scale"], controls.format_blocks(init["amm_blocks"]),
-                                  init["released_radius"], init["amm_radius"], init["amm_scale"],
-                                  controls.PRECISION_DEFAULT, init["guidance_interval"], recommended=loaded.recommended)
-
-
-def request_record(request) -> dict:
-    """What a report records of the sampled request, in the settings' names."""
-    interval = request.guidance.interval
-    return {"sampler": request.sampler, "num_inference_steps": request.num_inference_steps,
-            "guidance_scale": request.guidance.scale, "guidance_interval": None if interval is None else list(interval),
-            "amm_blocks": request.amm_blocks, "num_images": request.num_images, "precision": request.precision}
-
-
-def in_turns(calls: dict, rounds: int) -> dict:
-    """name -> the seconds of each call: every round runs each of `calls` (name -> f() returning seconds) twice, in
-    turn, so a slow spell of the machine weighs on every setting alike."""
-    seconds = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, call in calls.items():
-            seconds[name] += [call() for _ in range(2)]
-    return seconds
-
-
-def per_round_ratios(seconds: dict, numerator: str, denominator: str) -> list[float]:
-    """The ratio of two settings' median seconds in each round of `in_turns`."""
-    return [statistics.median(seconds[numerator][i:i + 2]) / statistics.median(seconds[denominator][i:i + 2])
-            for i in range(0, len(seconds[numerator]), 2)]
-
-
 def main(argv=None) -> dict:
     parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=4, help="/generate calls; the first is the warm-up")

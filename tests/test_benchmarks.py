@@ -3,7 +3,6 @@
 import argparse
 import json
 import re
-import statistics
 import sys
 from pathlib import Path
 
@@ -151,33 +150,6 @@ def test_app_latency_times_generate_at_the_app_defaults(tmp_path, monkeypatch):
     assert app_latency.sampling_seconds("1 image in 0.31 s · AMM off · ddim, 4 steps, no guidance · x") == 0.31
     with pytest.raises(ValueError, match="no sampling time"):
         app_latency.sampling_seconds("Error")
-
-
-def test_guidance_interval_speed_samples_both_settings_in_turns(tmp_path, monkeypatch, capsys):
-    import guidance_interval_speed
-
-    used = []
-    real_sample = guidance_interval_speed.sample
-
-    def recording_sample(pipe, request, **kwargs):
-        used.append(request.guidance_interval)
-        return real_sample(pipe, request, **kwargs)
-
-    monkeypatch.setattr(guidance_interval_speed, "sample", recording_sample)
-    out = tmp_path / "interval.json"
-    # The demo model recommends no guided timesteps: it gets the digits model's, 0..800.
-    guidance_interval_speed.main(["--rounds", "1", "--demo", "--json", str(out)])
-    report = json.loads(out.read_text())
-    assert used == [(0, 800), None, (0, 800), (0, 800), None, None]  # warm-up, then two of each per round
-    assert {name: len(times) for name, times in report["sampling_s"].items()} == {"interval": 2, "every step": 2}
-    assert report["every_step_over_interval_per_round"] == [statistics.median(report["sampling_s"]["every step"])
-                                                            / statistics.median(report["sampling_s"]["interval"])]
-    assert report["request"]["interval"] == [0, 800] and report["request"]["num_images"] == 4
-    for bad in (["--demo", "--interval", "900", "100"], ["--demo", "--rounds", "0"]):
-        with pytest.raises(SystemExit) as error:
-            guidance_interval_speed.main(bad)
-        assert error.value.code == 2
-    assert "expected 0 <= LOW <= HIGH <= 999" in capsys.readouterr().err
 
 
 def test_shipped_recommended_settings_are_the_rules_choice_in_the_recorded_sweep():
