@@ -23,11 +23,11 @@ import torch
 from edt_lab.checkpoints import load_checkpoint, safe_torch_load
 from edt_lab.cli import main
 from edt_lab.explorer import views
-from edt_lab.explorer.models import ModelStore, randomize_weights
+from edt_lab.explorer.model_folders import ModelStore, randomize_weights
 from edt_lab.flops import count_macs
+from edt_lab.guidance import Guidance, guidance_scales
 from edt_lab.masking import draw_masks, mask_grids, mdt_masks
 from edt_lab.models import MDTv2, TokenMasks, TokenRemoval, create_model, registry, set_attention_path
-from edt_lab.models.base import guidance_scales
 from edt_lab.models.layers import sincos_2d
 from edt_lab.pipeline import EDTPipeline, make_scheduler
 
@@ -169,7 +169,7 @@ def test_compat_case_outputs(case, fused):
         assert model.de_blocks[0].attn.amm is not None  # block 8 = the first decoder block
         torch.testing.assert_close(model(x, t, y), case["out_amm"], atol=1e-5, rtol=0)
         guided = model.forward_with_cfg(case["cfg_x"], case["cfg_t"], case["cfg_y"], case["cfg_scale"],
-                                        guided_channels=case["cfg_guided_channels"], cfg_schedule="power-cos")
+                                        guided_channels=case["cfg_guided_channels"], guidance_schedule="power-cos")
     torch.testing.assert_close(guided, case["out_cfg_amm"], atol=1e-5, rtol=0)
 
 
@@ -194,7 +194,7 @@ def test_guided_forward_follows_the_schedule_for_every_model():
                                                              num_heads=(1, 1, 1, 1, 1)))):
         with torch.no_grad():
             out = model(torch.cat([x[:1], x[:1]]), t, y)
-            guided = model.forward_with_cfg(x, t, y, 3.0, cfg_schedule="power-cos")
+            guided = model.forward_with_cfg(x, t, y, 3.0, guidance_schedule="power-cos")
         scale = guidance_scales(t[:1], 3.0, "power-cos").item()
         cond, uncond = out[:1, :1], out[1:, :1]
         torch.testing.assert_close(guided[:1, :1], uncond + scale * (cond - uncond))
@@ -323,17 +323,19 @@ def test_released_files_and_save_pretrained_folders_load(tmp_path, case):
         torch.testing.assert_close(again(x, t, y), case["out_no_amm"], atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_pipeline_cli_and_explorer_sample_an_mdtv2(tmp_path, capsys):
     model = tiny_mdt()
     pipe = EDTPipeline(model, make_scheduler("ddim"), None, {i: str(i) for i in range(10)})
     pipe.set_progress_bar_config(disable=True)
     generator = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    common = dict(guidance_scale=3.0, num_inference_steps=3, output_type="np", guided_channels=1)
-    constant = pipe([3, 7], generator=generator(), **common).images
-    power_cos = pipe([3, 7], generator=generator(), cfg_schedule="power-cos", **common).images
+    common = dict(num_inference_steps=3, output_type="np")
+    constant = pipe([3, 7], guidance=Guidance(3.0, channels=1), generator=generator(), **common).images
+    power_cos = pipe([3, 7], guidance=Guidance(3.0, schedule="power-cos", channels=1), generator=generator(),
+                     **common).images
     assert constant.shape == (2, 32, 32, 1) and np.abs(constant - power_cos).max() > 1e-4
-    with pytest.raises(ValueError, match="unknown cfg_schedule"):
-        pipe([3], cfg_schedule="cos", **common)
+    with pytest.raises(ValueError, match="guidance_schedule must be one of constant, power-cos, got 'cos'"):
+        Guidance(3.0, schedule="cos")
     pipe.save_pretrained(tmp_path / "models" / "mdt_digits")
     torch.save({"ema": model.state_dict()}, tmp_path / "models" / "mdt.pt")
     out = tmp_path / "grid.png"
@@ -369,6 +371,7 @@ def test_flops_command_and_cost_of_mdtv2(capsys):
     assert "MDTv2-S/2: 6.660 GFLOPs" in out and "de_blocks.3" in out and "38,159,576 trainable" in out
 
 
+@pytest.mark.slow
 def test_training_with_mdt_masking(tmp_path, monkeypatch):
     monkeypatch.setitem(registry.MODEL_CONFIGS, "MDTv2-T/2", (MDTv2, {**registry.MODEL_CONFIGS["MDTv2-T/2"][1],
                                                                       **TINY}))
@@ -386,6 +389,7 @@ def test_training_with_mdt_masking(tmp_path, monkeypatch):
     assert isinstance(load_checkpoint(run / "checkpoints" / "step_0000003.pt"), MDTv2)
 
 
+@pytest.mark.slow
 def test_throughput_benchmark_trains_mdtv2_with_its_masked_pass(tmp_path, monkeypatch):
     monkeypatch.setitem(registry.MODEL_CONFIGS, "MDTv2-T/2", (MDTv2, {**registry.MODEL_CONFIGS["MDTv2-T/2"][1],
                                                                       **TINY}))

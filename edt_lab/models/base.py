@@ -1,30 +1,12 @@
 """What EDT, DiT and MDTv2 share: input checks, classifier-free guidance (and its schedules) and the AMM switch."""
 
-import math
-
 import torch
 from diffusers.configuration_utils import ConfigMixin
 from diffusers.models.modeling_utils import ModelMixin
 
 from ..amm import check_blocks, modulation_matrix
+from ..guidance import guidance_scales
 from ..checks import finite_number, whole_number
-
-CFG_SCHEDULES = ("constant", "power-cos")
-
-
-def guidance_scales(t: torch.Tensor, cfg_scale: float, schedule: str = "constant", num_train_timesteps: int = 1000,
-                    power: float = 4.0) -> torch.Tensor:
-    """The guidance scale at timesteps t (B,), float32: `cfg_scale` throughout ("constant"), or MDTv2's released
-    "power-cos" schedule 1 + (cfg_scale - 1) (1 - cos(pi (1 - t/T)^power)) / 2, which rises from about 1 at the
-    first, noisiest step (t near T) to cfg_scale at t = 0."""
-    if schedule not in CFG_SCHEDULES:
-        raise ValueError(f"unknown guidance schedule {schedule!r}: expected one of {', '.join(CFG_SCHEDULES)}")
-    t = t.float()
-    if schedule == "constant":
-        return torch.full_like(t, cfg_scale)
-    rise = (1 - torch.cos(math.pi * (1 - t / num_train_timesteps) ** power)) / 2
-    return 1 + (cfg_scale - 1) * rise
-
 
 def check_config(mlp_ratio, class_dropout_prob, **sizes) -> None:
     """Refuse a configuration that torch would fail on deep inside a layer, or build wrong without a word: every
@@ -88,19 +70,19 @@ class ClassConditionalTransformer(ModelMixin, ConfigMixin):
             null = f"{top} is the null label" if top == self.config.num_classes else "this model has no null label"
             raise ValueError(f"labels must lie in [0, {top}] ({null}), got {int(y.min())}..{int(y.max())}")
 
-    def forward_with_cfg(self, x, t, y, cfg_scale: float, guided_channels: int | None = None,
-                         cfg_schedule: str = "constant"):
+    def forward_with_cfg(self, x, t, y, guidance_scale: float, guided_channels: int | None = None,
+                         guidance_schedule: str = "constant"):
         """Classifier-free guidance: the first half of the batch is conditional, the second carries null labels.
 
         x (2B, C, H, W): only x[:B] is used and duplicated. guided_channels None guides all noise channels;
-        3 reproduces the released scripts (a DiT legacy for 4-channel latents). cfg_schedule "constant" or
-        "power-cos" (MDTv2's released sampling, with guided_channels 3; see `guidance_scales`).
+        3 reproduces the released scripts (a DiT legacy for 4-channel latents). guidance_schedule "constant" or
+        "power-cos" (MDTv2's released sampling, with guided_channels 3; see `edt_lab.guidance.guidance_scales`).
         """
         channels = self.config.in_channels if guided_channels is None else guided_channels
         if not 1 <= channels <= self.config.in_channels:
             raise ValueError(f"guided_channels must lie in [1, {self.config.in_channels}], got {channels}")
         half = x[: len(x) // 2]
-        scale = guidance_scales(t[: len(half)], cfg_scale, cfg_schedule).float().view(-1, 1, 1, 1)  # (B, 1, 1, 1)
+        scale = guidance_scales(t[: len(half)], guidance_scale, guidance_schedule).float().view(-1, 1, 1, 1)
         # float32: under bf16 autocast the difference of the two predictions would keep only bf16's 8 bits
         out = self.forward(torch.cat([half, half], dim=0), t, y).float()
         eps, rest = out[:, :channels], out[:, channels:]
