@@ -49,7 +49,7 @@ def draw_labels(classes, num_samples: int, draw: str, seed: int) -> np.ndarray:
         return classes[picks.numpy()]
     if draw == "balanced":
         return np.sort(classes[np.arange(num_samples) % len(classes)], kind="stable")
-    raise ValueError(f"--label-draw {draw!r}: expected 'uniform' or 'balanced'")
+    raise ValueError(f"draw must be 'uniform' or 'balanced', got {draw!r}")
 
 
 def image_bytes(pipe: EDTPipeline) -> int:

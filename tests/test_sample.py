@@ -263,3 +263,5 @@ def test_generate_and_draw_labels_refuse_mismatched_or_missing_input():
         generate(pipe, np.array([1]), [0, 1, 2], batch_size=1, num_inference_steps=1)
     with pytest.raises(ValueError, match="no classes to draw labels from"):
         draw_labels([], 5, "uniform", 0)
+    with pytest.raises(ValueError, match="draw must be 'uniform' or 'balanced', got 'random'"):
+        draw_labels([1], 5, "random", 0)
