@@ -29,6 +29,13 @@ def find_chromium(playwright) -> str | None:
     return own if Path(own).is_file() else None
 
 
+def label_badge_shown(page, selector: str) -> bool:
+    """Whether gradio's label badge, which sits over an image's top left corner, shows in `selector`."""
+    badges = page.locator(f"{selector} [data-testid='block-label']")
+    return any((box := badges.nth(i).bounding_box()) and box["height"] > 1 and box["width"] > 1
+               for i in range(badges.count()))
+
+
 def test_compare_button_shows_both_image_sets_and_each_tab_its_view_of_the_run(tmp_path):
     with sync_playwright() as playwright:
         chromium = find_chromium(playwright)
@@ -77,6 +84,7 @@ def test_compare_button_shows_both_image_sets_and_each_tab_its_view_of_the_run(t
                 # the run's previews and attention are drawn when their tab is opened
                 page.get_by_role("tab", name="Denoising").click()
                 page.locator("#previews img").first.wait_for(state="visible", timeout=30_000)
+                assert not label_badge_shown(page, "#previews")
                 page.get_by_role("tab", name="AMM and attention").click()
                 page.locator("#attention-plot img").first.wait_for(state="visible", timeout=30_000)
                 page.get_by_role("tab", name="Images").click()
@@ -104,6 +112,34 @@ def test_compare_button_shows_both_image_sets_and_each_tab_its_view_of_the_run(t
                 expect(radius).to_be_disabled()
                 page.locator("#released-radius input").uncheck()
                 expect(radius).to_be_enabled(timeout=30_000)
+                # labels sit above the images, never on them
+                for picture in ("#off-gallery", "#on-gallery", "#difference", "#samples"):
+                    assert not label_badge_shown(page, picture), picture
+                caption = page.locator(".caption").get_by_text("AMM off", exact=True).bounding_box()
+                first = page.locator("#off-gallery img").first.bounding_box()
+                assert caption["y"] + caption["height"] <= first["y"], (caption, first)
+                # a refused run: one message, in the status line, and no error on the images; the next run clears it
+                steps = page.locator("#steps input[type=number]")
+                steps.fill("0")
+                page.locator("#generate-button").click()
+                refused = "Refused: steps must lie in 1..250, got 0"
+                expect(page.locator("#status")).to_contain_text(refused, timeout=30_000)
+                expect(steps).to_have_value("0")  # not clamped to 1
+                field.fill("99")
+                field.press("Enter")
+                page.locator("#status").click()  # leaves the field: applied again
+                steps.fill("2")
+                page.locator("#generate-button").click()
+                expect(page.locator("#status")).to_contain_text("AMM block 99 is out of range", timeout=30_000)
+                page.wait_for_timeout(1000)
+                assert page.get_by_text("AMM block 99 is out of range").count() == 1  # no toast, no repeat
+                assert page.locator(".toast-body").count() == 0
+                assert page.get_by_text("Error", exact=True).count() == 0  # no error badge on an image
+                field.fill("10")
+                page.locator("#status").click()
+                page.locator("#generate-button").click()
+                expect(page.locator("#status")).to_contain_text("2 steps", timeout=60_000)
+                expect(page.locator("#status")).not_to_contain_text("Refused")
                 # an EDT is offered the masked passes it can train with, not MDT's token removal
                 page.get_by_role("tab", name="Masking (training)").click()
                 expect(page.locator("#strategy")).to_contain_text("input-zero")
