@@ -55,6 +55,7 @@ def pixels(gallery) -> np.ndarray:
     return np.stack([np.asarray(Image.open(item["image"]).convert("RGB")) for item in gallery])
 
 
+@pytest.mark.slow
 def test_compare_with_defaults_gives_different_off_and_on_images(client):
     off, on, difference, status = client.predict(api_name="/compare")  # the views' previews stay in the page
     off, on = pixels(off), pixels(on)
@@ -64,11 +65,13 @@ def test_compare_with_defaults_gives_different_off_and_on_images(client):
     assert "AMM off" in status and "untrained demo model" in status
 
 
+@pytest.mark.slow
 def test_generate_with_defaults(client):
     samples, status = client.predict(api_name="/generate")
     assert pixels(samples).shape[0] == 4 and "4 images" in status
 
 
+@pytest.mark.slow
 def test_bad_requests_show_errors_and_the_server_keeps_serving(client):
     for bad in (dict(class_name="banana"), dict(num_inference_steps=10000), dict(model="broken.pt"),
                 dict(model="/etc/passwd"), dict(amm_blocks="99"), dict(guidance_interval="900-100")):
@@ -92,6 +95,7 @@ def test_bad_requests_show_errors_and_the_server_keeps_serving(client):
     assert pixels(samples).shape[0] == 2
 
 
+@pytest.mark.slow
 def test_guided_timesteps_reach_the_sampler(client):
     every, status = client.predict(num_images=1, num_inference_steps=4, guidance_scale=4.0, api_name="/generate")
     late, late_status = client.predict(num_images=1, num_inference_steps=4, guidance_scale=4.0,
@@ -100,6 +104,7 @@ def test_guided_timesteps_reach_the_sampler(client):
     assert (pixels(every) != pixels(late)).any()  # the steps below t = 600 ran unguided
 
 
+@pytest.mark.slow
 def test_models_folder_entries_are_offered_by_name(client):
     samples, status = client.predict(model="tiny-pipeline", num_images=1, num_inference_steps=2, api_name="/generate")
     assert pixels(samples).shape[0] == 1 and "pipeline tiny-pipeline" in status

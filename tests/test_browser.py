@@ -36,6 +36,7 @@ def label_badge_shown(page, selector: str) -> bool:
                for i in range(badges.count()))
 
 
+@pytest.mark.slow
 def test_compare_button_shows_both_image_sets_and_each_tab_its_view_of_the_run(tmp_path):
     with sync_playwright() as playwright:
         chromium = find_chromium(playwright)

@@ -101,6 +101,7 @@ def test_augment_keeps_background_and_identity(held_out):
 
 # ------------------------------------------------------------------ digit metrics
 
+@pytest.mark.slow
 def test_digit_metrics_real_versus_noise(held_out):
     digits, digit_labels = load_digits()
     diffusion_train, diffusion_held_out = diffusion_split(digit_labels)
@@ -168,6 +169,7 @@ def test_eval_command_on_real_digits(tmp_path, held_out, capsys):
     assert results["num_samples"] == 500 and results["accuracy"] > 0.97
 
 
+@pytest.mark.slow
 def test_eval_precision_bf16_classifies_like_fp32(tmp_path, held_out, capsys, monkeypatch):
     images, labels = held_out
     np.savez(tmp_path / "samples.npz", to_uint8(images[::5]), labels[::5].numpy())

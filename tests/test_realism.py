@@ -68,6 +68,7 @@ def degraded_metrics():
     return rows
 
 
+@pytest.mark.slow
 def test_real_digits_score_near_their_real_vs_real_values(degraded_metrics):
     real = degraded_metrics["real"]
     for measure in ("fid", "ae_fid", "mean_ink_w1", "stroke_width_w1", "grey_share_w1"):
@@ -75,6 +76,7 @@ def test_real_digits_score_near_their_real_vs_real_values(degraded_metrics):
     assert real["isolated_pixels"] <= real["isolated_pixels_real"] + 0.01
 
 
+@pytest.mark.slow
 def test_the_measures_rank_degraded_digits_worse_than_real_ones(degraded_metrics):
     real = degraded_metrics["real"]
     assert real["ae_fid"] > 0.5 * real["ae_fid_real_floor"] > 1  # new digits, not the reference itself
