@@ -45,6 +45,37 @@ def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
     return {name: imported_modules(name, path, modules) for name, path in modules.items()}
 
 
+# The layers, lowest first: a module imports modules of its own layer or lower ones, never higher ones. A name
+# stands for the module and, for a package, everything in it.
+LAYERS = (
+    # plain helpers and values: argument checks, names, files, devices, assets, the AMM's matrix, guidance and
+    # sampling settings, the noise schedule, datasets, the trainer's released defaults
+    ("checks", "names", "files", "devices", "assets", "amm", "guidance", "settings", "diffusion", "data",
+     "training.recipe"),
+    # models and what reads or changes one model: loading, hardware paths, masks, cost, callbacks, the judges
+    ("models", "accel", "precision", "checkpoints", "diffusers_dit", "masking", "flops", "callbacks", "classifier",
+     "realism"),
+    # pipeline and training, and what runs them in bulk
+    ("pipeline", "training", "generation", "export", "metrics"),
+    # the commands, the explorer, and the package's own top-level helpers
+    ("commands", "cli", "explorer", ""),
+)
+
+
+def layer_of(module: str) -> int:
+    """The index in LAYERS of the longest name that `module` is or lies in ("" is the package itself)."""
+    name = module.removeprefix("edt_lab").removeprefix(".")
+    matches = [(len(entry), rank) for rank, names in enumerate(LAYERS) for entry in names
+               if name == entry or (entry and name.startswith(entry + "."))]
+    assert matches, f"{module} is in no layer: add it to LAYERS in tests/test_layers.py"
+    return max(matches)[1]
+
+
+def imports_upward_in_layers(graph) -> list[str]:
+    return sorted(f"{module} (layer {layer_of(module)}) imports {target} (layer {layer_of(target)})"
+                  for module, targets in graph.items() for target in targets if layer_of(target) > layer_of(module))
+
+
 def is_command(module: str) -> bool:
     """The command layer: the `edt-lab` entry point and edt_lab/commands/, which build and fill parsers."""
     return module == "edt_lab.cli" or module == "edt_lab.commands" or module.startswith("edt_lab.commands.")
@@ -83,6 +114,14 @@ def test_no_library_module_imports_the_command_layer():
     graph = import_graph()
     assert "edt_lab.commands.sample" in graph and "edt_lab.generation" in graph["edt_lab.commands.sample"]
     assert upward_imports(graph) == []
+
+
+def test_modules_import_only_their_own_layer_or_lower_ones():
+    graph = import_graph()
+    assert layer_of("edt_lab.models.edt") == 1 and layer_of("edt_lab.training.recipe") == 0
+    for module in graph:
+        layer_of(module)  # every module has its place
+    assert imports_upward_in_layers(graph) == []
 
 
 def test_no_import_circle_among_the_package_modules():
