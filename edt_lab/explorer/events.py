@@ -12,7 +12,7 @@ import gradio as gr
 
 from . import controls, views
 from .layout import (ATTENTION_TAB, COMPARE_LABEL, DENOISING_TAB, IMAGES_TAB, MAX_GROUPS, PAIR_COLUMNS,
-                     PREVIEWS_LABEL, SAMPLES_COLUMNS, Page, describe, model_page)
+                     PREVIEWS_LABEL, SAMPLES_COLUMNS, Page, caption_text, describe, model_page)
 from .model_folders import DEFAULT_NAME, DEMO_NOTE, ModelStore
 from .sampling import compare, sample
 
@@ -76,7 +76,7 @@ def show_views(view, runs, facts, block, row, col) -> tuple:
     is drawn when it is opened (`open_tab`), so a run does not draw and send figures that no one sees."""
     if runs and view == DENOISING_TAB:
         previews, caption = views.preview_sheet(runs["previews"]) or (None, PREVIEWS_LABEL)
-        caption = f"**{caption}**"  # as layout.caption writes it
+        caption = caption_text(caption)
     else:
         previews, caption = gr.skip(), gr.skip()
     attention = show_attention(runs, facts, block, row, col) if view == ATTENTION_TAB else gr.skip()

@@ -49,9 +49,14 @@ def number_field(value, label: str, info: str, **kwargs) -> gr.Number:
     return gr.Number(value, label=label, info=info, precision=None, **kwargs)
 
 
+def caption_text(text: str) -> str:
+    """A caption's markdown."""
+    return f"**{text}**"
+
+
 def caption(text: str, **kwargs) -> gr.Markdown:
     """The label of the image or gallery below it, set outside the image."""
-    return gr.Markdown(f"**{text}**", elem_classes=["caption"], **kwargs)
+    return gr.Markdown(caption_text(text), elem_classes=["caption"], **kwargs)
 
 
 def model_page(loaded) -> dict:
