@@ -90,13 +90,13 @@ def environment(device) -> dict:
     import torch
 
     from edt_lab.models import MODEL_NAMES
-    from edt_lab.precision import native_bf16
+    from edt_lab.accel import supports
 
     info = {"kind": "machine", "python": platform.python_version(), "platform": platform.platform(),
             "torch": torch.__version__, "cuda": torch.version.cuda, "cpu_count": os.cpu_count(),
             "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M"), "device": str(device),
             "load_average_1_5_15_min": os.getloadavg(),  # what else the machine was doing
-            "native_bf16": native_bf16(device), "models": list(MODEL_NAMES)}
+            "native_bf16": supports("bf16", device), "models": list(MODEL_NAMES)}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(gpu=props.name, capability=f"{props.major}.{props.minor}",
@@ -111,14 +111,32 @@ def models_to_measure(tiny: bool) -> list[str]:
     return [name for name in (f"EDT-{size}/2", f"DiT-{size}/2", f"MDTv2-{size}/2") if name in MODEL_NAMES]
 
 
+def dtype_of(section: Section):
+    """The section's compute dtype. Its bf16 is autocast wherever it runs: the CPU smoke run emulates it."""
+    import torch
+
+    return torch.bfloat16 if section.precision == "bf16" else torch.float32
+
+
+def build_attention_path(model, section: Section, device) -> None:
+    """The section's attention path in `model`: fused SDPA or flex_attention, blocks compiled or not."""
+    from edt_lab import accel
+    from edt_lab.models import set_attention_path
+
+    set_attention_path(model, fused=True)
+    if section.attention == "flex":
+        accel.use_flex_attention(model, device, force=True)
+    if section.compile_blocks:
+        accel.compile_blocks(model, device)
+
+
 def inference_row(name: str, section: Section, device, batch_size: int, warmup: int, repeats: int) -> dict:
     """Steps/s, peak memory and the difference from exact float32 of one eval forward of model `name`."""
     import torch
 
-    from edt_lab.models import randomize_weights, set_attention_path
+    from edt_lab.models import randomize_weights
     from edt_lab.precision import autocast, enable_tf32
-    from throughput import DTYPES, build_inference_model, inputs
-    from timing import peak_memory_mb, reset_peak_memory, time_calls
+    from throughput import build_inference_model, inputs, peak_memory_mb, reset_peak_memory, time_calls
 
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     model = randomize_weights(build_inference_model(name, device, "math", compile_blocks=False))
@@ -127,15 +145,13 @@ def inference_row(name: str, section: Section, device, batch_size: int, warmup: 
         reference = model(x, t, y).float()
     if section.tf32:
         enable_tf32()
-    set_attention_path(model, fused=True, flex=section.attention == "flex")
-    if section.compile_blocks:
-        model.compile_blocks()
+    build_attention_path(model, section, device)
     skips = torch._dynamo.utils.counters["inductor"]
     skipped_before = skips["cudagraph_skips"]  # the process's count so far: its earlier models' rows hold theirs
     if section.graphs:  # "reduce-overhead": inductor's code, captured and replayed as a CUDA graph on a GPU
         model.compile(mode="reduce-overhead", dynamic=False, fullgraph=True)
     reset_peak_memory(device)
-    with torch.no_grad(), autocast(device, DTYPES[section.precision]):  # as the pipeline samples
+    with torch.no_grad(), autocast(device, dtype_of(section)):  # as the pipeline samples
         output = model(x, t, y).float()  # also the compiling call
         seconds = time_calls(lambda: model(x, t, y), device, warmup, repeats)
     row = {"steps_per_s": 1 / statistics.median(seconds), "peak_memory_mb": peak_memory_mb(device),
@@ -152,16 +168,14 @@ def training_row(name: str, masking: str, section: Section, device, batch_size: 
     import torch
 
     from edt_lab.precision import enable_tf32
-    from throughput import DTYPES
-    from timing import peak_memory_mb, reset_peak_memory, time_calls
-    from train_speed import training_step
+    from throughput import peak_memory_mb, reset_peak_memory, time_calls, training_step
 
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     if section.tf32:
         enable_tf32()
     reset_peak_memory(device)
-    step = training_step(name, masking, batch_size, device=device, dtype=DTYPES[section.precision],
-                         compile_blocks=section.compile_blocks, attention=section.attention)
+    step = training_step(name, masking, batch_size, device=device, dtype=dtype_of(section),
+                         compiled=section.compile_blocks, attention=section.attention)
     seconds = time_calls(step, device, warmup, repeats)
     return {"iters_per_s": 1 / statistics.median(seconds), "peak_memory_mb": peak_memory_mb(device)}
 
@@ -175,14 +189,13 @@ def profile_row(name: str, section: Section, device, batch_size: int, warmup: in
     from torch.profiler import ProfilerActivity, profile
 
     from edt_lab.precision import autocast
-    from throughput import DTYPES, build_inference_model, inputs
-    from timing import synchronize, time_calls
+    from throughput import build_inference_model, inputs, synchronize, time_calls
 
     on_gpu = device.type == "cuda"
     model = build_inference_model(name, device, section.attention, section.compile_blocks)
     x, t, y = inputs(model, batch_size, device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
-    with torch.no_grad(), autocast(device, DTYPES[section.precision]):
+    with torch.no_grad(), autocast(device, dtype_of(section)):
         seconds = time_calls(lambda: model(x, t, y), device, warmup + 1, repeats)
         with profile(activities=activities) as profiled:
             model(x, t, y)
@@ -336,7 +349,8 @@ def describe(row: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    from edt_lab.cli import OneLineParser, output_file
+    from edt_lab.cli import OneLineParser
+    from edt_lab.files import output_file
     from options import at_least, check_device, positive
 
     parser = OneLineParser(description=__doc__.splitlines()[0])
@@ -420,7 +434,7 @@ def main(argv=None) -> dict:
 
 if __name__ == "__main__":
     here = Path(__file__).resolve().parent
-    sys.path[:0] = [str(here), str(here.parent)]  # throughput, train_speed, timing; this checkout's edt_lab
+    sys.path[:0] = [str(here), str(here.parent)]  # throughput; this checkout's edt_lab
     from edt_lab.cli import run_script
 
     sys.exit(run_script(main))

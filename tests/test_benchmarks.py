@@ -18,31 +18,43 @@ import settings_sweep  # noqa: E402
 import throughput  # noqa: E402
 
 
-def test_throughput_reports_every_model(tmp_path, capsys):
+def test_throughput_reports_inference_and_training_of_every_model(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    throughput.main(["--models", "EDT-T/2", "DiT-T/2", "--batch-size", "2", "--repeats", "1", "--steps", "1",
+    throughput.main(["--models", "EDT-T/2", "DiT-T/2", "--batch-size", "2", "4", "--repeats", "1", "--steps", "1",
                      "--train-steps", "1", "--json", str(out)])
     report = json.loads(out.read_text())
-    assert set(report) == {"results", "machine"}
-    edt, dit = report["results"]
-    assert edt["model"] == "EDT-T/2" and dit["model"] == "DiT-T/2"
-    for key in ("inference_steps_per_s", "train_iters_per_s", "train_iters_per_s_no_mask"):
-        assert edt[key] > 0
-    assert dit["inference_steps_per_s"] > 0 and dit["train_iters_per_s"] > 0
-    assert "EDT-T/2 / DiT-T/2 (fp32): inference" in capsys.readouterr().out
+    assert set(report) == {"inference", "training", "machine"}
+    assert report["machine"]["command"].startswith("python benchmarks/throughput.py --models EDT-T/2 DiT-T/2")
+    assert [(r["model"], r["batch_size"]) for r in report["inference"]] == [
+        ("EDT-T/2", 2), ("DiT-T/2", 2), ("EDT-T/2", 4), ("DiT-T/2", 4)]
+    assert all(r["steps_per_s"] > 0 and r["samples_per_s"] == r["batch_size"] * r["steps_per_s"]
+               for r in report["inference"])
+    training = {(r["model"], r["masking"], r["batch_size"]): r for r in report["training"]}
+    assert set(training) == {(m, k, b) for m, k in (("EDT-T/2", "edt"), ("EDT-T/2", "none"), ("DiT-T/2", "none"))
+                             for b in (2, 4)}
+    for row in training.values():
+        assert row["samples_per_s"] > 0 and row["precision"] == "fp32" and 0 <= row["outside_share"] < 1
+        assert row["ops_inside"] > row["ops_outside"] > 0
+    assert training["EDT-T/2", "edt", 2]["ops_outside"] == training["EDT-T/2", "edt", 4]["ops_outside"]
+    printed = capsys.readouterr().out
+    assert "EDT-T/2 / DiT-T/2 (fp32, batch 2): inference" in printed and "ops outside" in printed
 
 
+@pytest.mark.native_bf16
 def test_throughput_measures_precisions_and_cpu_linear_paths_in_the_same_rounds(tmp_path, capsys):
     out = tmp_path / "bench.json"
     throughput.main(["--models", "EDT-T/2", "--batch-size", "2", "--repeats", "1", "--steps", "1", "--train-steps", "0",
-                     "--dtype", "fp32", "bf16", "--cpu-linear", "fused", "autocast", "--json", str(out)])
-    rows = json.loads(out.read_text())["results"]
+                     "--precision", "fp32", "bf16", "--cpu-linear", "fused", "autocast", "--json", str(out)])
+    rows = json.loads(out.read_text())["inference"]
     # the Linear path is a CPU bf16 choice: fp32 is measured once
-    assert [(r["dtype"], r["cpu_linear"]) for r in rows] == [("fp32", None), ("bf16", "fused"), ("bf16", "autocast")]
-    assert all(r["inference_steps_per_s"] > 0 for r in rows)
-    printed = capsys.readouterr().out
-    assert "EDT-T/2 bf16 fused / fp32: inference" in printed and "EDT-T/2 bf16 autocast / fp32" in printed
-    assert throughput.layers.FUSED_CPU_LINEAR  # left as the library's default
+    assert [(r["precision"], r["cpu_linear"]) for r in rows] == [("fp32", None), ("bf16", "fused"),
+                                                                  ("bf16", "autocast")]
+    assert all(r["steps_per_s"] > 0 for r in rows)
+
+
+def test_throughput_refuses_bf16_without_native_hardware_in_one_line(monkeypatch, capsys):
+    monkeypatch.setattr("edt_lab.accel.supports", lambda feature, device: False)
+    assert "precision bf16" in one_line_exit_2(throughput.main, ["--precision", "bf16"], capsys)
 
 
 def test_masked_to_full_ratio_tells_falling_together_from_falling_behind():
@@ -377,7 +389,7 @@ def test_bad_options_are_one_line_and_exit_2_before_any_measuring(tmp_path, monk
     monkeypatch.setattr(throughput, "build_inference_model", no_work)
     monkeypatch.setattr(amm_study.EDTPipeline, "from_pretrained", no_work)
     assert "unrecognized arguments: --bogus" in one_line_exit_2(amm_study.main, ["--bogus"], capsys)  # no usage
-    for argv in (["--repeats", "0"], ["--steps", "0"], ["--batch-size", "0"], ["--train-steps", "-1"]):
+    for argv in (["--repeats", "0"], ["--steps", "-1"], ["--batch-size", "0"], ["--train-steps", "-1"]):
         assert "expected an integer >=" in one_line_exit_2(throughput.main, argv, capsys)
     assert "--budget-s: expected a number >= 5" in one_line_exit_2(
         gpu_check.main, ["--json", str(tmp_path / "gpu.json"), "--budget-s", "-1"], capsys)
