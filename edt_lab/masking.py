@@ -13,8 +13,8 @@ import torch
 
 from .models import EDT, MDTv2, TokenMasks, TokenRemoval
 from .models.edt import POS_REPLACE_BLOCK
+from .names import MASKING_STRATEGIES
 
-MASKING_STRATEGIES = ("edt", "mdt", "input-zero", "none")
 MDT_RATIO_SPAN = 0.2  # MDT draws the mask ratio from U(mask_ratio, mask_ratio + 0.2) once per batch
 
 
