@@ -20,7 +20,8 @@ from edt_lab.amm import amm_applied, apply_amm
 from edt_lab.callbacks import AttentionCapture, PreviewCallback, StepCallbacks
 from edt_lab.guidance import Guidance
 from edt_lab.models import create_model
-from edt_lab.pipeline import SAMPLERS, EDTPipeline, image_generators, load_default, make_scheduler
+from edt_lab.pipeline import EDTPipeline, image_generators, load_default, make_scheduler
+from edt_lab.settings import SAMPLERS
 
 DIGITS = {i: name for i, name in enumerate("zero one two three four five six seven eight nine".split())}
 
@@ -446,6 +447,7 @@ np.save(sys.argv[2], out.images)
 """
 
 
+@pytest.mark.slow
 def test_save_and_load_in_a_fresh_process(latent_pipe, tmp_path):
     latent_pipe.scheduler = make_scheduler("ddim")
     latent_pipe.save_pretrained(tmp_path / "pipe")
