@@ -35,6 +35,10 @@ FLAGS = {"sampler": "--sampler", "num_inference_steps": "--steps", "guidance_sca
          "guided_channels": "--guided-channels", "amm_blocks": "--amm", "amm_radius": "--amm-radius",
          "amm_scale": "--amm-scale"}
 
+# The settings that make up a Guidance, with its field names.
+GUIDANCE_FIELDS = {"guidance_scale": "scale", "guidance_interval": "interval", "guidance_schedule": "schedule",
+                   "guided_channels": "channels"}
+
 # recommended.json's names before the one vocabulary: refused with the new name, never read under the old one.
 OLD_NAMES = {"steps": "num_inference_steps", "cfg": "guidance_scale", "cfg_interval": "guidance_interval",
              "cfg_schedule": "guidance_schedule", "amm": "amm_blocks"}
@@ -51,11 +55,10 @@ def check_setting(name: str, value):
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {value!r}")
     if name == "num_inference_steps" and whole_number(value, name) < 1:
         raise ValueError(f"num_inference_steps must be at least 1, got {value}")
-    if name in ("guidance_scale", "guidance_interval", "guidance_schedule", "guided_channels"):
-        guidance = Guidance(**{name.replace("guidance_", "").replace("guided_", ""): value})
+    if name in GUIDANCE_FIELDS:  # Guidance checks its own values
+        guidance = Guidance(**{GUIDANCE_FIELDS[name]: value})
         guidance.check_fits(NUM_TRAIN_TIMESTEPS)
-        return {"guidance_scale": guidance.scale, "guidance_interval": guidance.interval,
-                "guidance_schedule": guidance.schedule, "guided_channels": guidance.channels}[name]
+        return getattr(guidance, GUIDANCE_FIELDS[name])
     if name == "amm_blocks":
         return _amm_blocks(value)
     if name in ("amm_radius", "amm_scale") and value is not None:
@@ -129,5 +132,4 @@ def resolve_settings(args=None, recommended: dict | None = None) -> dict:
 
 def guidance_of(settings: dict) -> Guidance:
     """The Guidance of a full settings dict (e.g. `resolve_settings`'s)."""
-    return Guidance(settings["guidance_scale"], settings["guidance_interval"], settings["guidance_schedule"],
-                    settings["guided_channels"])
+    return Guidance(**{field: settings[name] for name, field in GUIDANCE_FIELDS.items()})
