@@ -277,7 +277,8 @@ class EDTPipeline(DiffusionPipeline):
         t_batch = t.reshape(1).to(x_in.device).expand(len(y) if guidance else batch_size)
         if guidance:  # (2B, ...) in, the guided prediction in both halves out
             out = self.transformer.forward_with_cfg(torch.cat([x_in, x_in]), t_batch, y, guidance.scale,
-                                                    guidance.channels, guidance.schedule)[:batch_size]
+                                                    guided_channels=guidance.channels,
+                                                    guidance_schedule=guidance.schedule)[:batch_size]
         else:
             out = self.transformer(x_in, t_batch, y[:batch_size])
         return out.float()  # the sampler works in float32 at any precision
