@@ -243,8 +243,8 @@ class EDTPipeline(DiffusionPipeline):
 
     def _check_call(self, num_inference_steps, output_type, generator, batch_size, callback, tensor_inputs):
         config = self.transformer.config
-        steps, most = whole_number(num_inference_steps, "num_inference_steps"), self.scheduler.config.num_train_timesteps
-        if not 1 <= steps <= most:
+        most = self.scheduler.config.num_train_timesteps
+        if not 1 <= whole_number(num_inference_steps, "num_inference_steps") <= most:
             raise ValueError(f"num_inference_steps must lie in 1..{most}, got {num_inference_steps}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"unknown output_type {output_type!r}: expected one of {', '.join(OUTPUT_TYPES)}")

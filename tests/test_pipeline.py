@@ -543,7 +543,8 @@ def test_guidance_normalises_its_values_and_knows_its_steps():
     assert guidance.guided_steps([999, 500, 299, 0]) == [True, True, False, False]
     assert Guidance(1.0, (0, 999)).guided_steps([999, 0]) == [False, False]  # scale 1 guides nothing
     assert Guidance(2.0).guided_steps([999, 0]) == [True, True]
-    with pytest.raises(ValueError, match=re.escape("guidance_interval must be (low, high) with 0 <= low <= high < 500")):
+    message = "guidance_interval must be (low, high) with 0 <= low <= high < 500"
+    with pytest.raises(ValueError, match=re.escape(message)):
         Guidance(2.0, (0, 500)).check_fits(500, 4)
     Guidance(2.0, (0, 499), channels=4).check_fits(500, 4)
     with pytest.raises(Exception):
