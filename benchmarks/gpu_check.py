@@ -348,6 +348,19 @@ def describe(row: dict) -> str:
     return ", ".join(f"{key} {value}" for key, value in row.items() if key != "kind")
 
 
+def check_precisions(parser, args) -> None:
+    """Refuse (parser.error) a bf16 section where the device lacks native bf16, as every entry point does
+    (edt_lab.precision.resolve_precision). The CPU smoke run (--tiny) checks the code, not the speed: it runs them."""
+    from edt_lab.devices import process_device
+    from edt_lab.precision import resolve_precision
+
+    for name in [] if args.tiny else [args.section] if args.section else args.sections:
+        try:
+            resolve_precision(SECTIONS[name].precision, process_device(args.device))
+        except ValueError as error:
+            parser.error(f"--sections {name}: {error}")
+
+
 def main(argv=None) -> dict:
     from edt_lab.cli import OneLineParser
     from edt_lab.files import output_file
@@ -374,6 +387,7 @@ def main(argv=None) -> dict:
 
         if not torch.cuda.is_available():  # else every section would run the GPU setting on the CPU, to its limit
             parser.error("no CUDA device: this check measures a GPU (--tiny --device cpu runs its CPU smoke test)")
+    check_precisions(parser, args)
     args.batch_size = args.batch_size or (2 if args.tiny else 256)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 2)
     args.repeats = args.repeats or (1 if args.tiny else 5)

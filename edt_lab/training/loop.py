@@ -44,8 +44,8 @@ def fill_released_defaults(args: argparse.Namespace, model) -> argparse.Namespac
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Raise ValueError for argument values no run can use (after `fill_released_defaults`; the seed is checked
-    before the model is built)."""
+    """Raise ValueError for argument values no run can use (after `fill_released_defaults`; the seed and
+    --mixed-precision are checked before the model is built)."""
     positive = ("max_steps", "batch_size", "ckpt_every", "keep_checkpoints", "lr_decay_steps", "grad_accum",
                 "log_every", "lr_update_every")
     for name in positive:
@@ -58,8 +58,12 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--lr must be positive and --lr-final non-negative, got {args.lr} and {args.lr_final}")
     if not 0.0 <= args.ema_decay <= 1.0:
         raise ValueError(f"--ema-decay must lie in [0, 1], got {args.ema_decay}")
+
+
+def check_mixed_precision(mixed_precision: str) -> None:
+    """Refuse bf16 where the training device lacks it (the one check, resolve_precision), before the model is built."""
     device = "cuda" if torch.cuda.is_available() else "cpu"  # where accelerate will train
-    if args.mixed_precision == "bf16":
+    if mixed_precision == "bf16":
         try:
             resolve_precision("bf16", device)
         except ValueError as error:
@@ -99,6 +103,7 @@ def prepare_run(args: argparse.Namespace):
     if not 0 <= args.seed < 2 ** 31:
         raise ValueError(f"--seed must lie in [0, 2**31), got {args.seed}")
     check_results_dir(run_dir, args.resume)
+    check_mixed_precision(args.mixed_precision)
     torch.manual_seed(args.seed)  # the initial weights, identical in every process
     model = create_model(args.model)
     args = fill_released_defaults(args, model)
