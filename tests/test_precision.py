@@ -5,12 +5,15 @@ import re
 import sys
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 import torch
 
 from edt_lab import cli
-from edt_lab.explorer import controls
+from edt_lab.explorer import controls, events
+from edt_lab.explorer.layout import IMAGES_TAB
+from edt_lab.explorer.model_folders import DEFAULT_NAME, ModelStore
 from edt_lab.models import create_model
 from edt_lab.pipeline import EDTPipeline, make_scheduler
 from edt_lab.precision import autocast, resolve_precision
@@ -87,11 +90,18 @@ def test_every_command_line_refuses_bf16_in_one_line_where_the_hardware_lacks_it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.npz"]  # nothing written
 
 
-def test_the_pipeline_and_the_explorer_refuse_bf16_with_a_one_line_value_error(monkeypatch):
+def test_the_pipeline_and_the_app_refuse_bf16_in_one_line(monkeypatch):
     monkeypatch.setenv("EDT_LAB_FORCE_NO_NATIVE", "1")
     pipe = EDTPipeline(create_model("EDT-T/2", dims=(16, 24, 32, 24, 16), num_heads=(1, 1, 1, 1, 1)),
                        make_scheduler("ddim"), None, {i: str(i) for i in range(10)})
     with pytest.raises(ValueError, match=f"^{REFUSAL}$"):
         pipe([1], num_inference_steps=2, precision="bf16")
-    with pytest.raises(ValueError, match=f"^{REFUSAL}$"):  # the explorer's precision control and its API
+    with pytest.raises(ValueError, match=f"^{REFUSAL}$"):
         controls.check_request(pipe, "3", 0, 1, "ddim", 2, 1.0, "7, 10", True, 15.0, 0.5, precision="bf16")
+    # The app: its page's precision control (the status line) and its API (/generate's error).
+    values = [DEFAULT_NAME, "3", 0, 1, "ddim", 2, 1.0, "10", True, 15.0, 0.5, "bf16", "all"]
+    store = ModelStore(demo=True)
+    assert re.fullmatch(re.escape(events.REFUSED) + REFUSAL, events.generate(store, values, view=IMAGES_TAB)[1])
+    with pytest.raises(gr.Error) as error:
+        events.generate(store, values, view=None)
+    assert re.fullmatch(REFUSAL, error.value.message)
