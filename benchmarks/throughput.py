@@ -10,8 +10,8 @@ Training: the step of `edt-lab train` (edt_lab.training.step.train_step: timeste
 sampler, the loss pass(es), backward, Adan, EMA) on random in-memory data of the model's input, indexed on the
 device as the trainer does; EDT and MDTv2 with their masked pass (EDT's in one forward of 2B, MDT's token removal
 in two) and without, DiT without. Per model, batch and precision: samples/s, the ops a step runs inside and
-outside the model's forward and backward, and the share of the step's time outside them (torch.profiler over one
-more step: edt_lab.training.profile).
+outside the model's forward and backward, and the share of the step's time outside them (the median over
+--profile-steps more steps under torch.profiler: edt_lab.training.profile).
 
 The cases are measured in turn, `--repeats` rounds, and the medians reported, so a slow spell of the machine hits
 every case alike. bf16 is autocast, refused (exit 2) where the device lacks native bf16
@@ -187,6 +187,9 @@ def parse_args(argv):
     parser.add_argument("--steps", type=at_least(0), default=5, help="timed forwards per round (0: no inference)")
     parser.add_argument("--train-steps", type=at_least(0), default=3,
                         help="timed training steps per round (0: no training)")
+    parser.add_argument("--profile-steps", type=at_least(1), default=3,
+                        help="profiled training steps after the timed ones: ops, and the median share of time "
+                             "outside the model's forward and backward")
     parser.add_argument("--json", default=None)
     parser.add_argument("--profile", default=None,
                         help="also write torch.profiler's table of one more round of inference forwards to FILE")
@@ -196,7 +199,7 @@ def parse_args(argv):
         try:
             resolve_precision(precision, args.device)
         except ValueError as error:
-            parser.error(f"--precision {error}")
+            parser.error(f"--precision: {error}")
     for path, option in ((args.json, "--json"), (args.profile, "--profile")):
         if path:
             output_file(path, option)
@@ -233,7 +236,7 @@ def measure_inference(args, variants) -> list[dict]:
 
 def measure_training(args) -> list[dict]:
     """Training rows: every model, masking, batch and precision, medians of --repeats rounds; ops and the share of
-    time outside the model's forward and backward from one more, profiled step."""
+    time outside the model's forward and backward from --profile-steps more, profiled steps."""
     keys = [(name, masking, batch, precision) for precision in args.precision for batch in args.batch_size
             for name in args.models for masking in training_cases(name)]
     steps = {key: training_step(key[0], key[1], key[2], args.device, resolve_precision(key[3], args.device),
@@ -247,7 +250,8 @@ def measure_training(args) -> list[dict]:
             memory[key].append(peak_memory_mb(args.device))
     rows = []
     for (name, masking, batch, precision), step in steps.items():
-        median, profiled = statistics.median(seconds[name, masking, batch, precision]), profile_steps(step)
+        median = statistics.median(seconds[name, masking, batch, precision])
+        profiled = profile_steps(step, args.profile_steps)
         memory_mb = memory[name, masking, batch, precision]
         rows.append({"model": name, "masking": masking, "batch_size": batch, "precision": precision,
                      "attention": args.attention, "compile": args.compile, "steps_per_s": 1 / median,

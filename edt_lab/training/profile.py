@@ -5,14 +5,16 @@ An op is a call of an aten operator that no other aten operator made (on a GPU, 
 of the backward are those autograd runs, wherever the step calls it from.
 """
 
+import statistics
 import time
 
 import torch
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, profile, record_function
 
 from .step import BACKWARD_REGION, FORWARD_REGION
 
 BACKWARD_EVENT = "autograd::engine::evaluate_function"  # autograd's own region around each backward node
+STEP_REGION = "profiled step"
 
 
 def _inside(event) -> bool:
@@ -36,25 +38,32 @@ def _place(event) -> str | None:
 
 def profile_steps(step, steps: int = 1) -> dict:
     """Run `step()` `steps` times under the profiler: ops a step ("ops_inside", "ops_outside", means over the
-    steps), wall seconds a step ("seconds") and the share of it outside the model's forward and backward
-    ("outside_share"). On a GPU the times are those of the host, which waits for the device at the end of each
+    steps), wall seconds a step ("seconds", the median) and the share of it outside the model's forward and
+    backward ("outside_share", the median over the steps, so that one step slowed by other work on the machine
+    does not decide it). On a GPU the times are those of the host, which waits for the device at the end of each
     step."""
     synchronize = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     synchronize()
+    seconds = []
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
-        start = time.perf_counter()
         for _ in range(steps):
-            step()
-            synchronize()
-        seconds = (time.perf_counter() - start) / steps
+            with record_function(STEP_REGION):
+                start = time.perf_counter()
+                step()
+                synchronize()
+                seconds.append(time.perf_counter() - start)
     counts = {"inside": 0, "outside": 0}
-    inside_us = 0.0
+    inside_us = {}  # step region -> microseconds in the model's forward and backward
     for event in profiler.events():
         place = _place(event)
         if place is not None:
             counts[place] += 1
         if event.name in (FORWARD_REGION, BACKWARD_REGION):
-            inside_us += event.time_range.elapsed_us()
-    inside_s = inside_us / 1e6 / steps
-    return {"ops_inside": counts["inside"] / steps, "ops_outside": counts["outside"] / steps, "seconds": seconds,
-            "outside_share": max(0.0, 1.0 - inside_s / seconds)}
+            parent = event.cpu_parent
+            while parent is not None and parent.name != STEP_REGION:
+                parent = parent.cpu_parent
+            inside_us[parent.id] = inside_us.get(parent.id, 0.0) + event.time_range.elapsed_us()
+    steps_us = {event.id: event.time_range.elapsed_us() for event in profiler.events() if event.name == STEP_REGION}
+    shares = [max(0.0, 1.0 - inside_us.get(id_, 0.0) / total) for id_, total in steps_us.items()]
+    return {"ops_inside": counts["inside"] / steps, "ops_outside": counts["outside"] / steps,
+            "seconds": statistics.median(seconds), "outside_share": statistics.median(shares)}
