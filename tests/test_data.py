@@ -8,7 +8,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from edt_lab.data import (DIGIT_NAMES, LATENT_SCALE, Digits, FeatureFolder, ImageFolder, diffusion_split,
-                          extract_features, load_digits, make_dataset, split_digits)
+                          extract_features, in_memory_tensors, load_digits, make_dataset, split_digits)
 
 
 def test_digits_shape_range_and_labels():
@@ -146,7 +146,12 @@ def test_make_dataset(tmp_path, tiny_vae):
     images = make_dataset(f"images:{tmp_path / 'images'}", image_size=32, num_classes=1000)
     assert len(images) == 3 and images[0][0].shape == (3, 32, 32)
     extract_features(images, tiny_vae, tmp_path / "features")
-    assert len(make_dataset(f"features:{tmp_path / 'features'}", image_size=32)) == 3
+    features = make_dataset(f"features:{tmp_path / 'features'}", image_size=32)
+    assert len(features) == 3
+    # What a trainer may index on its device: the digits and the latents are held in memory, image files are not.
+    assert in_memory_tensors(digits)[0].shape == (4500, 1, 32, 32)
+    assert in_memory_tensors(features)[0] is features.latents and in_memory_tensors(features)[1] is features.labels
+    assert in_memory_tensors(images) is None
 
     with pytest.raises(ValueError, match="expected 'mnist', 'images:DIR'"):
         make_dataset("imagenet")
