@@ -458,4 +458,4 @@ def test_docs_keep_their_sizes_and_cite_only_recorded_files_that_exist():
     everything = "\n".join(texts)
     assert [path for path in recorded if path not in cited and Path(path).name not in everything] == []
     # named by configuration, not by run: no run series
-    assert [path for path in recorded if re.search(r"_run\d|_control_|_before", path)] == []
+    assert [path for path in recorded if re.search(r"[_-](run\d|control|before|after)", path)] == []
