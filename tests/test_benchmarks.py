@@ -18,10 +18,11 @@ import settings_sweep  # noqa: E402
 import throughput  # noqa: E402
 
 
+@pytest.mark.slow  # trains two models at two batch sizes: over 5 s on 2 cores
 def test_throughput_reports_inference_and_training_of_every_model(tmp_path, capsys):
     out = tmp_path / "bench.json"
     throughput.main(["--models", "EDT-T/2", "DiT-T/2", "--batch-size", "2", "4", "--repeats", "1", "--steps", "1",
-                     "--train-steps", "1", "--json", str(out)])
+                     "--train-steps", "1", "--profile-steps", "1", "--json", str(out)])
     report = json.loads(out.read_text())
     assert set(report) == {"inference", "training", "machine"}
     assert report["machine"]["command"].startswith("python benchmarks/throughput.py --models EDT-T/2 DiT-T/2")
@@ -68,6 +69,7 @@ def test_masked_to_full_ratio_tells_falling_together_from_falling_behind():
     assert masking_study.masked_to_full_ratio(unmasked, 0.5) is None
 
 
+@pytest.mark.slow  # a process per section, each importing torch and measuring: about 30 s on 2 cores
 def test_gpu_check_runs_each_section_in_its_own_process_and_survives_a_hang(tmp_path, monkeypatch, capsys):
     # A 0.5 s limit stops the fp32 section before it has imported torch: a stand-in for a hang.
     monkeypatch.setitem(gpu_check.SECTIONS, "fp32", gpu_check.Section(limit_s=0.5))
@@ -112,6 +114,7 @@ def test_gpu_check_profile_says_where_a_forward_spends_its_time(capsys):
     assert next(op["calls"] for op in edt["top_ops"] if "linear" in op["name"] or "addmm" in op["name"]) > 12
 
 
+@pytest.mark.slow  # compiles a whole model
 def test_gpu_check_graphs_section_compiles_the_whole_model_in_one_graph(capsys, monkeypatch):
     """The CUDA-graph path's CPU smoke run (one model: compiling takes half a minute here): inference rows only, the
     model compiled (one graph, no break: fullgraph), its output bf16's rounding away from exact float32."""
