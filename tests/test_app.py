@@ -13,6 +13,7 @@ import torch
 from gradio_client import Client
 from PIL import Image
 
+from edt_lab.addresses import check_address
 from edt_lab.cli import main
 from edt_lab.explorer.model_folders import demo_pipeline
 
@@ -140,8 +141,6 @@ def test_a_busy_port_is_one_line_and_exit_2(capsys):
 
 
 def test_a_port_just_freed_by_a_stopped_server_is_not_busy():
-    from edt_lab.explorer.server import check_address
-
     with socket.socket() as listener:  # a server that served one connection and stopped
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's
         listener.bind(("127.0.0.1", 0))

@@ -50,7 +50,7 @@ def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
 LAYERS = (
     # plain helpers and values: argument checks, names, files, devices, assets, the AMM's matrix, guidance and
     # sampling settings, the noise schedule, datasets, the trainer's released defaults
-    ("checks", "names", "files", "devices", "assets", "amm", "guidance", "settings", "diffusion", "data",
+    ("checks", "names", "files", "devices", "addresses", "assets", "amm", "guidance", "settings", "diffusion", "data",
      "training.recipe"),
     # models and what reads or changes one model: loading, hardware paths, masks, cost, callbacks, the judges
     ("models", "accel", "precision", "checkpoints", "diffusers_dit", "masking", "flops", "callbacks", "classifier",
@@ -169,7 +169,8 @@ def test_help_and_argument_errors_load_no_heavy_library():
     assert report["heavy"] == []
 
 
-@pytest.mark.parametrize("argv", [["app.py", "--help"], ["app.py", "--port", "x"]])
+@pytest.mark.parametrize("argv", [["app.py", "--help"], ["app.py", "--port", "x"], ["app.py", "--port", "99999"],
+                                  ["app.py", "--threads", "0"]])
 def test_app_script_parses_without_heavy_libraries(argv):
     code = ("import runpy, sys; sys.argv = %r\ntry:\n    runpy.run_path('app.py', run_name='__main__')\n"
             "except SystemExit:\n    pass\nprint(sorted({m.partition('.')[0] for m in sys.modules} & set(%r)))"

@@ -19,6 +19,9 @@ def add_arguments(parser):
 
 
 def run(args):
+    from ..addresses import check_serve_options
+
+    check_serve_options(args.host, args.port, args.threads)  # before gradio and torch load: a bad option is quick
     from ..explorer.server import serve
 
     serve(args.host, args.port, args.models_dir, args.device, args.share, args.threads, args.demo)

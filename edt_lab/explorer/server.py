@@ -5,13 +5,10 @@ API: /generate and /compare, every input with a default and named as the samplin
 e.g. gradio_client.Client(url).predict(num_inference_steps=10, api_name="/compare").
 """
 
-import errno
-import os
-import socket
-
 import gradio as gr
 import torch
 
+from ..addresses import check_serve_options
 from ..devices import process_device
 from .events import wire
 from .layout import PAGE_CSS, build_page
@@ -50,33 +47,12 @@ def queue_requests(demo: gr.Blocks) -> None:
     set_queue_polling(demo, QUEUE_POLL_S)
 
 
-def check_address(host: str, port: int) -> None:
-    """Bind host:port once and let it go, so that an address that is not this machine's, or a busy port, is one
-    line before the models load (at launch, uvicorn would print its own error first)."""
-    if ":" in host:  # gradio writes the server's URL as http://HOST:PORT, which an IPv6 address breaks
-        raise ValueError(f"--host {host}: IPv6 addresses are not supported (gradio's server URL has no brackets); "
-                         f"use 127.0.0.1, 0.0.0.0 or a host name")
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        with socket.socket(family, kind, proto) as probe:
-            # as uvicorn binds: a port left in TIME_WAIT by a server just stopped is free, one with a listener not
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(address)
-    except OSError as error:
-        why = "the port is in use" if error.errno == errno.EADDRINUSE else "not an address of this machine"
-        raise ValueError(f"cannot serve on {host}:{port}: {why}") from None
-
-
 def serve(host: str = "127.0.0.1", port: int = 7860, models_dir=None, device: str = "auto", share: bool = False,
           threads: int | None = None, demo: bool = False) -> None:
     """Serve the page until interrupted, on host:port, over the default model and those of `models_dir`, on
     `device` ("auto", "cpu" or "cuda") with `threads` CPU threads for torch (None: torch's choice); `demo` serves
     the untrained demo model as the default. ValueError for values no server can use, before any model loads."""
-    if threads is not None and not 1 <= threads <= os.cpu_count():
-        raise ValueError(f"--threads must lie in 1..{os.cpu_count()} (this machine's CPUs), got {threads}")
-    if not 0 <= port <= 65535:
-        raise ValueError(f"--port must lie in 0..65535, got {port}")
-    check_address(host, port)
+    check_serve_options(host, port, threads)
     if threads:
         torch.set_num_threads(threads)
     app = build_app(ModelStore(models_dir, process_device(device), demo=demo))
@@ -85,6 +61,6 @@ def serve(host: str = "127.0.0.1", port: int = 7860, models_dir=None, device: st
                               font_mono=["ui-monospace", "monospace"])  # local fonts only: the page works offline
     try:
         app.launch(server_name=host, server_port=port, share=share, theme=theme, css=PAGE_CSS)
-    except OSError:  # taken since check_address; gradio reports every failed bind as "Cannot find empty port"
+    except OSError:  # taken since check_serve_options; gradio reports every failed bind as "Cannot find empty port"
         raise ValueError(f"cannot serve on {host}:{port}: the port is in use, or the address is not one of this "
                          f"machine's") from None
