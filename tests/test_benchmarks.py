@@ -347,6 +347,7 @@ def test_amm_study_refuses_a_block_the_model_lacks(capsys):
         assert exit_info.value.code == 2 and "expected 0 <= LOW <= HIGH <= 999" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_real_digit_accuracy_counts_draws_that_meet_the_accuracy_target(tmp_path):
     import real_digit_accuracy
 
