@@ -10,6 +10,13 @@ from edt_lab.models import capture_attention, create_model, randomize_weights, s
 from edt_lab.precision import resolve_precision
 
 
+@pytest.fixture(autouse=True)
+def torch_answers(monkeypatch):
+    """These tests check the capability function itself, faking what torch reports; those about the switch set it.
+    (The native_bf16 tests are skipped before this runs, so the switch still skips them.)"""
+    monkeypatch.delenv(accel.FORCE_NO_NATIVE, raising=False)
+
+
 @pytest.fixture
 def fake_gpu(monkeypatch):
     """Pretend a CUDA GPU of the given compute capability is present: fake_gpu(7, 0) is a V100."""
