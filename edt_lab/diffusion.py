@@ -6,6 +6,8 @@ import math
 import torch
 from diffusers import DDPMScheduler
 
+from .names import TIMESTEP_SAMPLERS
+
 
 def make_training_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
     """The released schedule: linear betas 1e-4..0.02, epsilon prediction, learned-range variance."""
@@ -297,11 +299,8 @@ class LossSecondMomentSampler(UniformSampler):
         self.loss_counts = counts.to(self.device, torch.long).clone()
 
 
-TIMESTEP_SAMPLERS = {"uniform": UniformSampler, "loss-second-moment": LossSecondMomentSampler}
-
-
 def make_timestep_sampler(name: str, num_timesteps: int) -> UniformSampler:
-    """A timestep sampler by its ADM name: "uniform" or "loss-second-moment"."""
+    """A timestep sampler by its ADM name, one of `edt_lab.names.TIMESTEP_SAMPLERS`."""
     if name not in TIMESTEP_SAMPLERS:
         raise ValueError(f"unknown timestep sampler {name!r}, expected one of {sorted(TIMESTEP_SAMPLERS)}")
-    return TIMESTEP_SAMPLERS[name](num_timesteps)
+    return UniformSampler(num_timesteps) if name == "uniform" else LossSecondMomentSampler(num_timesteps)
